@@ -1,0 +1,3 @@
+from .causal_lm import Backbone, BackboneConfig
+
+__all__ = ["Backbone", "BackboneConfig"]

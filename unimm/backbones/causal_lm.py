@@ -1,0 +1,93 @@
+"""Backbone: any transformers causal LM (Llama, Qwen2, ...), from a config or a checkpoint.
+
+The unified model talks to it through embeddings in and hidden states out
+(`decoder`), plus the LM head for text logits, so image pathways can feed
+their own embeddings and read their own heads.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..config import check_keys
+
+# Keys of a transformers config that describe the file, not the architecture.
+_META_KEYS = {"architectures", "transformers_version", "model_type", "_name_or_path", "torch_dtype", "dtype"}
+
+
+def _config_keys(model_type: str) -> set[str]:
+    cfg_cls = type(AutoConfig.for_model(model_type))
+    return set(cfg_cls().to_dict()) | set(inspect.signature(cfg_cls.__init__).parameters) - {"self", "kwargs"}
+
+
+@dataclass
+class BackboneConfig:
+    # Local directory or hub id of a causal LM checkpoint; None builds `model_type` from `config`.
+    pretrained: str | None = None
+    model_type: str = "llama"
+    # Keyword arguments of the transformers config class for `model_type`.
+    config: dict = field(default_factory=dict)
+    # "sdpa" (default), "eager", or "flash_attention_2" where installed.
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        if self.pretrained is None:
+            try:
+                keys = _config_keys(self.model_type)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"unknown backbone model_type {self.model_type!r}") from e
+            check_keys(self.config, keys - _META_KEYS, f"backbone.config ({self.model_type})")
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: BackboneConfig, vocab_size: int):
+        super().__init__()
+        self.config = config
+        if config.pretrained:
+            self.lm = AutoModelForCausalLM.from_pretrained(
+                config.pretrained, attn_implementation=config.attn_implementation, dtype=torch.float32
+            )
+        else:
+            hf = AutoConfig.for_model(config.model_type, **{**config.config, "vocab_size": vocab_size})
+            self.lm = AutoModelForCausalLM.from_config(hf, attn_implementation=config.attn_implementation)
+        if self.lm.get_input_embeddings().num_embeddings != vocab_size:
+            # New special tokens (image placeholder, begin/end of image) need rows.
+            self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
+
+    # -- what the unified model and samplers use ---------------------------------
+    @property
+    def hf_config(self):
+        return self.lm.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.config.get_text_config().hidden_size
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.lm.config.get_text_config(), "max_position_embeddings", None)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(input_ids)  # (B, T) -> (B, T, D)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
+
+    def decoder(self, inputs_embeds: torch.Tensor, **kwargs):
+        """Run the transformer stack without the LM head; returns the base model output."""
+        return self.lm.get_decoder()(inputs_embeds=inputs_embeds, use_cache=kwargs.pop("use_cache", True), **kwargs)
+
+    def resolved_config(self) -> BackboneConfig:
+        """The config that rebuilds this backbone without the original checkpoint."""
+        cfg = self.lm.config
+        keys = _config_keys(cfg.model_type) - _META_KEYS
+        full = {k: v for k, v in cfg.to_dict().items() if k in keys}
+        return BackboneConfig(
+            pretrained=None, model_type=cfg.model_type, config=full,
+            attn_implementation=self.config.attn_implementation,
+        )

@@ -1,0 +1,111 @@
+"""`unimm` command line: thin wrappers around the Python API."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="model directory, config file or config name (default: the shipped model in weights/default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+
+
+def _load(args):
+    import torch
+
+    import unimm
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return unimm.load(args.model, device=device, dtype=args.dtype)
+
+
+def _progress_bar(desc: str):
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(step: int, total: int):
+        nonlocal bar
+        if bar is None or step == 1:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=desc, unit="tok", leave=False)
+        bar.update(1)
+        if step == total:
+            bar.close()
+
+    return update
+
+
+def cmd_generate(args) -> int:
+    pipe = _load(args)
+    images = pipe.generate(
+        args.prompt, num_images=args.num_images, guidance_scale=args.guidance_scale,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        batch_size=args.batch_size, progress=None if args.quiet else _progress_bar("generating"),
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
+    for im, path in zip(images, paths):
+        im.save(path)
+        print(path)
+    print(f"seed: {pipe.last_seed}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    pipe = _load(args)
+    pieces = pipe.chat(args.image or None, args.question, stream=True, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unimm", description="Unified multimodal models: chat about images and generate them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="text-to-image")
+    g.add_argument("prompt")
+    g.add_argument("-o", "--output", default="out.png", help="output file; with several images, NAME-0.png, NAME-1.png, ...")
+    g.add_argument("-n", "--num-images", type=int, default=1)
+    g.add_argument("--guidance-scale", type=float, default=None)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="rows decoded together (bounds memory)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _model_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="ask about one or more images")
+    c.add_argument("question")
+    c.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
+    c.add_argument("--max-new-tokens", type=int, default=None)
+    c.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
+    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    _model_args(c)
+    c.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input: say what is wrong, without a traceback.
+        print(f"unimm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

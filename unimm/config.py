@@ -1,0 +1,95 @@
+"""Config dataclasses <-> plain dicts, JSON and YAML.
+
+Every component has a small dataclass config. Configs are read strictly: an
+unknown key is an error that names the key, where it was found and the keys
+that are valid there, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be built (unknown key, bad value, missing file)."""
+
+
+def check_keys(given: dict, valid: typing.Iterable[str], where: str) -> None:
+    valid = sorted(set(valid))
+    unknown = sorted(k for k in given if k not in valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
+            f"in {where}; valid keys: {', '.join(valid)}"
+        )
+
+
+def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> T:
+    """Build dataclass `cls` from a (possibly partial) dict, recursing into nested dataclasses."""
+    where = where or cls.__name__
+    if data is None:
+        return cls()
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    check_keys(data, fields, where)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        sub = _dataclass_in(hint)
+        if sub is not None and (isinstance(value, dict) or value is None):
+            kwargs[name] = from_dict(sub, value, f"{where}.{name}") if value is not None else None
+        elif isinstance(value, list) and typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad value in {where}: {e}") from e
+
+
+def _dataclass_in(hint) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):  # Optional[X] / X | None
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Read a JSON or YAML file into a dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
+        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def write_json(data: Any, path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

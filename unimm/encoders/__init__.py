@@ -1,0 +1,3 @@
+from .siglip import SiglipEncoder, SiglipEncoderConfig
+
+__all__ = ["SiglipEncoder", "SiglipEncoderConfig"]

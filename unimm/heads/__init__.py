@@ -1,0 +1,3 @@
+from .autoregressive import ARImageHead, GenerationConfig
+
+__all__ = ["ARImageHead", "GenerationConfig"]

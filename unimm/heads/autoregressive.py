@@ -1,0 +1,49 @@
+"""Autoregressive image head (Janus / LlamaGen): codebook ids in, codebook logits out.
+
+Generation is decoupled from understanding as in Janus: image tokens enter the
+backbone through their own embedding + aligner and leave through their own
+head, so the understanding encoder never has to serve generation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..projectors.base import mlp
+
+
+@dataclass
+class GenerationConfig:
+    # Only "autoregressive" is built so far; masked and flow heads plug in here.
+    paradigm: str = "autoregressive"
+    embed_dim: int | None = None  # image-token embedding width; None: the VQ code dim (Janus)
+    aligner_depth: int = 2  # MLP from embed_dim to the backbone width
+    head_hidden: int | None = None  # hidden width of the 2-layer head; None: backbone width
+
+    def __post_init__(self):
+        if self.paradigm != "autoregressive":
+            raise ValueError(f"generation paradigm {self.paradigm!r} is not available; choose 'autoregressive'")
+
+
+class ARImageHead(nn.Module):
+    def __init__(self, config: GenerationConfig, num_codes: int, code_dim: int, hidden_size: int):
+        super().__init__()
+        embed_dim = config.embed_dim or code_dim
+        head_hidden = config.head_hidden or hidden_size
+        self.embedding = nn.Embedding(num_codes, embed_dim)
+        self.aligner = mlp(embed_dim, hidden_size, config.aligner_depth)
+        self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.GELU(), nn.Linear(head_hidden, num_codes))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.aligner(self.embedding(ids))  # (B, T) -> (B, T, D)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)  # (B, T, D) -> (B, T, K)
+
+    def loss(self, hidden: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token loss: hidden (B, N, D) at the positions that predict target_ids (B, N)."""
+        logits = self.logits(hidden)
+        return F.cross_entropy(logits.flatten(0, 1).float(), target_ids.flatten())

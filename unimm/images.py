@@ -1,0 +1,75 @@
+"""Image I/O and transforms shared by understanding, generation and the app."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+ImageLike = "str | os.PathLike | Image.Image | np.ndarray"
+
+
+def load_image(image) -> Image.Image:
+    """Open a path / PIL image / HxWxC uint8 array as RGB, with an error that names the problem.
+
+    Other modes (RGBA, L, P, CMYK, I;16 ...) are converted; transparency is
+    composited on white so a transparent background does not turn black.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                image = im.copy()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {path}: not an image file PIL can open ({e})") from e
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"image {path} is too large to open safely: {e}") from e
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"image arrays must be HxW or HxWxC uint8, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected an image path, PIL image or uint8 array, got {type(image).__name__}")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        arr = np.asarray(image, dtype=np.float32)
+        arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1.0) * 255.0
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def fit_square(image: Image.Image, size: int, mode: str, fill: tuple[int, int, int]) -> Image.Image:
+    """Resize to size x size: squash ("resize") or keep aspect and pad ("pad")."""
+    if mode == "resize":
+        return image.resize((size, size), Image.BICUBIC)
+    w, h = image.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(image.resize((nw, nh), Image.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def to_tensor(image: Image.Image, mean, std) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL images."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).cpu().numpy()]

@@ -1,0 +1,111 @@
+"""Weights on disk: safetensors only, written atomically, loaded with checks.
+
+Loading never unpickles: weights are read with safetensors, configs are JSON.
+A directory is written next to its destination and swapped in at the end, so
+an interrupted save never leaves a half-written checkpoint where a good one was.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .config import ConfigError
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike):
+    """Yield a temporary directory that replaces `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_weights(module: torch.nn.Module, directory: str | os.PathLike, max_shard_size: str = "5GB") -> None:
+    """Write `module`'s state dict as (possibly sharded) safetensors; tied tensors are stored once."""
+    from huggingface_hub import save_torch_state_dict
+
+    save_torch_state_dict(module.state_dict(), directory, max_shard_size=max_shard_size)
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    single = directory / WEIGHTS_NAME
+    if single.is_file():
+        return [single]
+    index = directory / WEIGHTS_INDEX_NAME
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"weights shard(s) missing in {directory}: {', '.join(missing)}")
+        return [directory / s for s in shards]
+    raise FileNotFoundError(
+        f"no weights file in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}"
+    )
+
+
+def load_weights(module: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Load safetensors weights into `module`, failing loudly on any mismatch.
+
+    Keys absent from the files are allowed only when they alias a stored tensor
+    (tied embeddings), since those were deduplicated when saving.
+    """
+    directory = Path(directory)
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(directory):
+        state.update(load_file(str(f)))
+
+    expected = module.state_dict(keep_vars=True)
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise ConfigError(
+            f"checkpoint {directory} has weights the config does not build: {_preview(unexpected)}"
+        )
+    bad_shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if bad_shapes:
+        raise ConfigError(
+            f"checkpoint {directory} does not match its config; tensor shapes differ for "
+            + _preview(bad_shapes)
+        )
+    # Tied parameters share storage; a key missing from the file is fine if a
+    # stored key points at the same tensor.
+    by_ptr: dict[int, list[str]] = {}
+    for k, v in expected.items():
+        by_ptr.setdefault(v.data_ptr(), []).append(k)
+    missing = [
+        k for k in expected
+        if k not in state and not any(alias in state for alias in by_ptr[expected[k].data_ptr()])
+    ]
+    if missing:
+        raise ConfigError(f"checkpoint {directory} lacks weights for: {_preview(sorted(missing))}")
+    module.load_state_dict(state, strict=False)
+
+
+def _preview(items: list[str], n: int = 8) -> str:
+    more = f" ... and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

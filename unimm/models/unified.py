@@ -1,0 +1,233 @@
+"""The unified model: one causal backbone that reads images and writes image tokens.
+
+Understanding: SigLIP features -> projector -> spliced into the text embeddings
+at the image-placeholder positions. Generation: prompt embeddings, then image
+tokens through their own embedding/aligner, predicted by their own head.
+The model computes forward passes and losses; sampling loops live in
+`unimm.sampling` and take the model as an argument.
+
+Shapes: B batch, T sequence, L prompt length, N image tokens, M placeholders
+per understood image, D backbone width, K codebook size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone, BackboneConfig
+from ..config import ConfigError, from_dict, to_dict, write_json
+from ..encoders import SiglipEncoder, SiglipEncoderConfig
+from ..heads import ARImageHead, GenerationConfig
+from ..io import atomic_directory, load_weights, save_weights
+from ..processing import PromptConfig, TokenIds
+from ..projectors import build_projector, normalise_projector_spec
+from ..tokenizers.text import TextTokenizerConfig, build_text_tokenizer
+from ..tokenizers.vq import VQConfig, VQTokenizer
+
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SamplingDefaults:
+    """Sampling settings that ship with a model, so its results reproduce."""
+
+    guidance_scale: float = 5.0  # Janus's default CFG weight on image-token logits
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    chat_max_new_tokens: int = 64
+    chat_temperature: float = 0.0  # greedy answers by default
+
+
+@dataclass
+class UnifiedConfig:
+    format_version: int = FORMAT_VERSION
+    name: str = "unimm"
+    encoder: SiglipEncoderConfig = field(default_factory=SiglipEncoderConfig)
+    projector: dict = field(default_factory=lambda: {"type": "mlp", "depth": 2})
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    text_tokenizer: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
+    image_tokenizer: VQConfig = field(default_factory=VQConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    token_ids: TokenIds | None = None  # filled in from the tokenizer when the model is built
+
+    def __post_init__(self):
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"config format_version {self.format_version} is not supported (expected {FORMAT_VERSION})")
+        self.projector = normalise_projector_spec(self.projector)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnifiedConfig":
+        return from_dict(cls, data, "model config")
+
+
+class UnifiedModel(nn.Module):
+    def __init__(self, config: UnifiedConfig):
+        super().__init__()
+        if config.token_ids is None:
+            raise ConfigError("UnifiedModel needs config.token_ids; use build_model(config) to build from scratch")
+        self.config = config
+        self.token_ids = config.token_ids
+        self.encoder = SiglipEncoder(config.encoder)
+        self.backbone = Backbone(config.backbone, vocab_size=config.token_ids.vocab_size)
+        D = self.backbone.hidden_size
+        self.projector = build_projector(config.projector, self.encoder.hidden_size, D, self.encoder.num_patches)
+        self.image_tokenizer = VQTokenizer(config.image_tokenizer)
+        self.gen_head = ARImageHead(
+            config.generation, self.image_tokenizer.num_codes, config.image_tokenizer.quantizer.dim, D
+        )
+
+    # -- sizes ------------------------------------------------------------------
+    @property
+    def num_understanding_tokens(self) -> int:
+        """Placeholders one understood image occupies in the sequence (M)."""
+        return self.projector.num_output_tokens(self.encoder.num_patches)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens one generated image takes (N)."""
+        return self.image_tokenizer.num_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.lm.dtype
+
+    # -- building blocks used by losses and samplers ----------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(pixel_values)  # (I, N_patches, D_enc)
+        return self.projector(feats)  # (I, M, D)
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with image features spliced in at the placeholders, in reading order."""
+        embeds = self.backbone.embed(input_ids)  # (B, T, D)
+        is_image = input_ids == self.token_ids.image
+        n_slots = int(is_image.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise ValueError(f"the input has {n_slots} image placeholders but no images were given")
+            return embeds
+        feats = self.encode_images(pixel_values)  # (I, M, D)
+        if n_slots != feats.shape[0] * feats.shape[1]:
+            raise ValueError(
+                f"the input has {n_slots} image placeholders but {feats.shape[0]} image(s) x {feats.shape[1]} "
+                f"tokens were encoded"
+            )
+        return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
+
+    def embed_image_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.gen_head.embed(ids)  # (B, N) -> (B, N, D)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.gen_head.logits(hidden)  # (B, ..., D) -> (B, ..., K)
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.backbone.lm_head(hidden)  # (B, ..., D) -> (B, ..., V)
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Backbone without its LM head: (B, T, D) embeddings -> (B, T, D) hidden states."""
+        return self.backbone.decoder(inputs_embeds, **kwargs).last_hidden_state
+
+    def unconditional_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """The CFG 'no prompt' row: every token but BOS and BOI replaced by pad (Janus)."""
+        keep = prompt_ids == self.token_ids.boi
+        if self.token_ids.bos is not None:
+            keep |= prompt_ids == self.token_ids.bos
+        return torch.where(keep, prompt_ids, torch.full_like(prompt_ids, self.token_ids.pad))
+
+    @torch.no_grad()
+    def images_to_ids(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, N) codebook ids (generation targets)."""
+        return self.image_tokenizer.encode(images)[1]
+
+    def decode_image_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.image_tokenizer.decode(ids)  # (B, N) -> (B, 3, H, W)
+
+    # -- losses -----------------------------------------------------------------
+    def understanding_loss(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
+        """Next-token loss on the positions whose label is not -100 (answer text only)."""
+        embeds = self.embed_inputs(input_ids, pixel_values)
+        h = self.hidden_states(embeds, attention_mask=attention_mask,
+                               position_ids=positions(attention_mask), use_cache=False)
+        targets = labels[:, 1:]
+        keep = targets != -100  # only score answer positions: the LM head never sees the rest
+        logits = self.text_logits(h[:, :-1][keep])  # (n_answer, V)
+        return F.cross_entropy(logits.float(), targets[keep])
+
+    def generation_loss(self, prompt_ids, prompt_mask, image_ids) -> torch.Tensor:
+        """Image-token loss: the prompt (ending in BOI) predicts image_ids (B, N) one by one."""
+        L = prompt_ids.shape[1]
+        embeds = torch.cat([self.backbone.embed(prompt_ids), self.embed_image_tokens(image_ids[:, :-1])], 1)
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones(image_ids[:, :-1].shape)], 1)  # (B, L + N - 1)
+        h = self.hidden_states(embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
+        return self.gen_head.loss(h[:, L - 1:], image_ids)  # positions L-1 .. L+N-2 predict tokens 0 .. N-1
+
+    def forward(self, und: dict | None = None, gen: dict | None = None) -> dict[str, torch.Tensor]:
+        """Losses for an understanding batch, a generation batch, or both (summed)."""
+        out: dict[str, torch.Tensor] = {}
+        if und is not None:
+            out["und_loss"] = self.understanding_loss(**und)
+        if gen is not None:
+            out["gen_loss"] = self.generation_loss(**gen)
+        if not out:
+            raise ValueError("forward needs an understanding batch (und=...) or a generation batch (gen=...)")
+        out["loss"] = sum(out.values())
+        return out
+
+    # -- saving and loading -----------------------------------------------------
+    def resolved_config(self) -> UnifiedConfig:
+        """This model's config with every part written out (no external checkpoint needed)."""
+        return dataclasses.replace(
+            self.config,
+            encoder=self.encoder.resolved_config(),
+            backbone=self.backbone.resolved_config(),
+            text_tokenizer=dataclasses.replace(self.config.text_tokenizer, pretrained=None),
+        )
+
+    def save_pretrained(self, directory, tokenizer=None, max_shard_size: str = "5GB") -> None:
+        """config.json + safetensors weights (+ tokenizer files), swapped in atomically."""
+        with atomic_directory(directory) as tmp:
+            write_json(to_dict(self.resolved_config()), Path(tmp) / CONFIG_NAME)
+            save_weights(self, tmp, max_shard_size=max_shard_size)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "UnifiedModel":
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a unimm model directory: {CONFIG_NAME} is missing")
+        try:
+            data = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"cannot parse {cfg_path}: {e}") from e
+        model = cls(UnifiedConfig.from_dict(data))
+        load_weights(model, directory)
+        return model.eval()
+
+
+def build_model(config: UnifiedConfig):
+    """Build a fresh (randomly initialised) model and its text tokenizer from a config."""
+    config = dataclasses.replace(config)
+    tokenizer = build_text_tokenizer(config.text_tokenizer)
+    tc = config.text_tokenizer
+    config.token_ids = TokenIds.from_tokenizer(tokenizer, tc.image_token, tc.boi_token, tc.eoi_token)
+    return UnifiedModel(config), tokenizer
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: (B, T) mask -> (B, T) positions."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,92 @@
+"""`unimm.load(...)`: open a saved model, or build a fresh one from a config."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, read_config_file
+from ..models.unified import CONFIG_NAME, UnifiedConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Named configs: the repository's configs/models, then ./configs/models of the working directory.
+CONFIG_DIRS = [REPO_ROOT / "configs" / "models", Path.cwd() / "configs" / "models"]
+DEFAULT_MODEL_DIR = REPO_ROOT / "weights" / "default"
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml"))
+
+
+def _find_named_config(name: str) -> Path | None:
+    for d in CONFIG_DIRS:
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    return None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_model_config(path: Path, _seen: tuple = ()) -> dict:
+    """Read a model config file; `base: NAME_OR_PATH` inherits from another config (deep merge)."""
+    if path.resolve() in _seen:
+        raise ConfigError(f"config {path} inherits from itself through 'base'")
+    data = read_config_file(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = _find_named_config(base) if not str(base).endswith((".yaml", ".yml", ".json")) else path.parent / base
+    if base_path is None or not base_path.is_file():
+        raise ConfigError(f"config {path}: base {base!r} not found; available: {', '.join(available_configs())}")
+    return _merge(read_model_config(base_path, _seen + (path.resolve(),)), data)
+
+
+def resolve_config(spec) -> UnifiedConfig:
+    """A config from a UnifiedConfig, a dict, a config file path or a config name under configs/models."""
+    if isinstance(spec, UnifiedConfig):
+        return spec
+    if isinstance(spec, dict):
+        return UnifiedConfig.from_dict(spec)
+    path = Path(spec)
+    if path.is_file():
+        return UnifiedConfig.from_dict(read_model_config(path))
+    named = _find_named_config(str(spec))
+    if named is not None:
+        return UnifiedConfig.from_dict(read_model_config(named))
+    raise FileNotFoundError(
+        f"{spec!r} is neither a unimm model directory, a config file, nor a config name; "
+        f"available configs: {', '.join(available_configs())}"
+    )
+
+
+def load(path_or_config=None, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
+    """Open a pipeline.
+
+    - a directory written by `save_pretrained` (config.json + safetensors + tokenizer);
+    - a config (file path, name under configs/models, dict or UnifiedConfig): a fresh,
+      randomly initialised model, e.g. for training or tests;
+    - nothing: the default model shipped under weights/default.
+    """
+    from .unified import UnimmPipeline
+
+    if path_or_config is None:
+        path_or_config = os.environ.get("UNIMM_MODEL") or DEFAULT_MODEL_DIR
+        if not Path(path_or_config).is_dir():
+            raise FileNotFoundError(
+                f"no default model found at {path_or_config}; pass a model directory or a config "
+                f"name ({', '.join(available_configs())})"
+            )
+    if isinstance(path_or_config, (str, os.PathLike)) and Path(path_or_config).is_dir():
+        if not (Path(path_or_config) / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path_or_config} is not a unimm model directory: {CONFIG_NAME} is missing")
+        pipe = UnimmPipeline.from_pretrained(path_or_config)
+    else:
+        pipe = UnimmPipeline.from_config(resolve_config(path_or_config))
+    return pipe.to(device=device, dtype=dtype)

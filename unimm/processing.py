@@ -1,0 +1,139 @@
+"""Prompts and inputs: turns conversations and captions into token ids and pixels.
+
+A `Processor` holds the text tokenizer, the prompt templates and the encoder's
+image transform. It is the one place that knows the text layout of a
+sequence; the model only sees ids, pixels and masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .images import fit_square, load_image, to_tensor
+
+
+@dataclass
+class PromptConfig:
+    # Chat layout: [bos] system, then per turn user.format(content) + assistant_prefix
+    # + answer + eos + turn_end. Janus-Pro uses "<|User|>: {content}\n\n" etc.
+    system: str = ""
+    user: str = "User: {content}\n"
+    assistant_prefix: str = "Assistant:"
+    # Text between the assistant prefix and the answer (a space for "Assistant: yes").
+    answer_prefix: str = " "
+    turn_end: str = "\n"
+    # Text-to-image prompt, followed by the begin-of-image token.
+    generation: str = "{prompt}"
+    add_bos: bool = True
+
+
+@dataclass
+class TokenIds:
+    """Token ids the model needs; stored in config.json so loading needs no tokenizer."""
+
+    vocab_size: int
+    pad: int
+    eos: int
+    bos: int | None
+    image: int
+    boi: int
+    eoi: int
+
+    @classmethod
+    def from_tokenizer(cls, tok: PreTrainedTokenizerBase, image_token: str, boi_token: str, eoi_token: str):
+        ids = tok.convert_tokens_to_ids
+        return cls(
+            vocab_size=len(tok), pad=tok.pad_token_id, eos=tok.eos_token_id, bos=tok.bos_token_id,
+            image=ids(image_token), boi=ids(boi_token), eoi=ids(eoi_token),
+        )
+
+
+class Processor:
+    def __init__(self, tokenizer, prompt: PromptConfig, token_ids: TokenIds, image_size: int,
+                 image_mean, image_std, resize_mode: str, num_image_tokens: int):
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.ids = token_ids
+        self.image_size = image_size
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.resize_mode = resize_mode
+        self.num_image_tokens = num_image_tokens  # placeholders per image (projector output count)
+        self.image_token = tokenizer.convert_ids_to_tokens(token_ids.image)
+        self.boi_token = tokenizer.convert_ids_to_tokens(token_ids.boi)
+        self.eoi_token = tokenizer.convert_ids_to_tokens(token_ids.eoi)
+
+    # -- images -----------------------------------------------------------------
+    def pixel_values(self, images) -> torch.Tensor:
+        """Images (paths / PIL / arrays) -> (B, 3, S, S) normalised for the encoder."""
+        fill = tuple(int(m * 255) for m in self.image_mean)
+        return torch.stack([
+            to_tensor(fit_square(load_image(im), self.image_size, self.resize_mode, fill), self.image_mean, self.image_std)
+            for im in images
+        ])
+
+    # -- text -------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _image_block(self) -> str:
+        return self.boi_token + self.image_token * self.num_image_tokens + self.eoi_token
+
+    def _user_content(self, question: str, num_images: int) -> str:
+        """Expand <image> placeholders; images without one go first, one per line (Janus)."""
+        written = question.count(self.image_token)
+        if written > num_images:
+            raise ValueError(f"the question has {written} {self.image_token} placeholders but {num_images} image(s) were given")
+        lead = "".join(self.image_token + "\n" for _ in range(num_images - written))
+        return (lead + question).replace(self.image_token, self._image_block())
+
+    def chat_ids(self, turns: list[tuple[str, int, str | None]]) -> tuple[list[int], list[int]]:
+        """Token ids and labels for a conversation.
+
+        turns: (question, number of images in that turn, answer or None). A final
+        turn with answer None ends with the assistant prefix, ready to generate.
+        Labels are -100 everywhere except the answers and their end-of-sequence
+        token: the next-token loss is on answer text only.
+        """
+        p = self.prompt
+        ids: list[int] = [self.ids.bos] if p.add_bos and self.ids.bos is not None else []
+        if p.system:
+            ids += self._encode(p.system)
+        labels = [-100] * len(ids)
+        for i, (question, n_images, answer) in enumerate(turns):
+            prefix = self._encode(p.user.format(content=self._user_content(question, n_images)) + p.assistant_prefix)
+            ids += prefix
+            labels += [-100] * len(prefix)
+            if answer is None:
+                if i != len(turns) - 1:
+                    raise ValueError("only the last turn may be unanswered")
+                break
+            ans = self._encode(p.answer_prefix + answer) + [self.ids.eos]
+            ids += ans
+            labels += ans
+            end = self._encode(p.turn_end)
+            ids += end
+            labels += [-100] * len(end)
+        return ids, labels
+
+    def generation_ids(self, prompt: str) -> list[int]:
+        """[bos] prompt <begin_of_image>: the prefix image tokens are sampled after."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty; describe the image to generate")
+        ids = [self.ids.bos] if self.prompt.add_bos and self.ids.bos is not None else []
+        return ids + self._encode(self.prompt.generation.format(prompt=prompt)) + [self.ids.boi]
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists into (B, T) ids and a (B, T) attention mask, so every row ends together."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, T - len(r):] = 1
+    return ids, mask

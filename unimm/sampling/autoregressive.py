@@ -1,0 +1,60 @@
+"""Autoregressive text-to-image sampling over VQ tokens, gpt-fast style.
+
+- One preallocated (static) KV cache sized for prompt + image tokens, so
+  shapes never change from step to step.
+- Classifier-free guidance with conditional and unconditional rows in one
+  batch: rows [0, B) carry the prompt, rows [B, 2B) the padded-out prompt
+  (Janus / LlamaGen); logits = uncond + s * (cond - uncond).
+- Only the last position's hidden state goes through the image head.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import StaticCache
+
+from ..models.unified import UnifiedModel, positions
+from .logits import sample_next
+
+
+@torch.inference_mode()
+def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                          guidance_scale: float = 5.0, temperature: float = 1.0, top_k: int = 0,
+                          top_p: float = 1.0, generator: torch.Generator | None = None,
+                          progress=None) -> torch.Tensor:
+    """prompt_ids (B, L) left-padded, each ending in BOI -> image token ids (B, N).
+
+    `progress`, if given, is called with (step, total) after every token.
+    """
+    B, L = prompt_ids.shape
+    N = model.num_image_tokens
+    cfg = guidance_scale != 1.0
+    if cfg:
+        prompt_ids = torch.cat([prompt_ids, model.unconditional_ids(prompt_ids)])  # (2B, L)
+        prompt_mask = torch.cat([prompt_mask, prompt_mask])
+    rows = prompt_ids.shape[0]
+    cache = StaticCache(config=model.backbone.hf_config, max_cache_len=L + N)
+    # The attention mask for the whole run, sliced per step; image positions are always visible.
+    full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, N)], 1)  # (rows, L + N)
+    pos = positions(prompt_mask)  # (rows, L)
+    embeds = model.backbone.embed(prompt_ids)  # (rows, L, D)
+    cache_pos = torch.arange(L, device=prompt_ids.device)
+    out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
+    seen = L  # positions in the cache after this step (a Python int: no host sync)
+    for i in range(N):
+        h = model.hidden_states(embeds, attention_mask=full_mask[:, :seen], position_ids=pos,
+                                past_key_values=cache, cache_position=cache_pos)
+        logits = model.image_logits(h[:, -1]).float()  # (rows, K)
+        if cfg:
+            cond, uncond = logits[:B], logits[B:]
+            logits = uncond + guidance_scale * (cond - uncond)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        out[:, i] = nxt
+        if progress is not None:
+            progress(i + 1, N)
+        if i == N - 1:
+            break
+        embeds = model.embed_image_tokens((torch.cat([nxt, nxt]) if cfg else nxt)[:, None])  # (rows, 1, D)
+        pos = pos[:, -1:] + 1
+        cache_pos = cache_pos[-1:] + 1
+        seen += 1
+    return out
