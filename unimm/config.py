@@ -54,6 +54,8 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
             kwargs[name] = value
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value in {where}: {e}") from e
 

@@ -28,9 +28,12 @@ def _find_named_config(name: str) -> Path | None:
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """Deep merge; a mapping that names another `type` (projector, quantizer) replaces the base's."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        b = out.get(k)
+        same_kind = isinstance(b, dict) and isinstance(v, dict) and v.get("type", b.get("type")) == b.get("type")
+        out[k] = _merge(b, v) if same_kind else v
     return out
 
 

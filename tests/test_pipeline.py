@@ -1,0 +1,210 @@
+"""The public API on a tiny random model: generate, chat, save/load, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import unimm
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def test_generate_returns_images_of_the_configured_size(tiny_pipe):
+    images = tiny_pipe.generate(["a red circle", "a blue square"], num_images=3, seed=0)
+    assert len(images) == 6
+    size = tiny_pipe.config.image_tokenizer.image_size
+    assert all(isinstance(im, Image.Image) and im.size == (size, size) and im.mode == "RGB" for im in images)
+
+
+def test_same_seed_same_images_other_seed_different(tiny_pipe):
+    a = tiny_pipe.generate("a red circle", num_images=2, seed=7)
+    b = tiny_pipe.generate("a red circle", num_images=2, seed=7)
+    c = tiny_pipe.generate("a red circle", num_images=2, seed=8)
+    assert _same(a, b)
+    assert not _same(a, c)
+    assert tiny_pipe.last_seed == 8
+
+
+def test_greedy_needs_no_seed_and_ignores_it(tiny_pipe):
+    a = tiny_pipe.generate("a green star", temperature=0, seed=1)
+    b = tiny_pipe.generate("a green star", do_sample=False, seed=2)
+    assert _same(a, b)
+
+
+def test_images_per_prompt_follow_prompt_order(tiny_pipe):
+    both = tiny_pipe.generate(["a red circle", "a blue square"], num_images=1, temperature=0)
+    first = tiny_pipe.generate("a red circle", temperature=0)
+    second = tiny_pipe.generate("a blue square", temperature=0)
+    assert _same(both, first + second)
+
+
+def test_batch_size_splits_rows_without_changing_greedy_output(tiny_pipe):
+    prompts = ["a red circle", "a blue square", "three yellow triangles"]
+    assert _same(tiny_pipe.generate(prompts, temperature=0), tiny_pipe.generate(prompts, temperature=0, batch_size=2))
+
+
+def test_progress_callback_follows_every_token(tiny_pipe):
+    steps = []
+    tiny_pipe.generate("a red circle", seed=0, progress=lambda i, n: steps.append((i, n)))
+    n = tiny_pipe.model.num_image_tokens
+    assert steps == [(i, n) for i in range(1, n + 1)]
+
+
+def test_stream_pieces_join_to_the_greedy_answer(tiny_pipe, shapes_image):
+    answer = tiny_pipe.chat(shapes_image, "What colour is the circle?", max_new_tokens=12)
+    pieces = list(tiny_pipe.chat(shapes_image, "What colour is the circle?", stream=True, max_new_tokens=12))
+    assert isinstance(answer, str) and answer
+    assert len(pieces) > 1 and "".join(pieces) == answer
+
+
+def test_chat_depends_on_the_image(tiny_pipe, shapes_image):
+    other = Image.new("RGB", (40, 40), "black")
+    ids_a, px_a = tiny_pipe._chat_inputs(shapes_image, "What is it?", None)
+    ids_b, px_b = tiny_pipe._chat_inputs(other, "What is it?", None)
+    assert ids_a == ids_b and not torch.equal(px_a, px_b)
+    with torch.no_grad():
+        t = torch.tensor([ids_a])
+        ea, eb = tiny_pipe.model.embed_inputs(t, px_a), tiny_pipe.model.embed_inputs(t, px_b)
+    is_img = t[0] == tiny_pipe.model.token_ids.image
+    assert not torch.allclose(ea[0, is_img], eb[0, is_img]) and torch.equal(ea[0, ~is_img], eb[0, ~is_img])
+
+
+def test_several_images_and_history_build_one_sequence(tiny_pipe, shapes_image):
+    proc = tiny_pipe.processor
+    history = [{"question": "What is on the left?", "answer": "a red circle", "images": [shapes_image]},
+               ("And the colour?", "red")]
+    ids, pixels = tiny_pipe._chat_inputs([shapes_image, shapes_image], "Compare them.", history)
+    assert pixels.shape[0] == 3
+    assert ids.count(tiny_pipe.model.token_ids.image) == 3 * tiny_pipe.model.num_understanding_tokens
+    text = proc.tokenizer.decode(ids)
+    assert text.index("What is on the left?") < text.index("a red circle") < text.index("And the colour?") < text.index("Compare them.")
+    answer = tiny_pipe.chat([shapes_image, shapes_image], "Compare them.", history=history, max_new_tokens=4)
+    assert isinstance(answer, str)
+
+
+def test_explicit_placeholders_place_images_inside_the_question(tiny_pipe, shapes_image):
+    ids, _ = tiny_pipe._chat_inputs([shapes_image], "Look: <image> what is this?", None)
+    text = tiny_pipe.processor.tokenizer.decode(ids)
+    assert text.index("Look:") < text.index("<begin_of_image>") < text.index("what is this?")
+    with pytest.raises(ValueError, match="2 <image> placeholders but 1 image"):
+        tiny_pipe._chat_inputs([shapes_image], "<image> and <image>", None)
+
+
+def test_text_only_chat(tiny_pipe):
+    assert isinstance(tiny_pipe.chat(None, "Say something.", max_new_tokens=3), str)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK", "I;16", "1"])
+def test_other_image_modes_are_converted(tiny_pipe, shapes_image, mode):
+    im = shapes_image.convert(mode)
+    px = tiny_pipe.processor.pixel_values([im])
+    assert px.shape == (1, 3, 32, 32) and torch.isfinite(px).all()
+
+
+def test_transparent_pixels_become_white():
+    from unimm.images import to_rgb
+
+    im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert to_rgb(im).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_save_load_gives_identical_outputs(tiny_pipe, saved_tiny, shapes_image):
+    loaded = unimm.load(str(saved_tiny))
+    assert _same(tiny_pipe.generate(["a red circle", "a blue square"], seed=3),
+                 loaded.generate(["a red circle", "a blue square"], seed=3))
+    assert tiny_pipe.chat(shapes_image, "What colour?", max_new_tokens=8) == loaded.chat(shapes_image, "What colour?", max_new_tokens=8)
+    for (k, a), (_, b) in zip(tiny_pipe.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    files = {p.name for p in saved_tiny.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+
+
+# -- bad input ------------------------------------------------------------------------------
+def test_empty_prompt_is_rejected(tiny_pipe):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        tiny_pipe.generate("   ")
+    with pytest.raises(ValueError, match="question is empty"):
+        tiny_pipe.chat(None, "")
+
+
+def test_prompt_longer_than_the_context_is_rejected(tiny_pipe):
+    with pytest.raises(ValueError, match="backbone holds 512"):
+        tiny_pipe.generate("red " * 600)
+    with pytest.raises(ValueError, match="backbone holds 512"):
+        tiny_pipe.chat(None, "red " * 600)
+
+
+@pytest.mark.parametrize("kw, msg", [({"num_images": 0}, "num_images"), ({"temperature": -1}, "temperature"),
+                                     ({"top_p": 1.5}, "top_p"), ({"guidance_scale": -2}, "guidance_scale")])
+def test_out_of_range_options_are_named(tiny_pipe, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        tiny_pipe.generate("a red circle", **kw)
+
+
+def test_unreadable_and_missing_images_are_named(tiny_pipe, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    with pytest.raises(ValueError, match="cannot read image .*notes.png"):
+        tiny_pipe.chat(str(bad), "What is it?")
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        tiny_pipe.chat(str(tmp_path / "nope.png"), "What is it?")
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ValueError, match="unknown config key 'hiden_size' in backbone.config"):
+        unimm.load({"backbone": {"config": {"hiden_size": 64}}})
+    with pytest.raises(ValueError, match="unknown config key 'projektor' in model config"):
+        unimm.load({"projektor": {"type": "mlp"}})
+    with pytest.raises(ValueError, match="unknown projector type 'conv'"):
+        unimm.load({"projector": {"type": "conv"}})
+    with pytest.raises(ValueError, match=r"unknown config key 'depth' in projector \(qformer\)"):
+        unimm.load({"projector": {"type": "qformer", "depth": 2}})
+
+
+def test_checkpoint_shapes_must_match_the_config(saved_tiny, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["image_tokenizer"]["quantizer"]["codebook_size"] = 128
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="tensor shapes differ for .*gen_head"):
+        unimm.load(str(broken))
+
+
+def test_missing_weights_file_is_named(saved_tiny, tmp_path):
+    import shutil
+
+    broken = tmp_path / "noweights"
+    shutil.copytree(saved_tiny, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights file in .*noweights"):
+        unimm.load(str(broken))
+
+
+def test_unknown_model_name_lists_the_configs():
+    with pytest.raises(FileNotFoundError, match="available configs: .*tiny"):
+        unimm.load("no-such-model")
+
+
+def test_save_is_atomic_and_keeps_the_old_checkpoint_on_failure(tiny_pipe, tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    tiny_pipe.save_pretrained(target)
+    before = (target / "model.safetensors").read_bytes()
+
+    import unimm.models.unified as unified
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(unified, "save_weights", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        tiny_pipe.save_pretrained(target)
+    assert (target / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind

@@ -1,0 +1,99 @@
+"""Samplers: logits processing, and cached decoding that matches an uncached forward pass."""
+import pytest
+import torch
+
+from unimm.models.unified import positions
+from unimm.processing import left_pad
+from unimm.sampling.autoregressive import generate_image_tokens
+from unimm.sampling.logits import check_sampling_args, make_generator, sample_next
+from unimm.sampling.text import generate_text
+
+
+def test_greedy_is_argmax():
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]])
+    assert sample_next(logits, temperature=0).tolist() == [1, 0]
+
+
+def test_top_k_one_is_greedy_even_when_sampling():
+    logits = torch.randn(4, 50)
+    g = make_generator(0, "cpu")
+    assert torch.equal(sample_next(logits, temperature=1.0, top_k=1, generator=g), logits.argmax(-1))
+
+
+def test_top_p_keeps_only_the_nucleus():
+    # probabilities 0.6, 0.3, 0.1: top_p=0.5 keeps only the first token, top_p=0.8 the first two.
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(2000, 1)
+    g = make_generator(0, "cpu")
+    assert set(sample_next(logits, 1.0, top_p=0.5, generator=g).tolist()) == {0}
+    assert set(sample_next(logits, 1.0, top_p=0.8, generator=g).tolist()) == {0, 1}
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).repeat(20000, 1)
+    ids = sample_next(logits, 1.0, generator=make_generator(1, "cpu"))
+    freq = torch.bincount(ids, minlength=3).float() / len(ids)
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02)
+
+
+@pytest.mark.parametrize("args, msg", [((-1, 0, 1.0), "temperature"), ((1, -2, 1.0), "top_k"), ((1, 0, 0.0), "top_p")])
+def test_bad_sampling_args_are_named(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_sampling_args(*args)
+
+
+def _uncached_image_logits(model, prompt_ids, prompt_mask, tokens, scale):
+    """Recompute every step's guided logits with one full forward (no cache)."""
+    B, L = prompt_ids.shape
+    ids = torch.cat([prompt_ids, model.unconditional_ids(prompt_ids)])
+    mask = torch.cat([prompt_mask, prompt_mask])
+    toks = torch.cat([tokens, tokens])
+    embeds = torch.cat([model.backbone.embed(ids), model.embed_image_tokens(toks[:, :-1])], 1)
+    full_mask = torch.cat([mask, mask.new_ones(toks[:, :-1].shape)], 1)
+    h = model.hidden_states(embeds, attention_mask=full_mask, position_ids=positions(full_mask), use_cache=False)
+    logits = model.image_logits(h[:, L - 1:]).float()
+    return logits[B:] + scale * (logits[:B] - logits[B:])
+
+
+def test_static_cache_decoding_matches_full_forward(tiny_pipe):
+    model, proc = tiny_pipe.model, tiny_pipe.processor
+    rows = [proc.generation_ids("a red circle"), proc.generation_ids("two small blue squares on the left")]
+    ids, mask = left_pad(rows, model.token_ids.pad)
+    tokens = generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0)
+    assert tokens.shape == (2, model.num_image_tokens)
+    with torch.no_grad():
+        ref = _uncached_image_logits(model, ids, mask, tokens, 3.0)
+    # Greedy: each sampled token is the argmax of the uncached guided logits.
+    assert torch.equal(ref.argmax(-1), tokens)
+
+
+def test_left_padding_does_not_change_a_prompt_s_image(tiny_pipe):
+    model, proc = tiny_pipe.model, tiny_pipe.processor
+    short, long = proc.generation_ids("a red circle"), proc.generation_ids("a large green star at the top of the picture")
+    alone = generate_image_tokens(model, *left_pad([short], model.token_ids.pad), guidance_scale=2.0, temperature=0)
+    batched = generate_image_tokens(model, *left_pad([long, short], model.token_ids.pad), guidance_scale=2.0, temperature=0)
+    assert torch.equal(batched[1], alone[0])
+
+
+def test_no_guidance_runs_a_single_row_per_image(tiny_pipe):
+    model, proc = tiny_pipe.model, tiny_pipe.processor
+    ids, mask = left_pad([proc.generation_ids("a red circle")], model.token_ids.pad)
+    tokens = generate_image_tokens(model, ids, mask, guidance_scale=1.0, temperature=0)
+    with torch.no_grad():
+        embeds = torch.cat([model.backbone.embed(ids), model.embed_image_tokens(tokens[:, :-1])], 1)
+        h = model.hidden_states(embeds, use_cache=False)
+        ref = model.image_logits(h[:, ids.shape[1] - 1:]).argmax(-1)
+    assert torch.equal(ref, tokens)
+
+
+def test_text_generation_with_cache_matches_full_forward(tiny_pipe, shapes_image):
+    model, proc = tiny_pipe.model, tiny_pipe.processor
+    ids, _ = proc.chat_ids([("What colour is the circle?", 1, None)])
+    input_ids = torch.tensor([ids])
+    pixels = proc.pixel_values([shapes_image])
+    out = torch.stack(list(generate_text(model, input_ids, torch.ones_like(input_ids), pixels,
+                                         max_new_tokens=8, temperature=0)), 1)  # (1, n)
+    with torch.no_grad():
+        seq = torch.cat([input_ids, out[:, :-1]], 1)
+        h = model.hidden_states(model.embed_inputs(seq, pixels), use_cache=False)
+        ref = model.text_logits(h[:, len(ids) - 1:]).argmax(-1)
+    assert torch.equal(ref, out)
