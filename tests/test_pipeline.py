@@ -208,3 +208,50 @@ def test_save_is_atomic_and_keeps_the_old_checkpoint_on_failure(tiny_pipe, tmp_p
         tiny_pipe.save_pretrained(target)
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
+
+
+def test_sharded_checkpoint_with_tied_embeddings_round_trips(tmp_path):
+    torch.manual_seed(0)
+    pipe = unimm.load(_tied_config())
+    lm = pipe.model.backbone.lm
+    assert lm.get_input_embeddings().weight.data_ptr() == lm.get_output_embeddings().weight.data_ptr()
+    pipe.save_pretrained(tmp_path / "m", max_shard_size="300KB")
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert "model.safetensors.index.json" in names and sum(n.endswith(".safetensors") for n in names) > 1
+    loaded = unimm.load(str(tmp_path / "m"))
+    lm2 = loaded.model.backbone.lm
+    assert lm2.get_input_embeddings().weight.data_ptr() == lm2.get_output_embeddings().weight.data_ptr()
+    assert _same(pipe.generate("a red circle", seed=0), loaded.generate("a red circle", seed=0))
+    shard = sorted(n for n in names if n.endswith(".safetensors"))[0]
+    (tmp_path / "m" / shard).unlink()
+    with pytest.raises(FileNotFoundError, match=f"weights shard\\(s\\) missing .*{shard}"):
+        unimm.load(str(tmp_path / "m"))
+
+
+def _tied_config():
+    from unimm.pipelines.load import resolve_config
+    import dataclasses
+
+    cfg = resolve_config("tiny")
+    backbone = dataclasses.replace(cfg.backbone, config={**cfg.backbone.config, "tie_word_embeddings": True})
+    return dataclasses.replace(cfg, backbone=backbone)
+
+
+def test_chat_stops_at_end_of_sequence(tiny_pipe, shapes_image, monkeypatch):
+    """Script the LM head: three answer tokens, then EOS; decoding must stop there."""
+    model, tok = tiny_pipe.model, tiny_pipe.processor.tokenizer
+    script = tok.encode(" a red circle", add_special_tokens=False) + [model.token_ids.eos] + [5] * 10
+    calls = []
+
+    def scripted(hidden):
+        logits = torch.zeros(*hidden.shape[:-1], model.token_ids.vocab_size)
+        logits[..., script[len(calls)]] = 1.0
+        calls.append(1)
+        return logits
+
+    monkeypatch.setattr(model, "text_logits", scripted)
+    assert tiny_pipe.chat(shapes_image, "What is it?", max_new_tokens=20) == " a red circle"
+    n_answer = len(script) - 10
+    assert len(calls) == n_answer  # nothing decoded after EOS
+    calls.clear()
+    assert "".join(tiny_pipe.chat(shapes_image, "What is it?", stream=True, max_new_tokens=20)) == " a red circle"

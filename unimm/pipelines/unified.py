@@ -37,8 +37,8 @@ class UnimmPipeline:
     def from_pretrained(cls, directory) -> "UnimmPipeline":
         return cls(UnifiedModel.from_pretrained(directory), load_text_tokenizer(directory))
 
-    def save_pretrained(self, directory) -> None:
-        self.model.save_pretrained(directory, tokenizer=self.processor.tokenizer)
+    def save_pretrained(self, directory, max_shard_size: str = "5GB") -> None:
+        self.model.save_pretrained(directory, tokenizer=self.processor.tokenizer, max_shard_size=max_shard_size)
 
     def to(self, device=None, dtype=None) -> "UnimmPipeline":
         if isinstance(dtype, str):

@@ -1,0 +1,61 @@
+"""Every example in the README runs as written (the documented API cannot rot)."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    blocks = _blocks("python")
+    assert blocks, "the README has no Python examples"
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
+    assert (tmp_path / "my-model" / "model.safetensors").is_file()
+
+
+def _cli_lines() -> list[list[str]]:
+    lines = [ln.strip() for b in _blocks("bash") for ln in b.splitlines() if ln.strip().startswith("unimm ")]
+    return [shlex.split(ln)[1:] for ln in lines]
+
+
+def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
+    from unimm.cli import main
+
+    lines = _cli_lines()
+    assert [a[0] for a in lines] == ["generate", "generate", "chat"]
+    monkeypatch.chdir(tmp_path)
+    for args in lines:
+        assert main(args) == 0, args
+    out = capsys.readouterr().out
+    assert (tmp_path / "out.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == [f"blue-{i}.png" for i in range(4)]
+    assert out.strip().splitlines()[-1]  # the streamed answer
+
+
+def test_readme_setup_and_test_commands_match_ci():
+    ci = (README.parent / ".ci" / "run").read_text()
+    setup = [ln for ln in _blocks("bash")[0].splitlines() if ln.startswith("pip install")]
+    assert setup and all(ln in ci for ln in setup)
+    assert _blocks("bash")[1].strip() in ci
+
+
+def test_console_script_reports_bad_input_without_a_traceback(tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_text("not an image")
+    exe = Path(sys.executable).with_name("unimm")
+    if not exe.exists():
+        pytest.skip("the unimm console script is not installed in this environment")
+    r = subprocess.run([str(exe), "chat", "--image", str(bad), "What is it?", "--model", "tiny"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "cannot read image" in r.stderr and "Traceback" not in r.stderr
