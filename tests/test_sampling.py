@@ -54,9 +54,11 @@ def _uncached_image_logits(model, prompt_ids, prompt_mask, tokens, scale):
     return logits[B:] + scale * (logits[:B] - logits[B:])
 
 
-def test_static_cache_decoding_matches_full_forward(tiny_pipe):
+@pytest.mark.parametrize("prompts", [["a red circle", "two small blue squares on the left"],  # left-padded
+                                     ["a red circle", "a red circle"]])  # no padding
+def test_static_cache_decoding_matches_full_forward(tiny_pipe, prompts):
     model, proc = tiny_pipe.model, tiny_pipe.processor
-    rows = [proc.generation_ids("a red circle"), proc.generation_ids("two small blue squares on the left")]
+    rows = [proc.generation_ids(p) for p in prompts]
     ids, mask = left_pad(rows, model.token_ids.pad)
     tokens = generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0)
     assert tokens.shape == (2, model.num_image_tokens)

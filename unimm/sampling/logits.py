@@ -15,9 +15,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
+        probs = sorted_logits.softmax(-1)
         # Drop a token when the mass before it already reaches top_p; the top token always stays.
-        drop = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = (probs.cumsum(-1) - probs) >= top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
