@@ -99,3 +99,25 @@ def test_text_generation_with_cache_matches_full_forward(tiny_pipe, shapes_image
         h = model.hidden_states(model.embed_inputs(seq, pixels), use_cache=False)
         ref = model.text_logits(h[:, len(ids) - 1:]).argmax(-1)
     assert torch.equal(ref, out)
+
+
+def test_eager_attention_decodes_like_sdpa(tiny_pipe, saved_tiny):
+    """The prepared 4-D mask is boolean for SDPA and additive for eager attention: same tokens."""
+    import json
+
+    import unimm
+
+    cfg = json.loads((saved_tiny / "config.json").read_text())
+    cfg["backbone"]["attn_implementation"] = "eager"
+    (saved_tiny.parent / "eager").mkdir(exist_ok=True)
+    import shutil
+
+    for f in saved_tiny.iterdir():
+        shutil.copy(f, saved_tiny.parent / "eager" / f.name)
+    (saved_tiny.parent / "eager" / "config.json").write_text(json.dumps(cfg))
+    eager = unimm.load(str(saved_tiny.parent / "eager"))
+    assert eager.model.backbone.hf_config._attn_implementation == "eager"
+    prompts = ["a red circle", "two small blue squares on the left"]
+    a = tiny_pipe.generate(prompts, temperature=0)
+    b = eager.generate(prompts, temperature=0)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import StaticCache
 
+from ..models.masks import causal_padding_mask
 from ..models.unified import UnifiedModel, positions
 from .logits import sample_next
 
@@ -33,16 +34,18 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
         prompt_mask = torch.cat([prompt_mask, prompt_mask])
     rows = prompt_ids.shape[0]
     cache = StaticCache(config=model.backbone.hf_config, max_cache_len=L + N)
-    # The attention mask for the whole run, sliced per step; image positions are always visible.
-    # Without left padding no mask is needed: the causal mask alone is right and cheaper to build.
-    full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, N)], 1) if not bool(prompt_mask.all()) else None
+    # One mask for the whole run (prompt + image positions), sliced per step: the
+    # decode step's shapes never change and nothing is rebuilt inside the loop.
+    key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, N)], 1)  # (rows, L + N)
+    mask4d = causal_padding_mask(key_mask, model.backbone.hf_config._attn_implementation, model.dtype)
     pos = positions(prompt_mask)  # (rows, L)
     embeds = model.backbone.embed(prompt_ids)  # (rows, L, D)
     cache_pos = torch.arange(L, device=prompt_ids.device)
     out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
     seen = L  # positions in the cache after this step (a Python int: no host sync)
     for i in range(N):
-        h = model.hidden_states(embeds, attention_mask=None if full_mask is None else full_mask[:, :seen], position_ids=pos,
+        step_mask = key_mask[:, :seen] if mask4d is None else mask4d[:, :, seen - embeds.shape[1]:seen]
+        h = model.hidden_states(embeds, attention_mask=step_mask, position_ids=pos,
                                 past_key_values=cache, cache_position=cache_pos)
         logits = model.image_logits(h[:, -1]).float()  # (rows, K)
         if cfg:
