@@ -87,6 +87,20 @@ def test_encoder_loads_a_local_siglip_checkpoint(tmp_path):
     assert rebuilt.resolved_config() == enc.resolved_config()
 
 
+def test_encoder_takes_the_vision_tower_of_a_full_siglip_checkpoint(tmp_path):
+    # Real SigLIP checkpoints (e.g. google/siglip-so400m-patch14-384) hold both towers.
+    from transformers import SiglipConfig, SiglipModel
+
+    torch.manual_seed(0)
+    full = SiglipModel(SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=100),
+        vision_config=SMALL_SIGLIP)).eval()
+    full.save_pretrained(tmp_path / "siglip")
+    enc = SiglipEncoder(SiglipEncoderConfig(pretrained=str(tmp_path / "siglip"))).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(enc(x), full.vision_model(pixel_values=x).last_hidden_state, atol=1e-6)
+
+
 def test_encoder_rejects_sizes_that_do_not_fit_patches():
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         SiglipEncoder(SiglipEncoderConfig(siglip=SMALL_SIGLIP, image_size=30))
