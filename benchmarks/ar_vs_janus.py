@@ -31,7 +31,7 @@ What is timed (--level; decisions recorded here):
   prompt is left on unimm's side only: it is microseconds and counts against
   unimm, never for it.
 - sampler: the same prompt ids tensor into `generate_image_tokens` +
-  `pipe.model.decode_image_tokens` vs `generate` + `decode_image_tokens`
+  `pipe.model.decode_images` vs `generate` + `decode_image_tokens`
   (ids -> pixel tensors; no tokenising, no PIL).
 - tokens: as sampler but without the decode: image decode excluded in both.
 
@@ -237,7 +237,7 @@ def make_runners(a, pipe, janus, gen):
         if not decode:
             return ids
         with torch.inference_mode():
-            return model.decode_image_tokens(ids)
+            return model.decode_images(ids)
 
     def run_janus():
         # Janus.generate is @torch.no_grad; inference_mode, as unimm's sampler uses,
@@ -329,7 +329,7 @@ def main(argv=None) -> None:
     if a.level != "tokens":
         with torch.inference_mode():
             for _ in range(max(a.repeats, 3)):
-                dec["unimm"].append(timed(lambda: pipe.model.decode_image_tokens(u_ids))[0])
+                dec["unimm"].append(timed(lambda: pipe.model.decode_images(u_ids))[0])
                 dec["transformers"].append(timed(lambda: janus.decode_image_tokens(j_ids))[0])
 
     med = {k: statistics.median(v) for k, v in times.items()}

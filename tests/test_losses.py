@@ -55,7 +55,7 @@ def test_both_losses_fall_when_overfitting_a_fixed_batch(shapes_image):
     gen_ids, gen_mask = left_pad([proc.generation_ids("a red circle"), proc.generation_ids("a blue square")],
                                  model.token_ids.pad)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
-    gen = dict(prompt_ids=gen_ids, prompt_mask=gen_mask, image_ids=model.images_to_ids(images))
+    gen = dict(prompt_ids=gen_ids, prompt_mask=gen_mask, targets=model.images_to_targets(images))
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("image_tokenizer")], lr=3e-3)
     first = None
     for _ in range(40):

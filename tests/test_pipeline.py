@@ -16,7 +16,7 @@ def _same(a, b):
 def test_generate_returns_images_of_the_configured_size(tiny_pipe):
     images = tiny_pipe.generate(["a red circle", "a blue square"], num_images=3, seed=0)
     assert len(images) == 6
-    size = tiny_pipe.config.image_tokenizer.image_size
+    size = tiny_pipe.config.image_tokenizer["image_size"]
     assert all(isinstance(im, Image.Image) and im.size == (size, size) and im.mode == "RGB" for im in images)
 
 

@@ -95,3 +95,16 @@ def read_config_file(path: str | os.PathLike) -> dict:
 
 def write_json(data: Any, path: str | os.PathLike) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def typed_from_dict(registry: dict[str, type], spec: dict | None, default: str, where: str):
+    """Read a `{"type": name, **fields}` spec against the dataclass registered for `name`.
+
+    Returns (name, config). Families chosen by `type` (projectors, image
+    tokenizers) share this, so their errors read the same.
+    """
+    spec = dict(spec or {})
+    kind = spec.pop("type", default)
+    if kind not in registry:
+        raise ConfigError(f"unknown {where} type {kind!r}; choose one of {', '.join(registry)}")
+    return kind, from_dict(registry[kind], spec, f"{where} ({kind})")

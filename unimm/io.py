@@ -109,3 +109,43 @@ def load_weights(module: torch.nn.Module, directory: str | os.PathLike) -> None:
 def _preview(items: list[str], n: int = 8) -> str:
     more = f" ... and {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+class SaveLoadMixin:
+    """`save_pretrained` / `from_pretrained` for a component: config.json (+ its family `type`) + safetensors.
+
+    Subclasses set `config_class` and `type_name` and take their config as the
+    only constructor argument.
+    """
+
+    config_class: type
+    type_name: str
+
+    def save_pretrained(self, directory) -> None:
+        from .config import to_dict, write_json
+
+        with atomic_directory(directory) as tmp:
+            write_json({"type": self.type_name, **to_dict(self.resolved_config())}, Path(tmp) / "config.json")
+            save_weights(self, tmp)
+
+    def resolved_config(self):
+        return self.config
+
+    @classmethod
+    def read_config(cls, directory):
+        from .config import from_dict
+
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved {cls.__name__}: config.json is missing")
+        data = json.loads(path.read_text())
+        kind = data.pop("type", cls.type_name)
+        if kind != cls.type_name:
+            raise ConfigError(f"{directory} holds a {kind!r} component, not {cls.type_name!r}")
+        return from_dict(cls.config_class, data, f"{cls.__name__} config in {directory}")
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        module = cls(cls.read_config(directory))
+        load_weights(module, directory)
+        return module.eval()

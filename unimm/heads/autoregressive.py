@@ -6,26 +6,12 @@ head, so the understanding encoder never has to serve generation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..projectors.base import mlp
-
-
-@dataclass
-class GenerationConfig:
-    # Only "autoregressive" is built so far; masked and flow heads plug in here.
-    paradigm: str = "autoregressive"
-    embed_dim: int | None = None  # image-token embedding width; None: the VQ code dim (Janus)
-    aligner_depth: int = 2  # MLP from embed_dim to the backbone width
-    head_hidden: int | None = None  # hidden width of the 2-layer head; None: backbone width
-
-    def __post_init__(self):
-        if self.paradigm != "autoregressive":
-            raise ValueError(f"generation paradigm {self.paradigm!r} is not available; choose 'autoregressive'")
+from .config import GenerationConfig
 
 
 class ARImageHead(nn.Module):

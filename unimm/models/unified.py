@@ -1,13 +1,17 @@
 """The unified model: one causal backbone that reads images and writes image tokens.
 
 Understanding: SigLIP features -> projector -> spliced into the text embeddings
-at the image-placeholder positions. Generation: prompt embeddings, then image
-tokens through their own embedding/aligner, predicted by their own head.
+at the image-placeholder positions. Generation: prompt embeddings (ending in
+begin-of-image), then the image span through its own embedding/aligner, read
+out by its own head. The paradigm decides what the image span holds:
+autoregressive: VQ ids, causal, each position predicts the next id;
+masked: VQ ids or the mask token, bidirectional, each position predicts its own id;
+flow: noisy VAE latent patches, bidirectional, each position predicts its velocity.
 The model computes forward passes and losses; sampling loops live in
 `unimm.sampling` and take the model as an argument.
 
 Shapes: B batch, T sequence, L prompt length, N image tokens, M placeholders
-per understood image, D backbone width, K codebook size.
+per understood image, D backbone width, K codebook size, C/h/w latent channels/grid.
 """
 from __future__ import annotations
 
@@ -23,12 +27,13 @@ from torch import nn
 from ..backbones import Backbone, BackboneConfig
 from ..config import ConfigError, from_dict, to_dict, write_json
 from ..encoders import SiglipEncoder, SiglipEncoderConfig
-from ..heads import ARImageHead, GenerationConfig
+from ..heads import GenerationConfig, build_head
 from ..io import atomic_directory, load_weights, save_weights
 from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
+from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 from ..tokenizers.text import TextTokenizerConfig, build_text_tokenizer
-from ..tokenizers.vq import VQConfig, VQTokenizer
+from .masks import attention_mask_4d
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
@@ -38,10 +43,13 @@ FORMAT_VERSION = 1
 class SamplingDefaults:
     """Sampling settings that ship with a model, so its results reproduce."""
 
-    guidance_scale: float = 5.0  # Janus's default CFG weight on image-token logits
-    temperature: float = 1.0
+    guidance_scale: float = 5.0  # Janus's default CFG weight on image-token logits (flow: on the velocity)
+    temperature: float = 1.0  # autoregressive / masked token sampling; masked anneals it to 0
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
+    steps: int | None = None  # masked / flow decoding steps; None: 12 masked, 25 flow
+    solver: str = "euler"  # flow ODE solver: "euler" or "heun"
+    shift: float = 1.0  # flow sampling timestep shift (> 1 spends more steps near noise)
     chat_max_new_tokens: int = 64
     chat_temperature: float = 0.0  # greedy answers by default
 
@@ -54,7 +62,8 @@ class UnifiedConfig:
     projector: dict = field(default_factory=lambda: {"type": "mlp", "depth": 2})
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     text_tokenizer: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
-    image_tokenizer: VQConfig = field(default_factory=VQConfig)
+    # {"type": "vq" | "vae", ...fields} or {"checkpoint": DIR} of a trained tokenizer.
+    image_tokenizer: dict = field(default_factory=lambda: {"type": "vq"})
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
@@ -64,6 +73,15 @@ class UnifiedConfig:
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"config format_version {self.format_version} is not supported (expected {FORMAT_VERSION})")
         self.projector = normalise_projector_spec(self.projector)
+        self.image_tokenizer = normalise_image_tokenizer_spec(self.image_tokenizer)
+        wants = "vae" if self.generation.paradigm == "flow" else "vq"
+        if self.image_tokenizer["type"] != wants:
+            raise ConfigError(
+                f"the {self.generation.paradigm} paradigm needs a {wants!r} image tokenizer, "
+                f"got {self.image_tokenizer['type']!r}"
+            )
+        if self.sampling.solver not in ("euler", "heun"):
+            raise ConfigError(f"sampling.solver must be 'euler' or 'heun', got {self.sampling.solver!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnifiedConfig":
@@ -81,10 +99,8 @@ class UnifiedModel(nn.Module):
         self.backbone = Backbone(config.backbone, vocab_size=config.token_ids.vocab_size)
         D = self.backbone.hidden_size
         self.projector = build_projector(config.projector, self.encoder.hidden_size, D, self.encoder.num_patches)
-        self.image_tokenizer = VQTokenizer(config.image_tokenizer)
-        self.gen_head = ARImageHead(
-            config.generation, self.image_tokenizer.num_codes, config.image_tokenizer.quantizer.dim, D
-        )
+        self.image_tokenizer = build_image_tokenizer(config.image_tokenizer)
+        self.gen_head = build_head(config.generation, self.image_tokenizer, D)
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -93,9 +109,13 @@ class UnifiedModel(nn.Module):
         return self.projector.num_output_tokens(self.encoder.num_patches)
 
     @property
+    def paradigm(self) -> str:
+        return self.config.generation.paradigm
+
+    @property
     def num_image_tokens(self) -> int:
         """Tokens one generated image takes (N)."""
-        return self.image_tokenizer.num_tokens
+        return self.gen_head.num_tokens if self.paradigm == "flow" else self.image_tokenizer.num_tokens
 
     @property
     def device(self) -> torch.device:
@@ -148,12 +168,30 @@ class UnifiedModel(nn.Module):
         return torch.where(keep, prompt_ids, torch.full_like(prompt_ids, self.token_ids.pad))
 
     @torch.no_grad()
-    def images_to_ids(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, N) codebook ids (generation targets)."""
+    def images_to_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> generation targets: (B, N) VQ ids, or (B, C, h, w) VAE latents."""
+        if self.paradigm == "flow":
+            return self.image_tokenizer.encode(images)
         return self.image_tokenizer.encode(images)[1]
 
-    def decode_image_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.image_tokenizer.decode(ids)  # (B, N) -> (B, 3, H, W)
+    def decode_images(self, targets: torch.Tensor) -> torch.Tensor:
+        """VQ ids (B, N) or latents (B, C, h, w) -> images (B, 3, H, W) in about [-1, 1]."""
+        return self.image_tokenizer.decode(targets)
+
+    def image_span_mask(self, prompt_mask: torch.Tensor, n: int) -> torch.Tensor:
+        """Omni-attention mask for prompt + an n-token image span: (B, 1, L + n, L + n)."""
+        key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], n)], 1)
+        return attention_mask_4d(key_mask, self.backbone.hf_config._attn_implementation, self.dtype,
+                                 image_start=prompt_mask.shape[1])
+
+    def image_span_hidden(self, prompt_ids, prompt_mask, image_embeds) -> torch.Tensor:
+        """Run prompt + a bidirectional image span; return the span's hidden states (B, N, D)."""
+        L, n = prompt_ids.shape[1], image_embeds.shape[1]
+        embeds = torch.cat([self.backbone.embed(prompt_ids), image_embeds], 1)
+        key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], n)], 1)
+        h = self.hidden_states(embeds, attention_mask=self.image_span_mask(prompt_mask, n),
+                               position_ids=positions(key_mask), use_cache=False)
+        return h[:, L:]
 
     # -- losses -----------------------------------------------------------------
     def understanding_loss(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
@@ -166,8 +204,20 @@ class UnifiedModel(nn.Module):
         logits = self.text_logits(h[:, :-1][keep])  # (n_answer, V)
         return F.cross_entropy(logits.float(), targets[keep])
 
-    def generation_loss(self, prompt_ids, prompt_mask, image_ids) -> torch.Tensor:
-        """Image-token loss: the prompt (ending in BOI) predicts image_ids (B, N) one by one."""
+    def generation_loss(self, prompt_ids, prompt_mask, targets, generator=None) -> torch.Tensor:
+        """The paradigm's image loss for prompts (ending in BOI) and targets from `images_to_targets`."""
+        if self.paradigm == "masked":
+            corrupted, masked = self.gen_head.mask(targets, generator)
+            h = self.image_span_hidden(prompt_ids, prompt_mask, self.gen_head.embed(corrupted))
+            return self.gen_head.loss(h, targets, masked)
+        if self.paradigm == "flow":
+            x_t, t, velocity = self.gen_head.noise(targets, generator)
+            h = self.image_span_hidden(prompt_ids, prompt_mask, self.gen_head.embed(x_t, t))
+            return self.gen_head.loss(h, velocity)
+        return self._autoregressive_loss(prompt_ids, prompt_mask, targets)
+
+    def _autoregressive_loss(self, prompt_ids, prompt_mask, image_ids) -> torch.Tensor:
+        """The prompt predicts image_ids (B, N) one by one."""
         L = prompt_ids.shape[1]
         embeds = torch.cat([self.backbone.embed(prompt_ids), self.embed_image_tokens(image_ids[:, :-1])], 1)
         mask = torch.cat([prompt_mask, prompt_mask.new_ones(image_ids[:, :-1].shape)], 1)  # (B, L + N - 1)
@@ -189,8 +239,10 @@ class UnifiedModel(nn.Module):
     # -- saving and loading -----------------------------------------------------
     def resolved_config(self) -> UnifiedConfig:
         """This model's config with every part written out (no external checkpoint needed)."""
+        image_tokenizer = {"type": self.image_tokenizer.type_name, **to_dict(self.image_tokenizer.resolved_config())}
         return dataclasses.replace(
             self.config,
+            image_tokenizer=image_tokenizer,
             encoder=self.encoder.resolved_config(),
             backbone=self.backbone.resolved_config(),
             text_tokenizer=dataclasses.replace(self.config.text_tokenizer, pretrained=None),

@@ -12,6 +12,8 @@ from ..images import to_pil
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
 from ..processing import Processor, left_pad
 from ..sampling.autoregressive import generate_image_tokens
+from ..sampling.flow import generate_latents
+from ..sampling.masked import generate_masked_tokens
 from ..sampling.logits import check_sampling_args, make_generator
 from ..sampling.text import generate_text
 from ..tokenizers.text import load_text_tokenizer
@@ -61,13 +63,18 @@ class UnimmPipeline:
     def generate(self, prompt_or_prompts: str | list[str], num_images: int = 1, guidance_scale: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  do_sample: bool | None = None, seed: int | None = None, batch_size: int | None = None,
+                 steps: int | None = None, solver: str | None = None, shift: float | None = None,
                  progress=None) -> list[Image.Image]:
         """Generate `num_images` images per prompt; returns them prompt by prompt.
 
-        temperature 0 or do_sample=False decode greedily. Unset options take the
-        model's shipped sampling defaults (config.sampling). `batch_size` caps the
-        rows decoded together (CFG doubles them) to bound memory; the same seed and
-        batch_size give the same images. `progress(step, total)` follows the tokens.
+        The same call serves every paradigm. Unset options take the model's
+        shipped sampling defaults (config.sampling).
+        - autoregressive / masked: temperature (0 or do_sample=False: greedy), top_k, top_p;
+        - masked / flow: `steps` (decoding passes / ODE steps);
+        - flow: `solver` ("euler" or "heun") and the timestep `shift`; temperature is unused.
+        `batch_size` caps the rows decoded together (CFG doubles them) to bound
+        memory; the same seed and batch_size give the same images.
+        `progress(step, total)` follows the tokens or steps.
         """
         prompts = [prompt_or_prompts] if isinstance(prompt_or_prompts, str) else list(prompt_or_prompts)
         if not prompts:
@@ -82,6 +89,12 @@ class UnimmPipeline:
         if do_sample is False:
             temperature = 0.0
         check_sampling_args(temperature, top_k, top_p)
+        paradigm = self.model.paradigm
+        steps = steps if steps is not None else d.steps or (25 if paradigm == "flow" else 12)
+        solver = solver or d.solver
+        shift = d.shift if shift is None else shift
+        if steps < 1 or shift <= 0:
+            raise ValueError(f"steps must be >= 1 and shift > 0, got steps={steps}, shift={shift}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale}")
 
@@ -98,12 +111,18 @@ class UnimmPipeline:
         images: list[Image.Image] = []
         for start in range(0, len(rows), batch_size):
             ids, mask = left_pad(rows[start:start + batch_size], self.model.token_ids.pad)
-            tokens = generate_image_tokens(
-                self.model, ids.to(self.device), mask.to(self.device), guidance_scale=guidance_scale,
-                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, progress=progress,
-            )
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            common = dict(guidance_scale=guidance_scale, generator=generator, progress=progress)
+            if paradigm == "flow":
+                targets = generate_latents(self.model, ids, mask, steps=steps, solver=solver, shift=shift, **common)
+            elif paradigm == "masked":
+                targets = generate_masked_tokens(self.model, ids, mask, steps=steps, temperature=temperature,
+                                                 top_k=top_k, top_p=top_p, **common)
+            else:
+                targets = generate_image_tokens(self.model, ids, mask, temperature=temperature, top_k=top_k,
+                                                top_p=top_p, **common)
             with torch.inference_mode():
-                images += to_pil(self.model.decode_image_tokens(tokens))
+                images += to_pil(self.model.decode_images(targets))
         return images
 
     # -- chat -------------------------------------------------------------------

@@ -6,7 +6,7 @@ that family's dataclass.
 """
 from __future__ import annotations
 
-from ..config import ConfigError, from_dict, to_dict
+from ..config import to_dict, typed_from_dict
 from .base import Projector
 from .linear import LinearProjector, LinearProjectorConfig
 from .mlp import MLPProjector, MLPProjectorConfig
@@ -24,11 +24,7 @@ PROJECTORS: dict[str, tuple[type, type[Projector]]] = {
 
 
 def projector_config(spec: dict):
-    spec = dict(spec or {"type": "mlp"})
-    kind = spec.pop("type", "mlp")
-    if kind not in PROJECTORS:
-        raise ConfigError(f"unknown projector type {kind!r}; choose one of {', '.join(PROJECTORS)}")
-    return kind, from_dict(PROJECTORS[kind][0], spec, f"projector ({kind})")
+    return typed_from_dict({k: v[0] for k, v in PROJECTORS.items()}, spec, "mlp", "projector")
 
 
 def normalise_projector_spec(spec: dict) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import StaticCache
 
-from ..models.masks import causal_padding_mask
+from ..models.masks import attention_mask_4d
 from ..models.unified import UnifiedModel, positions
 from .logits import sample_next
 
@@ -37,7 +37,7 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
     # One mask for the whole run (prompt + image positions), sliced per step: the
     # decode step's shapes never change and nothing is rebuilt inside the loop.
     key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, N)], 1)  # (rows, L + N)
-    mask4d = causal_padding_mask(key_mask, model.backbone.hf_config._attn_implementation, model.dtype)
+    mask4d = attention_mask_4d(key_mask, model.backbone.hf_config._attn_implementation, model.dtype)
     pos = positions(prompt_mask)  # (rows, L)
     embeds = model.backbone.embed(prompt_ids)  # (rows, L, D)
     cache_pos = torch.arange(L, device=prompt_ids.device)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..io import SaveLoadMixin
 from .quantizers import Quantizer, QuantizerConfig
 
 
@@ -44,7 +45,10 @@ class VQConfig:
         return self.image_size // self.downsample
 
 
-class VQTokenizer(nn.Module):
+class VQTokenizer(SaveLoadMixin, nn.Module):
+    config_class = VQConfig
+    type_name = "vq"
+
     def __init__(self, config: VQConfig):
         super().__init__()
         from diffusers.models.autoencoders.vae import Decoder, Encoder

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARADIGMS = ("autoregressive", "masked", "flow")
+
+
+@dataclass
+class GenerationConfig:
+    # autoregressive: next VQ token (Janus, LlamaGen); masked: MaskGIT-style parallel
+    # decoding of VQ tokens (Show-o); flow: rectified flow on VAE latents (JanusFlow, Transfusion).
+    paradigm: str = "autoregressive"
+    embed_dim: int | None = None  # discrete paradigms: image-token embedding width; None: the VQ code dim (Janus)
+    aligner_depth: int = 2  # MLP from the image embedding (or latent patch) to the backbone width
+    head_hidden: int | None = None  # hidden width of the 2-layer head; None: backbone width
+    # flow: latent patch side; tokens per image = (latent grid / patch_size)^2.
+    patch_size: int = 1
+    # flow training: t ~ sigmoid(N(logit_mean, logit_std)) (logit-normal, SD3 arXiv:2403.03206),
+    # then shifted by `shift` towards noise (shift > 1) as for higher resolutions.
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+
+    def __post_init__(self):
+        if self.paradigm not in PARADIGMS:
+            raise ValueError(f"generation paradigm {self.paradigm!r} is not available; choose one of {', '.join(PARADIGMS)}")
+        if self.patch_size < 1 or self.shift <= 0 or self.logit_std <= 0:
+            raise ValueError("patch_size must be >= 1, shift > 0 and logit_std > 0")
