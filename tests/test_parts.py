@@ -180,3 +180,54 @@ def test_vq_rejects_sizes_the_downsampling_cannot_divide():
         VQConfig(image_size=30, block_out_channels=(8, 8, 8))
     with pytest.raises(ValueError, match="power of two"):
         QuantizerConfig(type="lfq", codebook_size=100)
+
+
+# -- VAE image tokenizer and tokenizer checkpoints -------------------------------------------
+TINY_AE = {"block_out_channels": [16, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+           "up_block_types": ["UpDecoderBlock2D"] * 2, "latent_channels": 4, "norm_num_groups": 8, "layers_per_block": 1}
+
+
+def test_vae_tokenizer_normalises_latents_and_loads_a_diffusers_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from unimm.tokenizers.vae import VAEConfig, VAETokenizer
+
+    torch.manual_seed(0)
+    AutoencoderKL(**TINY_AE, scaling_factor=0.5, shift_factor=0.1).save_pretrained(tmp_path / "vae")
+    tok = VAETokenizer(VAEConfig(image_size=16, pretrained=str(tmp_path / "vae"))).eval()
+    assert (tok.scaling_factor, tok.shift_factor, tok.grid, tok.latent_channels) == (0.5, 0.1, 8, 4)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = tok.encode(x)
+        mean = tok.vae.encode(x).latent_dist.mean
+        assert torch.allclose(z, (mean - 0.1) * 0.5)
+        assert torch.allclose(tok.decode(z), tok.vae.decode(mean).sample, atol=1e-5)
+    # Saved, it rebuilds from its resolved config without the diffusers directory.
+    tok.save_pretrained(tmp_path / "unimm-vae")
+    again = VAETokenizer.from_pretrained(tmp_path / "unimm-vae")
+    with torch.no_grad():
+        assert torch.allclose(again.encode(x), z)
+    with pytest.raises(ValueError, match="unknown config key 'latent_chanels'"):
+        VAEConfig(autoencoder={"latent_chanels": 4})
+
+
+def test_model_config_can_point_at_a_trained_image_tokenizer(tmp_path):
+    torch.manual_seed(0)
+    vq = VQTokenizer(VQConfig(image_size=32, block_out_channels=(16, 32, 32), norm_num_groups=8, latent_channels=16,
+                              quantizer=QuantizerConfig(codebook_size=128)))
+    vq.save_pretrained(tmp_path / "vq")
+    pipe = unimm.load(_with_tokenizer_checkpoint(tmp_path / "vq"))
+    for (k, a), (_, b) in zip(vq.state_dict().items(), pipe.model.image_tokenizer.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert pipe.model.gen_head.head[-1].out_features == 128
+    with pytest.raises(ValueError, match="takes no other keys"):
+        unimm.load({"image_tokenizer": {"checkpoint": str(tmp_path / "vq"), "image_size": 64}})
+
+
+def _with_tokenizer_checkpoint(path):
+    import dataclasses
+
+    from unimm.pipelines import resolve_config
+
+    cfg = resolve_config("tiny")
+    return dataclasses.replace(cfg, image_tokenizer={"checkpoint": str(path)})

@@ -29,9 +29,12 @@ def normalise_image_tokenizer_spec(spec: dict | None) -> dict:
     spec = dict(spec or {})
     checkpoint = spec.pop("checkpoint", None)
     if checkpoint is not None:
-        if spec:
+        saved = normalise_image_tokenizer_spec(_read_checkpoint_spec(checkpoint))
+        # Other keys are allowed only when they restate the checkpoint's own config
+        # (as a normalised spec does); anything else would silently be ignored.
+        if spec and normalise_image_tokenizer_spec(spec) != saved:
             raise ConfigError(f"image_tokenizer with a checkpoint takes no other keys, got {', '.join(spec)}")
-        return {**normalise_image_tokenizer_spec(_read_checkpoint_spec(checkpoint)), "checkpoint": checkpoint}
+        return {**saved, "checkpoint": checkpoint}
     kind, cfg = typed_from_dict({k: v.config_class for k, v in IMAGE_TOKENIZERS.items()}, spec, "vq", "image_tokenizer")
     return {"type": kind, **to_dict(cfg)}
 
