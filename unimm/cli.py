@@ -67,6 +67,16 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_train_tokenizer(args) -> int:
+    from unimm.training.tokenizer import load_train_config, train_tokenizer
+
+    cfg = load_train_config(args.config, args.overrides)
+    metrics = train_tokenizer(cfg, progress=not args.quiet)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
+    print(f"saved {Path(cfg.output_dir) / 'tokenizer'}  ({shown})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimm", description="Unified multimodal models: chat about images and generate them.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None)
     _model_args(c)
     c.set_defaults(func=cmd_chat)
+
+    t = sub.add_parser("train-tokenizer", help="train a VQ or VAE image tokenizer")
+    t.add_argument("config", help="a training config, e.g. configs/tokenizers/vq-shapes.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=500 data.num_samples=2048")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train_tokenizer)
     return parser
 
 

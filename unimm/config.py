@@ -108,3 +108,24 @@ def typed_from_dict(registry: dict[str, type], spec: dict | None, default: str, 
     if kind not in registry:
         raise ConfigError(f"unknown {where} type {kind!r}; choose one of {', '.join(registry)}")
     return kind, from_dict(registry[kind], spec, f"{where} ({kind})")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply command-line `dotted.key=value` overrides; values are parsed as YAML (numbers, lists, null)."""
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data

@@ -24,6 +24,10 @@ class QuantizerConfig:
     ema_update: bool = True  # vq: EMA codebook (True) or a codebook learned by gradient
     decay: float = 0.99  # vq: EMA decay
     commitment_weight: float = 0.25  # vq, lfq
+    # vq: codes used less than this (EMA count) are re-seeded from the batch (dead-code
+    # replacement, as in Jukebox / SoundStream); 0 turns it off.
+    dead_code_threshold: float = 0.0
+    kmeans_init: bool = False  # vq: initialise the codebook by k-means on the first batch
     levels: tuple[int, ...] = (8, 5, 5, 5)  # fsq: levels per channel (1000 codes)
     entropy_loss_weight: float = 0.1  # lfq
 
@@ -59,6 +63,7 @@ class Quantizer(nn.Module):
                 use_cosine_sim=config.use_cosine_sim, decay=config.decay,
                 commitment_weight=config.commitment_weight, ema_update=config.ema_update,
                 learnable_codebook=not config.ema_update, accept_image_fmap=True,
+                threshold_ema_dead_code=config.dead_code_threshold, kmeans_init=config.kmeans_init,
             )
         elif config.type == "fsq":
             from vector_quantize_pytorch import FSQ

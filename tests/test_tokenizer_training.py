@@ -1,0 +1,99 @@
+"""The image-tokenizer trainer: losses fall, usage is reported, the result saves and loads."""
+import json
+
+import pytest
+import torch
+
+from unimm.cli import main
+from unimm.tokenizers import VAETokenizer, VQTokenizer
+from unimm.training.tokenizer import codebook_usage, load_train_config, train_tokenizer
+
+SMALL_VQ = {"type": "vq", "image_size": 16, "block_out_channels": [16, 16], "norm_num_groups": 8, "latent_channels": 16,
+            "quantizer": {"codebook_size": 32, "kmeans_init": True, "dead_code_threshold": 1}}
+SMALL_VAE = {"type": "vae", "image_size": 16, "autoencoder": {
+    "block_out_channels": [16, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2, "latent_channels": 4, "norm_num_groups": 8, "layers_per_block": 1}}
+
+
+def _cfg(tmp_path, tokenizer, **kw):
+    base = {"tokenizer": tokenizer, "data": {"source": "shapes", "num_samples": 160, "seed": 1},
+            "output_dir": str(tmp_path / "run"), "steps": 40, "batch_size": 16, "lr": 2e-3, "log_every": 10,
+            "eval_size": 16, "warmup_steps": 1}
+    base.update(kw)
+    return load_train_config(base)
+
+
+def _log(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_codebook_usage_counts_perplexity_and_dead_codes():
+    assert codebook_usage(torch.tensor([0, 1, 2, 3]), 8) == {"perplexity": pytest.approx(4.0), "unused_codes": 4,
+                                                              "used_fraction": 0.5}
+    assert codebook_usage(torch.zeros(10, dtype=torch.long), 4)["perplexity"] == pytest.approx(1.0)
+
+
+def test_vq_tokenizer_trains_reports_usage_and_saves(tmp_path):
+    metrics = train_tokenizer(_cfg(tmp_path, SMALL_VQ), progress=False)
+    log = _log(tmp_path)
+    assert [m["step"] for m in log] == [0, 10, 20, 30, 40]  # step 0: the untrained baseline
+    assert {"recon", "aux", "mse", "psnr", "perplexity", "unused_codes"} <= set(log[-1])
+    assert log[-1]["mse"] < 0.5 * log[0]["mse"]  # reconstruction improves
+    assert 1 <= metrics["perplexity"] <= 32 and 0 <= metrics["unused_codes"] < 32
+    tok = VQTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    assert tok.num_codes == 32
+    assert (tmp_path / "run" / "reconstructions.png").is_file()
+
+
+def test_vae_tokenizer_trains_and_sets_latent_scaling(tmp_path):
+    train_tokenizer(_cfg(tmp_path, SMALL_VAE), progress=False)
+    log = _log(tmp_path)
+    assert log[-1]["mse"] < 0.5 * log[0]["mse"] and "kl" in log[-1]
+    tok = VAETokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    from unimm.data.images import ImageDataset
+
+    data = ImageDataset("shapes", 16, num_samples=160, seed=1)
+    with torch.no_grad():
+        z = tok.encode(torch.stack([data[i] for i in range(144, 160)]))  # the held-out images
+    assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05  # normalised latents
+
+
+def test_folder_data_skips_unreadable_files_with_a_warning(tmp_path):
+    from unimm.data.shapes import ShapesWorld
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    world = ShapesWorld(image_size=16, num_samples=40)
+    for i in range(40):
+        world.sample(i)["image"].save(folder / f"{i:03d}.png")
+    (folder / "000.png").write_bytes(b"broken")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\), e.g. .*000.png"):
+        train_tokenizer(_cfg(tmp_path, SMALL_VQ, data={"source": "folder", "path": str(folder)}, steps=3), progress=False)
+
+
+def test_bad_training_configs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="recon_loss must be"):
+        _cfg(tmp_path, SMALL_VQ, recon_loss="l3")
+    with pytest.raises(ValueError, match="unknown config key 'stepz'"):
+        _cfg(tmp_path, SMALL_VQ, stepz=3)
+    with pytest.raises(ValueError, match="image folder not found"):
+        train_tokenizer(_cfg(tmp_path, SMALL_VQ, data={"source": "folder", "path": str(tmp_path / "nope")}), progress=False)
+
+
+def test_cli_trains_from_a_config_file_with_overrides(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    path = tmp_path / "tok.yaml"
+    path.write_text(yaml.safe_dump({"tokenizer": SMALL_VQ, "data": {"source": "shapes", "num_samples": 64}}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-tokenizer", str(path), "steps=2", "batch_size=8", "output_dir=out", "-q"]) == 0
+    assert "saved out/tokenizer" in capsys.readouterr().out
+    assert VQTokenizer.from_pretrained(tmp_path / "out" / "tokenizer").num_codes == 32
+
+
+def test_shipped_tokenizer_configs_parse():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "tokenizers").glob("*.yaml")):
+        cfg = load_train_config(str(path))
+        assert cfg.tokenizer["type"] in ("vq", "vae"), path

@@ -1,0 +1,216 @@
+"""Training image tokenizers (VQ or VAE) with accelerate.
+
+Losses: reconstruction (L1 or L2), optional perceptual feature loss, the
+quantizer's commitment / codebook loss (VQ) or the KL term (VAE). While it
+trains it reports reconstruction error (MSE, PSNR) on a fixed held-out batch
+and, for VQ, codebook usage: perplexity of the code histogram and the number
+of unused codes. Outputs in `output_dir`: the tokenizer (`save_pretrained`),
+metrics.jsonl and reconstructions.png (originals over reconstructions).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, check_keys, from_dict, to_dict
+from ..data.images import ImageDataset
+from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
+
+
+@dataclass
+class TokenizerTrainConfig:
+    # {"type": "vq" | "vae", ...} as in a model config, or {"checkpoint": DIR} to continue training one.
+    tokenizer: dict = field(default_factory=lambda: {"type": "vq"})
+    # {"source": "shapes", "num_samples": ..., "seed": ...} or {"source": "folder", "path": DIR}.
+    data: dict = field(default_factory=lambda: {"source": "shapes", "num_samples": 4096})
+    output_dir: str = "runs/tokenizer"
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 50
+    recon_loss: str = "l1"  # "l1" (sharper, VQGAN) or "l2"
+    # Optional perceptual loss: {"encoder": DIR of a SigLIP checkpoint, "weight": 0.1, "layer": -2}.
+    perceptual: dict | None = None
+    aux_weight: float = 1.0  # VQ commitment / codebook loss weight
+    kl_weight: float = 1e-6  # VAE KL weight (small: we want a near-deterministic latent)
+    grad_clip: float = 1.0
+    log_every: int = 50
+    eval_size: int = 64  # held-out images for reconstruction error and codebook usage
+    seed: int = 0
+    num_workers: int = 0
+    mixed_precision: str = "no"  # "bf16" on GPUs that have it
+
+    def __post_init__(self):
+        if self.recon_loss not in ("l1", "l2"):
+            raise ValueError(f"recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        self.tokenizer = normalise_image_tokenizer_spec(self.tokenizer)
+        if self.perceptual is not None:
+            check_keys(self.perceptual, {"encoder", "weight", "layer"}, "perceptual")
+            if "encoder" not in self.perceptual:
+                raise ValueError("perceptual needs 'encoder': a local SigLIP checkpoint directory")
+
+
+class PerceptualLoss(torch.nn.Module):
+    """Feature-matching loss in a frozen SigLIP tower (no LPIPS weights can be downloaded here)."""
+
+    def __init__(self, encoder: str, weight: float = 0.1, layer: int = -2):
+        super().__init__()
+        from transformers import SiglipVisionModel
+
+        self.model = SiglipVisionModel.from_pretrained(encoder).eval().requires_grad_(False)
+        self.weight, self.layer = weight, layer
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Images in [-1, 1] are already SigLIP-normalised (mean = std = 0.5).
+        feats = lambda x: self.model(pixel_values=x, output_hidden_states=True,
+                                     interpolate_pos_encoding=True).hidden_states[self.layer]
+        return self.weight * F.mse_loss(feats(recon), feats(target))
+
+
+def codebook_usage(ids: torch.Tensor, num_codes: int) -> dict[str, float]:
+    """Perplexity of the code histogram (num_codes = all used evenly) and unused codes."""
+    counts = torch.bincount(ids.flatten(), minlength=num_codes).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"perplexity": float(entropy.exp()), "unused_codes": int((counts == 0).sum()),
+            "used_fraction": float((counts > 0).float().mean())}
+
+
+def _losses(tok, images, cfg: TokenizerTrainConfig, perceptual):
+    if tok.type_name == "vq":
+        recon, _, aux = tok(images)
+        extra = cfg.aux_weight * aux
+    else:
+        recon, kl = tok(images)
+        extra = cfg.kl_weight * kl
+    rec = F.l1_loss(recon, images) if cfg.recon_loss == "l1" else F.mse_loss(recon, images)
+    parts = {"recon": rec, "aux" if tok.type_name == "vq" else "kl": extra}
+    if perceptual is not None:
+        parts["perceptual"] = perceptual(recon, images)
+    return sum(parts.values()), parts
+
+
+@torch.no_grad()
+def evaluate(tok, images: torch.Tensor) -> dict[str, float]:
+    tok.eval()
+    if tok.type_name == "vq":
+        recon, ids, _ = tok(images)
+        out = codebook_usage(ids, tok.num_codes)
+    else:
+        recon = tok.decode(tok.encode(images))
+        out = {}
+    tok.train()
+    mse = F.mse_loss(recon.clamp(-1, 1), images).item()
+    # PSNR over pixel values in [0, 1]: images span 2, so MSE/4.
+    out.update(mse=mse, psnr=10 * math.log10(1.0 / max(mse / 4, 1e-10)))
+    return out
+
+
+def reconstruction_grid(tok, images: torch.Tensor, path: Path, n: int = 8) -> None:
+    from ..images import to_pil
+
+    with torch.no_grad():
+        tok.eval()
+        recon = tok(images[:n])[0] if tok.type_name == "vq" else tok.decode(tok.encode(images[:n]))
+        tok.train()
+    top, bottom = to_pil(images[:n]), to_pil(recon)
+    s = top[0].size[0]
+    from PIL import Image
+
+    grid = Image.new("RGB", (s * len(top), 2 * s), "white")
+    for i, (a, b) in enumerate(zip(top, bottom)):
+        grid.paste(a, (i * s, 0))
+        grid.paste(b, (i * s, s))
+    grid.save(path)
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[str, float]:
+    """Train, save and return the final held-out metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    tok = build_image_tokenizer(cfg.tokenizer)
+    tok.train()
+    data_cfg = dict(cfg.data)
+    source = data_cfg.pop("source", "shapes")
+    image_size = tok.config.image_size
+    data = ImageDataset(source, image_size, **data_cfg)
+    n_eval = min(cfg.eval_size, max(1, len(data) // 10))
+    eval_images = torch.stack([data[len(data) - 1 - i] for i in range(n_eval)])  # held out: the last n_eval
+    train_set = torch.utils.data.Subset(data, range(len(data) - n_eval))
+    if len(train_set) == 0:
+        raise ConfigError("the dataset is too small to hold out evaluation images")
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.9))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    perceptual = PerceptualLoss(**cfg.perceptual) if cfg.perceptual else None
+    tok, opt, loader, sched = acc.prepare(tok, opt, loader, sched)
+    if perceptual is not None:
+        perceptual.to(acc.device)
+    eval_images = eval_images.to(acc.device)
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "metrics.jsonl").open("w") if acc.is_main_process else None
+    bar = tqdm(total=cfg.steps, desc="tokenizer", disable=not (progress and acc.is_main_process))
+    step, metrics = 0, {"step": 0, **evaluate(acc.unwrap_model(tok), eval_images)}  # the untrained baseline
+    if log:
+        log.write(json.dumps(metrics) + "\n")
+    while step < cfg.steps:
+        for images in loader:
+            loss, parts = _losses(tok, images, cfg, perceptual)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"tokenizer loss became {loss.item()} at step {step}; nothing was saved")
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(tok.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                metrics = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+                           **evaluate(acc.unwrap_model(tok), eval_images)}
+                bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("loss", "psnr", "perplexity", "unused_codes")})
+                if log:
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
+            if step >= cfg.steps:
+                break
+    bar.close()
+    final = acc.unwrap_model(tok)
+    if final.type_name == "vae":
+        # SD's recipe: scale latents to unit variance for the generator that reads them.
+        with torch.no_grad():
+            final.eval()
+            z = final.vae.encode(eval_images).latent_dist.mean
+            final.shift_factor, final.scaling_factor = float(z.mean()), float(1.0 / z.std().clamp_min(1e-6))
+    if acc.is_main_process:
+        final.save_pretrained(out / "tokenizer")
+        reconstruction_grid(final, eval_images, out / "reconstructions.png")
+        (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        log.close()
+    if data.skipped:
+        import warnings
+
+        warnings.warn(f"skipped {len(data.skipped)} unreadable image file(s), e.g. {data.skipped[0]}")
+    return metrics
+
+
+def load_train_config(path_or_dict, overrides: list[str] | None = None) -> TokenizerTrainConfig:
+    from ..config import apply_overrides, read_config_file
+
+    data = read_config_file(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
+    return from_dict(TokenizerTrainConfig, apply_overrides(data, overrides or []), "tokenizer training config")
