@@ -15,7 +15,8 @@ from .span import ImageSpanDecoder
 @torch.inference_mode()
 def generate_latents(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      steps: int = 25, guidance_scale: float = 2.0, solver: str = "euler", shift: float = 1.0,
-                     generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, progress=None,
+                     cache_prompt: bool = True) -> torch.Tensor:
     """prompt_ids (B, L) left-padded, each ending in BOI -> latents (B, C, h, w).
 
     Heun costs two model passes per step (one on the last step).
@@ -25,7 +26,7 @@ def generate_latents(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_mask:
     if solver not in ("euler", "heun"):
         raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
     head = model.gen_head
-    span = ImageSpanDecoder(model, prompt_ids, prompt_mask, guidance_scale)
+    span = ImageSpanDecoder(model, prompt_ids, prompt_mask, guidance_scale, cache_prompt)
     B, device = prompt_ids.shape[0], prompt_ids.device
     dtype = model.dtype
 

@@ -23,7 +23,8 @@ from .span import ImageSpanDecoder
 def generate_masked_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                            steps: int = 12, guidance_scale: float = 5.0, temperature: float = 1.0,
                            top_k: int = 0, top_p: float = 1.0, choice_temperature: float = 4.5,
-                           generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
+                           generator: torch.Generator | None = None, progress=None,
+                           cache_prompt: bool = True) -> torch.Tensor:
     """prompt_ids (B, L) left-padded, each ending in BOI -> image token ids (B, N) in `steps` passes.
 
     temperature 0 decodes greedily (argmax tokens, no confidence noise).
@@ -31,7 +32,7 @@ def generate_masked_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     head = model.gen_head
-    span = ImageSpanDecoder(model, prompt_ids, prompt_mask, guidance_scale)
+    span = ImageSpanDecoder(model, prompt_ids, prompt_mask, guidance_scale, cache_prompt)
     B, N = prompt_ids.shape[0], model.num_image_tokens
     ids = torch.full((B, N), head.mask_id, dtype=torch.long, device=prompt_ids.device)
     unknown = torch.ones(B, N, dtype=torch.bool, device=prompt_ids.device)

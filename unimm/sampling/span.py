@@ -17,9 +17,12 @@ from ..models.unified import UnifiedModel, positions
 
 
 class ImageSpanDecoder:
+    """`cache_prompt=False` recomputes prompt + span every step, as Show-o does (for comparison)."""
+
     def __init__(self, model: UnifiedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 guidance_scale: float):
+                 guidance_scale: float, cache_prompt: bool = True):
         self.model = model
+        self.cache_prompt = cache_prompt
         self.batch, L = prompt_ids.shape
         N = model.num_image_tokens
         self.guidance_scale = guidance_scale
@@ -29,6 +32,9 @@ class ImageSpanDecoder:
             prompt_mask = torch.cat([prompt_mask, prompt_mask])
         rows = prompt_ids.shape[0]
         self.n = N
+        if not cache_prompt:
+            self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
+            return
         self.cache = DynamicCache(config=model.backbone.hf_config)
         mask = model.image_span_mask(prompt_mask, N)  # (rows, 1, L + N, L + N)
         pos = positions(torch.cat([prompt_mask, prompt_mask.new_ones(rows, N)], 1))  # (rows, L + N)
@@ -42,6 +48,8 @@ class ImageSpanDecoder:
         """(B, N, D) span embeddings (shared by both CFG halves) -> (rows, N, D) hidden states."""
         if self.cfg:
             span_embeds = torch.cat([span_embeds, span_embeds])
+        if not self.cache_prompt:
+            return self.model.image_span_hidden(self.prompt_ids, self.prompt_mask, span_embeds)
         h = self.model.hidden_states(span_embeds, attention_mask=self.span_mask, position_ids=self.span_pos,
                                      past_key_values=self.cache, cache_position=self.span_cache_pos)
         self.cache.crop(-self.n)  # back to the prompt alone for the next step
