@@ -7,7 +7,8 @@ All three models share the backbone sizes, the prompt batch, CFG (2 rows per
 image) and the output size; they differ only in the generation path:
 - autoregressive: one backbone pass per VQ token (N passes, static KV cache);
 - masked: `--steps` parallel passes over all N VQ tokens (MaskGIT schedule);
-- flow: `--steps` Euler ODE steps over (latent grid / patch)^2 latent patches.
+- flow: `--steps` Euler ODE steps over the latent grid (patch 1), so the same
+  number of image tokens as the VQ paradigms (both tokenizers 4x down).
 Each time includes decoding to pixels. Random weights: speed does not depend
 on training (masked and flow run a fixed number of passes; AR always N).
 
@@ -41,7 +42,7 @@ PRESETS = {
     "tiny": dict(backbone=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                num_key_value_heads=2), image_size=32, vq_levels=[16, 32, 32]),
     "small": dict(backbone=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-                                num_key_value_heads=4), image_size=64, vq_levels=[16, 32, 32, 32]),
+                                num_key_value_heads=4), image_size=64, vq_levels=[16, 32, 32]),
 }
 
 
@@ -51,7 +52,9 @@ def config_for(paradigm: str, preset: dict) -> dict:
     cfg["backbone"]["config"].update(preset["backbone"], max_position_embeddings=2048)
     size = preset["image_size"]
     if paradigm == "flow":
+        # Patch 1 on the 4x-down latent grid: as many image tokens as the VQ paradigms (4x down).
         cfg["image_tokenizer"]["image_size"] = size
+        cfg["generation"]["patch_size"] = 1
     else:
         cfg["image_tokenizer"].update(image_size=size, block_out_channels=preset["vq_levels"])
     return cfg
