@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import unimm
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -29,24 +31,40 @@ def _cli_lines() -> list[list[str]]:
 
 
 # Training examples run as written but shortened, so the suite stays fast.
-SHORTEN = {"train-tokenizer": ["steps=3", "batch_size=8", "data.num_samples=48", "log_every=1", "-q"]}
+SHORTEN = {"train-tokenizer": ["steps=3", "batch_size=8", "data.num_samples=48", "log_every=1", "-q"],
+           "train": ["steps=2", "batch_size=4", "save_every=1", "-q"]}
 
 
 def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
     from unimm.cli import main
 
     lines = _cli_lines()
-    assert [a[0] for a in lines] == ["generate", "generate", "chat", "train-tokenizer", "train-tokenizer"]
+    assert [a[0] for a in lines] == ["generate", "generate", "chat", "train-tokenizer", "train-tokenizer",
+                                     "train", "train", "train"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(README.parent / "configs")
     for args in lines:
         assert main(args + SHORTEN.get(args[0], [])) == 0, args
+    assert unimm.load(str(tmp_path / "runs" / "tiny-stage3" / "final")).config.name == "tiny"
     assert (tmp_path / "runs" / "vq-shapes" / "tokenizer" / "model.safetensors").is_file()
     assert (tmp_path / "runs" / "vae-shapes" / "tokenizer" / "model.safetensors").is_file()
     out = capsys.readouterr().out
     assert (tmp_path / "out.png").is_file()
     assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == [f"blue-{i}.png" for i in range(4)]
     assert out.strip().splitlines()[-1]  # the streamed answer
+
+
+def test_readme_accelerate_launch_example_runs(tmp_path):
+    lines = [ln.strip() for b in _blocks("bash") for ln in b.splitlines() if ln.strip().startswith("accelerate launch")]
+    assert len(lines) == 1
+    args = shlex.split(lines[0])[2:]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args, f"output_dir={tmp_path / 'ddp'}", "steps=2", "-q"]
+    import os
+
+    r = subprocess.run(cmd, cwd=README.parent, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "ddp" / "final" / "config.json").is_file()
 
 
 def test_readme_setup_and_test_commands_match_ci():

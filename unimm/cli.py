@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(c)
     c.set_defaults(func=cmd_chat)
 
+    tr = sub.add_parser("train", help="train a unified model (one stage)", add_help=False)
+    tr.add_argument("args", nargs=argparse.REMAINDER)
+    tr.set_defaults(func=lambda a: __import__("unimm.train", fromlist=["main"]).main(a.args))
+
     t = sub.add_parser("train-tokenizer", help="train a VQ or VAE image tokenizer")
     t.add_argument("config", help="a training config, e.g. configs/tokenizers/vq-shapes.yaml")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=500 data.num_samples=2048")

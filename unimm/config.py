@@ -50,6 +50,12 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
             kwargs[name] = from_dict(sub, value, f"{where}.{name}") if value is not None else None
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
+        elif isinstance(value, str) and float in (hint, *typing.get_args(hint)):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it means.
+            try:
+                kwargs[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"bad value in {where}: {name} must be a number, got {value!r}") from None
         else:
             kwargs[name] = value
     try:

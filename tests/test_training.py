@@ -1,0 +1,172 @@
+"""The staged trainer: freezing, stages, resume, checkpoints, NaN stop, LoRA, multi-process."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import unimm
+from unimm.training.checkpoints import latest_checkpoint, list_checkpoints
+from unimm.training.config import load_train_config
+from unimm.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE = lambda n: str(ROOT / "configs" / "train" / f"tiny-stage{n}.yaml")
+FAST = ["steps=4", "batch_size=4", "save_every=2", "log_every=1"]
+
+
+def _cfg(n, tmp_path, *extra, init_from=None):
+    over = FAST + [f"output_dir={tmp_path / f'stage{n}'}"] + list(extra)
+    if init_from:
+        over.append(f"init_from={init_from}")
+    return load_train_config(STAGE(n), over)
+
+
+def _weights(model, part):
+    return {k: v.clone() for k, v in getattr(model, part).state_dict().items()}
+
+
+def _changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stages_1_2_3_freeze_what_they_declare_and_chain(tmp_path, capsys):
+    torch.manual_seed(0)
+    finals = []
+    for n in (1, 2, 3):
+        cfg = _cfg(n, tmp_path, init_from=finals[-1] if finals else None)
+        start = unimm.load(cfg.init_from or cfg.model).model
+        before = {p: _weights(start, p) for p in cfg.freeze}
+        if n == 1:  # a fresh model: make its start reproducible for the comparison
+            torch.manual_seed(0)
+        final = train(cfg, progress=False)
+        table = capsys.readouterr().out
+        finals.append(str(final))
+        after = unimm.load(str(final)).model
+        for part, frozen in cfg.freeze.items():
+            row = next(line for line in table.splitlines() if line.startswith(part))
+            trainable, frozen_count = (int(x.replace(",", "")) for x in row.split()[1:3])
+            assert (trainable == 0) == frozen, (n, part, row)
+            if n > 1:  # stages 2 and 3 start from the previous export: frozen parts must not move
+                assert _changed(before[part], _weights(after, part)) != frozen, (n, part)
+        assert (tmp_path / f"stage{n}" / "metrics.jsonl").is_file()
+        assert list((tmp_path / f"stage{n}" / "tb").iterdir())
+    log = [json.loads(x) for x in (tmp_path / "stage3" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in log] == [1, 2, 3, 4]
+    assert {"loss", "lr", "samples_per_s", "tokens_per_s"} <= set(log[0])
+    assert {"und_loss", "gen_loss"} <= set().union(*log)  # a step logs the tasks its batch held
+
+
+def test_resume_continues_as_if_never_interrupted(tmp_path):
+    straight = train(_cfg(1, tmp_path / "a", "steps=6", "save_every=3", "optim.warmup_steps=2"), progress=False)
+    cfg = _cfg(1, tmp_path / "b", "steps=6", "save_every=3", "optim.warmup_steps=2")
+    assert train(cfg, progress=False, stop_at=3) is None  # the "interrupted" run stops after N steps
+    assert latest_checkpoint(cfg.output_dir).name == "step-0000003"
+    resumed = train(cfg, resume=True, progress=False)
+    a, b = unimm.load(str(straight)).model.state_dict(), unimm.load(str(resumed)).model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_checkpoints_keep_the_last_k_and_ignore_partial_writes(tmp_path, monkeypatch):
+    cfg = _cfg(1, tmp_path, "steps=6", "save_every=1", "keep_last=2")
+    train(cfg, progress=False)
+    assert [p.name for p in list_checkpoints(cfg.output_dir)] == ["step-0000005", "step-0000006"]
+    # A crash in the middle of writing step 7 leaves a temporary directory behind; it is never "latest".
+    partial = Path(cfg.output_dir) / "checkpoints" / ".tmp-step-0000007"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(cfg.output_dir).name == "step-0000006"
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from unimm.models.unified import UnifiedModel
+
+    real = UnifiedModel.forward
+    calls = {"n": 0}
+
+    def poisoned(self, und=None, gen=None):
+        out = real(self, und=und, gen=gen)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["gen_loss"] = out["gen_loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(UnifiedModel, "forward", poisoned)
+    cfg = _cfg(1, tmp_path, "steps=6", "save_every=2")
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3: stopping. The last good checkpoint .*step-0000002"):
+        train(cfg, progress=False)
+    assert latest_checkpoint(cfg.output_dir).name == "step-0000002"
+    assert not (Path(cfg.output_dir) / "final").exists()
+
+
+def test_lora_trains_adapters_only_and_exports_a_plain_model(tmp_path, capsys):
+    cfg = _cfg(2, tmp_path, "lora.r=4", init_from=_stage1(tmp_path))
+    start = unimm.load(cfg.init_from).model
+    final = train(cfg, progress=False)
+    assert "LoRA adapters only" in capsys.readouterr().out
+    loaded = unimm.load(str(final))
+    assert not any("lora" in k for k in loaded.model.state_dict())  # merged into the weights
+    assert _changed(_weights(start, "backbone"), _weights(loaded.model, "backbone"))
+
+
+def _stage1(tmp_path):
+    return str(train(_cfg(1, tmp_path / "s1", "steps=2"), progress=False))
+
+
+def test_bad_training_configs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of 'model'"):
+        load_train_config({"output_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['decoder'\]"):
+        load_train_config({"model": "tiny", "freeze": {"decoder": True}})
+    with pytest.raises(ValueError, match="data.ratios must name exactly the sources"):
+        load_train_config({"model": "tiny", "data": {"sources": {"a": {"format": "shapes", "task": "text"}}, "ratios": {"b": 1}}})
+    with pytest.raises(ValueError, match="unknown config key 'stepz'"):
+        load_train_config(STAGE(1), ["stepz=3"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+        train(_cfg(1, tmp_path), resume=True, progress=False)
+
+
+def test_two_process_data_parallel_run_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/cpu-2proc.yaml"),
+           "-m", "unimm.train", STAGE(1), *FAST, f"output_dir={out}", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    pipe = unimm.load(str(out / "final"))
+    assert len(pipe.generate("a red circle", seed=0)) == 1
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 4
+
+
+def test_bad_items_in_user_data_are_counted_and_skipped_in_a_run(tmp_path):
+    """LLaVA JSON + caption JSONL from disk, with a corrupt image, a missing image and a malformed line."""
+    from unimm.data.shapes import ShapesWorld, write_caption_jsonl, write_llava_json
+
+    world = ShapesWorld(image_size=32, num_samples=12, seed=4)
+    llava = write_llava_json(world, tmp_path / "llava", n=12)
+    captions = write_caption_jsonl(ShapesWorld(image_size=32, num_samples=12, seed=5), tmp_path / "caps", n=12)
+    images = sorted((tmp_path / "llava" / "images").iterdir())
+    images[0].write_bytes(b"not a png")  # corrupt
+    images[1].unlink()  # missing
+    with open(captions, "a") as f:
+        f.write('{"image": "images/000000.png", "caption": \n')  # malformed line
+    cfg = load_train_config(STAGE(1), FAST + [f"output_dir={tmp_path / 'run'}", "steps=8", "batch_size=6"])
+    cfg.data.sources = {"vqa": {"format": "llava", "path": str(llava)}, "t2i": {"format": "captions", "path": str(captions)}}
+    with pytest.warns(UserWarning, match="skipped unusable training items") as record:
+        final = train(cfg, progress=False)
+    text = str(record[-1].message)
+    assert "vqa: missing image" in text and "vqa: unreadable image" in text and "t2i: malformed line" in text
+    assert unimm.load(str(final)).model is not None
+
+
+def test_gradient_checkpointing_gives_the_same_first_step(tmp_path):
+    a = train(_cfg(2, tmp_path / "a", "steps=1", init_from=_stage1(tmp_path)), progress=False)
+    b = train(_cfg(2, tmp_path / "b", "steps=1", "gradient_checkpointing=true", init_from=str(tmp_path / "s1" / "stage1" / "final")),
+              progress=False)
+    wa, wb = unimm.load(str(a)).model.state_dict(), unimm.load(str(b)).model.state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

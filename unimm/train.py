@@ -1,0 +1,32 @@
+"""`python -m unimm.train CONFIG [key=value ...] [--resume]`, also under `accelerate launch -m unimm.train`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unimm train", description="Train a unified model (one stage) with accelerate.")
+    p.add_argument("config", help="a stage config, e.g. configs/train/tiny-stage1.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=200 optim.lr=3e-4")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .training.config import load_train_config
+    from .training.trainer import train
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        train(cfg, resume=args.resume, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"unimm train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

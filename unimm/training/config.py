@@ -1,0 +1,100 @@
+"""Training configuration: one YAML per stage under configs/train/."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import ConfigError, from_dict
+
+PARTS = ("encoder", "projector", "backbone", "image_tokenizer", "gen_head")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0: off
+
+
+@dataclass
+class DataConfig:
+    # name -> source spec (see unimm.data.formats.build_source), e.g.
+    # {"format": "llava", "path": ..., "image_root": ...} or {"format": "shapes", "task": "generation"}.
+    sources: dict = field(default_factory=lambda: {
+        "vqa": {"format": "shapes", "task": "understanding"},
+        "text": {"format": "shapes", "task": "text"},
+        "t2i": {"format": "shapes", "task": "generation"},
+    })
+    # name -> relative weight; Janus-Pro stage 3 mixes understanding:text:generation = 5:1:4.
+    ratios: dict = field(default_factory=lambda: {"vqa": 5, "text": 1, "t2i": 4})
+    # Probability of replacing a caption with the unconditional prompt, for classifier-free guidance.
+    prompt_dropout: float = 0.1
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if set(self.ratios) != set(self.sources):
+            raise ValueError(f"data.ratios must name exactly the sources {sorted(self.sources)}, got {sorted(self.ratios)}")
+        if any(v < 0 for v in self.ratios.values()) or sum(self.ratios.values()) <= 0:
+            raise ValueError("data.ratios must be >= 0 with a positive sum")
+        if not 0 <= self.prompt_dropout < 1:
+            raise ValueError(f"data.prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class TrainConfig:
+    # What to start from: `init_from` (a saved model directory, e.g. the previous stage's
+    # final/), else `model` (a config name, file or mapping: a fresh model).
+    model: str | dict | None = None
+    init_from: str | None = None
+    output_dir: str = "runs/train"
+    # Per part: true = frozen. Janus stage 1: only projector and generation head train.
+    freeze: dict = field(default_factory=lambda: {
+        "encoder": True, "projector": False, "backbone": True, "image_tokenizer": True, "gen_head": False})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    loss_weights: dict = field(default_factory=lambda: {"understanding": 1.0, "generation": 1.0})
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU; or no / bf16 / fp16
+    ema_decay: float | None = None  # e.g. 0.999: keep an EMA of the trainable weights and export it
+    gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model (GPU)
+    lora: LoraConfig | None = None  # LoRA on the backbone instead of full fine-tuning
+    save_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.model is None) == (self.init_from is None):
+            raise ValueError("set exactly one of 'model' (a fresh model) and 'init_from' (a saved model directory)")
+        unknown = set(self.freeze) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown part(s) {sorted(unknown)} in freeze; parts: {', '.join(PARTS)}")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1 or self.keep_last < 1:
+            raise ValueError("steps, batch_size, grad_accum, save_every and keep_last must be >= 1")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+def load_train_config(path_or_dict, overrides: list[str] | None = None) -> TrainConfig:
+    from ..config import apply_overrides, read_config_file
+
+    data = path_or_dict if isinstance(path_or_dict, dict) else read_config_file(path_or_dict)
+    try:
+        return from_dict(TrainConfig, apply_overrides(data, overrides or []), "training config")
+    except ConfigError:
+        raise

@@ -1,0 +1,131 @@
+"""The training stream: sources mixed by ratio, tokenised, collated into task batches.
+
+Sample i of the stream is a pure function of (seed, i): which source it comes
+from, which item, and whether its caption is dropped for classifier-free
+guidance. So a resumed run that skips the first n samples sees exactly what an
+uninterrupted run would have seen, on any number of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from collections import Counter
+
+import torch
+from torch.utils.data import Dataset
+
+from ..images import fit_square, to_tensor
+from ..processing import Processor, left_pad
+
+MAX_TRIES = 16  # bad items in a row before giving up on a source
+
+
+def index_rng(seed: int, i: int) -> random.Random:
+    digest = hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+class TrainingDataset(Dataset):
+    def __init__(self, sources: dict, ratios: dict, processor: Processor, gen_image_size: int, length: int,
+                 seed: int = 0, prompt_dropout: float = 0.0, max_positions: int | None = None,
+                 num_gen_tokens: int = 0):
+        self.names = [n for n in sources if ratios[n] > 0]
+        self.sources = sources
+        self.weights = [float(ratios[n]) for n in self.names]
+        self.processor, self.gen_image_size = processor, gen_image_size
+        self.length, self.seed, self.prompt_dropout = length, seed, prompt_dropout
+        self.max_positions, self.num_gen_tokens = max_positions, num_gen_tokens
+        self.skipped: Counter = Counter()  # reasons found while tokenising (too long, ...)
+        for n in self.names:
+            if len(sources[n]) == 0:
+                raise ValueError(f"data source {n!r} ({sources[n].name}) is empty")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def skip_counts(self) -> dict[str, int]:
+        """All skipped items so far, by source and reason."""
+        out = {f"{n}: {r}": c for n in self.names for r, c in self.sources[n].skipped.items()}
+        out.update({f"tokenising: {r}": c for r, c in self.skipped.items()})
+        return out
+
+    def __getitem__(self, i: int) -> dict:
+        rng = index_rng(self.seed, i)
+        name = rng.choices(self.names, self.weights)[0]
+        source = self.sources[name]
+        for _ in range(MAX_TRIES):
+            record = source.get(rng.randrange(len(source)))
+            sample = self._encode(record, rng) if record is not None else None
+            if sample is not None:
+                return sample
+        raise RuntimeError(f"{MAX_TRIES} unusable items in a row from data source {name!r} ({source.name}): "
+                           f"{dict(source.skipped)}; check the data")
+
+    # -- per task -----------------------------------------------------------------
+    def _too_long(self, n: int) -> bool:
+        if self.max_positions is not None and n > self.max_positions:
+            self.skipped["longer than the context"] += 1
+            return True
+        return False
+
+    def _encode(self, record: dict, rng: random.Random) -> dict | None:
+        p = self.processor
+        task = record["task"]
+        if task == "generation":
+            caption = record["caption"]
+            ids = p.generation_ids(caption)
+            if self._too_long(len(ids) + self.num_gen_tokens):
+                return None
+            image = fit_square(record["image"], self.gen_image_size, "resize", (127, 127, 127))
+            return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
+                    "image": to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+        if task == "text":
+            ids = ([p.ids.bos] if p.ids.bos is not None else []) + p.tokenizer.encode(
+                record["text"], add_special_tokens=False) + [p.ids.eos]
+            if self._too_long(len(ids)):
+                return None
+            return {"task": "understanding", "input_ids": ids, "labels": ids, "pixel_values": None}
+        images = record["images"]
+        # LLaVA data marks images with "<image>"; map it to this model's placeholder.
+        turns_text = [(q.replace("<image>", p.image_token), a) for q, a in record["turns"]]
+        counts = [q.count(p.image_token) for q, _ in turns_text]
+        if sum(counts) == 0 and images:
+            counts[0] = len(images)  # no placeholders: images go first in the first turn
+        ids, labels = p.chat_ids([(q, c, a) for (q, a), c in zip(turns_text, counts)])
+        if self._too_long(len(ids)):
+            return None
+        pixels = p.pixel_values(images) if images else None
+        return {"task": "understanding", "input_ids": ids, "labels": labels, "pixel_values": pixels}
+
+
+class Collator:
+    """List of samples -> {"und": ... or None, "gen": ... or None, "n_samples", "n_tokens"}."""
+
+    def __init__(self, pad_id: int, uncond):
+        self.pad_id, self.uncond = pad_id, uncond  # uncond: ids -> unconditional ids (model's rule)
+
+    def __call__(self, samples: list[dict]) -> dict:
+        und = [s for s in samples if s["task"] == "understanding"]
+        gen = [s for s in samples if s["task"] == "generation"]
+        out = {"und": None, "gen": None, "n_samples": len(samples), "n_tokens": 0}
+        if und:
+            ids, mask = left_pad([s["input_ids"] for s in und], self.pad_id)
+            labels, _ = left_pad([s["labels"] for s in und], -100)
+            labels[:, 0] = -100  # a first token is never predicted
+            pixels = [s["pixel_values"] for s in und if s["pixel_values"] is not None]
+            out["und"] = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                          "pixel_values": torch.cat(pixels) if pixels else None}
+            out["n_tokens"] += int(mask.sum())
+        if gen:
+            rows = [self.uncond(s["prompt_ids"]) if s["drop"] else s["prompt_ids"] for s in gen]
+            ids, mask = left_pad(rows, self.pad_id)
+            out["gen"] = {"prompt_ids": ids, "prompt_mask": mask, "images": torch.stack([s["image"] for s in gen])}
+            out["n_tokens"] += int(mask.sum())
+        return out
+
+
+def warn_skipped(dataset: TrainingDataset) -> None:
+    counts = dataset.skip_counts()
+    if counts:
+        warnings.warn("skipped unusable training items: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))

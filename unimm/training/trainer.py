@@ -1,0 +1,288 @@
+"""The unified-model trainer on accelerate: one CPU, one GPU, DDP, FSDP or DeepSpeed.
+
+One optimizer step = `grad_accum` micro-batches per process. Each micro-batch
+mixes understanding/text rows (next-token loss on answers or text) and
+generation rows (the paradigm's image loss on targets from the frozen image
+tokenizer). Stages differ only by configuration: what is frozen, the data mix
+and where they start from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..pipelines.load import load as load_pipeline
+from .checkpoints import latest_checkpoint, read_state, save_checkpoint
+from .config import PARTS, TrainConfig
+from .data import Collator, TrainingDataset, warn_skipped
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters only (not a full model copy)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone().float() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s.to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        for s, v in zip(self.shadow, state["shadow"]):
+            s.copy_(v)
+
+
+def apply_freeze(model, freeze: dict) -> list[tuple[str, int, int]]:
+    """requires_grad per part; returns (part, trainable, frozen) parameter counts."""
+    rows = []
+    for part in PARTS:
+        module = getattr(model, part)
+        module.requires_grad_(not freeze.get(part, False))
+    for part in PARTS:
+        params = list(getattr(model, part).parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        rows.append((part, trainable, sum(p.numel() for p in params) - trainable))
+    return rows
+
+
+def freeze_table(rows) -> str:
+    lines = [f"{'part':16s} {'trainable':>12s} {'frozen':>12s}"]
+    lines += [f"{part:16s} {t:12,d} {f:12,d}" for part, t, f in rows]
+    tt, ff = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    lines.append(f"{'total':16s} {tt:12,d} {ff:12,d}")
+    return "\n".join(lines)
+
+
+def apply_lora(model, lora) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules))
+    model.backbone.lm = get_peft_model(model.backbone.lm, cfg)
+
+
+def merge_lora(model) -> None:
+    from peft import PeftModel
+
+    if isinstance(model.backbone.lm, PeftModel):
+        model.backbone.lm = model.backbone.lm.merge_and_unload()
+
+
+def lr_lambda(cfg: TrainConfig):
+    warm, total, floor = cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio
+
+    def f(step: int) -> float:  # linear warm-up, then cosine down to lr * min_lr_ratio
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _set_frozen_eval(model, freeze: dict) -> None:
+    # Frozen parts stay in eval mode: a VQ codebook's EMA must not drift while
+    # it only encodes targets, and frozen dropout should not fire.
+    for part in PARTS:
+        if freeze.get(part, False):
+            getattr(model, part).eval()
+
+
+def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    und, gen = batch["und"], batch["gen"]
+    if gen is not None:
+        with torch.no_grad():
+            targets = unwrapped.images_to_targets(gen["images"].to(unwrapped.dtype))
+        gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets}
+    if und is not None and und["pixel_values"] is not None:
+        und = {**und, "pixel_values": und["pixel_values"].to(unwrapped.dtype)}
+    out = model(und=und, gen=gen)
+    w = cfg.loss_weights
+    out["loss"] = w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
+    return out
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path | None:
+    """Run (or resume) one stage; returns the exported model directory (OUTPUT/final).
+
+    `stop_at` ends this invocation after that step with a checkpoint and no export,
+    as an interrupted run would (the schedule still spans `cfg.steps`); `resume` continues.
+    """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    cuda = torch.cuda.is_available()
+    mp = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+
+    pipe = load_pipeline(cfg.init_from or cfg.model)
+    model = pipe.model
+    rows = apply_freeze(model, cfg.freeze)
+    if cfg.lora is not None:
+        apply_lora(model, cfg.lora)
+        rows = [(p, sum(x.numel() for x in getattr(model, p).parameters() if x.requires_grad),
+                 sum(x.numel() for x in getattr(model, p).parameters() if not x.requires_grad)) for p, _, _ in rows]
+    if acc.is_main_process:
+        print(freeze_table(rows) + ("\n(backbone: LoRA adapters only)" if cfg.lora else ""))
+    if cfg.gradient_checkpointing:
+        model.backbone.lm.gradient_checkpointing_enable()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("every part is frozen: nothing to train")
+
+    from ..data.formats import build_source
+
+    sources = {name: build_source(spec) for name, spec in cfg.data.sources.items()}
+    total = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes
+    dataset = TrainingDataset(
+        sources, cfg.data.ratios, pipe.processor, model.config.image_tokenizer["image_size"], total, seed=cfg.seed,
+        prompt_dropout=cfg.data.prompt_dropout, max_positions=model.backbone.max_positions,
+        num_gen_tokens=model.num_image_tokens,
+    )
+    uncond = lambda ids: model.unconditional_ids(torch.tensor(ids)).tolist()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
+                                         collate_fn=Collator(model.token_ids.pad, uncond),
+                                         num_workers=cfg.data.num_workers)
+    opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    unwrapped = acc.unwrap_model(model)
+    ema = EMA([p for p in unwrapped.parameters() if p.requires_grad], cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None:
+        acc.register_for_checkpointing(ema)
+    step_fn = torch.compile(model) if cfg.compile else model
+
+    step = 0
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
+        acc.load_state(str(ckpt))
+        step = read_state(ckpt)["step"]
+        if acc.is_main_process:
+            print(f"resumed from {ckpt} at step {step}")
+    batches = acc.skip_first_batches(loader, step * cfg.grad_accum) if step else loader
+
+    log = _Logger(out_dir, acc.is_main_process, append=resume)
+    model.train()
+    _set_frozen_eval(unwrapped, cfg.freeze)
+    bar = tqdm(total=cfg.steps, initial=step, desc=out_dir.name, disable=not (progress and acc.is_main_process))
+    t0, seen, tokens = time.perf_counter(), 0, 0
+    end = min(cfg.steps, stop_at or cfg.steps)
+    for batch in batches:
+        if step >= end:
+            break
+        with acc.accumulate(model):
+            losses = _step_losses(step_fn, unwrapped, batch, cfg)
+            if not torch.isfinite(losses["loss"]).all():
+                last = latest_checkpoint(out_dir)
+                raise FloatingPointError(
+                    f"loss is {losses['loss'].item()} at step {step + 1}: stopping. The last good checkpoint "
+                    f"({last or 'none yet'}) is untouched; lower the learning rate or check the data."
+                )
+            acc.backward(losses["loss"])
+            if acc.sync_gradients and cfg.optim.grad_clip:
+                acc.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        seen += batch["n_samples"] * acc.num_processes
+        tokens += batch["n_tokens"] * acc.num_processes
+        if not acc.sync_gradients:
+            continue
+        step += 1
+        if ema is not None:
+            ema.update()
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            dt = time.perf_counter() - t0
+            metrics = {"step": step, "lr": sched.get_last_lr()[0], "samples_per_s": seen / dt, "tokens_per_s": tokens / dt,
+                       **{k: v.item() for k, v in losses.items()}}
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                            samples_s=f"{metrics['samples_per_s']:.1f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            log.write(metrics)
+            t0, seen, tokens = time.perf_counter(), 0, 0
+        if step % cfg.save_every == 0 or step == end:
+            save_checkpoint(acc, out_dir, step, cfg.keep_last)
+    bar.close()
+    log.close()
+    warn_skipped(dataset)
+    if step < cfg.steps:
+        return None
+    return _export(acc, unwrapped, ema, pipe, out_dir, cfg)
+
+
+def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig) -> Path:
+    """Write OUTPUT/final with save_pretrained (EMA weights and merged LoRA if used)."""
+    acc.wait_for_everyone()
+    final = out_dir / "final"
+    if acc.is_main_process:
+        if ema is not None:
+            ema.copy_to_params()
+        merge_lora(unwrapped)
+        pipe.model = unwrapped
+        unwrapped.eval()
+        pipe.save_pretrained(final)
+        (out_dir / "train_config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
+        print(f"exported {final}")
+    acc.wait_for_everyone()
+    return final
+
+
+def _jsonable(cfg) -> dict:
+    from ..config import to_dict
+
+    return to_dict(cfg)
+
+
+class _Logger:
+    """Metrics to OUTPUT/metrics.jsonl and TensorBoard (OUTPUT/tb), main process only."""
+
+    def __init__(self, out_dir: Path, active: bool, append: bool):
+        self.active = active
+        if not active:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.file = (out_dir / "metrics.jsonl").open("a" if append else "w")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:  # tensorboard is optional at run time; JSONL always works
+            self.tb = None
+
+    def write(self, metrics: dict) -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, metrics["step"])
+
+    def close(self) -> None:
+        if self.active:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
