@@ -216,7 +216,7 @@ def test_model_config_can_point_at_a_trained_image_tokenizer(tmp_path):
     vq = VQTokenizer(VQConfig(image_size=32, block_out_channels=(16, 32, 32), norm_num_groups=8, latent_channels=16,
                               quantizer=QuantizerConfig(codebook_size=128)))
     vq.save_pretrained(tmp_path / "vq")
-    pipe = unimm.load(_with_tokenizer_checkpoint(tmp_path / "vq"))
+    pipe = unimm.load({"base": "tiny", "image_tokenizer": {"checkpoint": str(tmp_path / "vq")}})
     for (k, a), (_, b) in zip(vq.state_dict().items(), pipe.model.image_tokenizer.state_dict().items()):
         assert torch.equal(a, b), k
     assert pipe.model.gen_head.head[-1].out_features == 128
@@ -224,10 +224,9 @@ def test_model_config_can_point_at_a_trained_image_tokenizer(tmp_path):
         unimm.load({"image_tokenizer": {"checkpoint": str(tmp_path / "vq"), "image_size": 64}})
 
 
-def _with_tokenizer_checkpoint(path):
-    import dataclasses
-
+def test_overriding_the_quantizer_keeps_the_rest_of_the_base_tokenizer():
     from unimm.pipelines import resolve_config
 
-    cfg = resolve_config("tiny")
-    return dataclasses.replace(cfg, image_tokenizer={"checkpoint": str(path)})
+    cfg = resolve_config({"base": "tiny", "image_tokenizer": {"type": "vq", "quantizer": {"type": "fsq", "levels": [4, 4]}}})
+    assert cfg.image_tokenizer["block_out_channels"] == (16, 32, 32)  # from tiny
+    assert cfg.image_tokenizer["quantizer"]["type"] == "fsq" and cfg.image_tokenizer["quantizer"]["levels"] == (4, 4)

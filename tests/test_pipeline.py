@@ -255,3 +255,70 @@ def test_chat_stops_at_end_of_sequence(tiny_pipe, shapes_image, monkeypatch):
     assert len(calls) == n_answer  # nothing decoded after EOS
     calls.clear()
     assert "".join(tiny_pipe.chat(shapes_image, "What is it?", stream=True, max_new_tokens=20)) == " a red circle"
+
+
+# -- more bad input (from review) ----------------------------------------------------------
+@pytest.mark.parametrize("call, msg", [
+    (lambda p: p.generate(123), "expected a prompt string"),
+    (lambda p: p.generate(["a red circle", 1]), "prompt 1 must be a string"),
+    (lambda p: p.generate([]), "expected a prompt string"),
+    (lambda p: p.generate("a red circle", num_images=2.0), "num_images must be a whole number"),
+    (lambda p: p.generate("a red circle", batch_size=-1), "batch_size must be >= 1"),
+    (lambda p: p.generate("a red circle", guidance_scale=float("nan")), "guidance_scale must be >= 0"),
+    (lambda p: p.generate("a red circle", seed=2**70), r"seed must be in \[0, 2\*\*63\)"),
+    (lambda p: p.chat(None, "q", history=["ab"]), "history turn 0 must be"),
+    (lambda p: p.chat(None, "q", history=[{"question": "a"}]), "history turn 0 lacks answer"),
+    (lambda p: p.chat([None], "q"), "image 0 is None"),
+    (lambda p: p.chat(None, 5), "the question must be a string"),
+    (lambda p: p.chat(None, "q", max_new_tokens=0), "max_new_tokens must be >= 1"),
+])
+def test_bad_arguments_are_named(tiny_pipe, call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call(tiny_pipe)
+
+
+def test_streaming_checks_its_input_before_returning(tiny_pipe):
+    with pytest.raises(ValueError, match="question is empty"):
+        tiny_pipe.chat(None, "", stream=True)  # raised at the call, not at the first next()
+
+
+def test_options_a_paradigm_does_not_use_are_ignored(tiny_pipe):
+    a = tiny_pipe.generate("a red circle", temperature=0, steps=0, shift=0, solver="rk4")
+    assert a[0].tobytes() == tiny_pipe.generate("a red circle", temperature=0)[0].tobytes()
+
+
+@pytest.mark.parametrize("image, msg", [
+    (np.zeros((0, 0, 3), np.uint8), "the image is empty"),
+    (np.zeros((4, 4, 2), np.uint8), "C = 1, 3, 4"),
+])
+def test_bad_image_arrays_are_named(tiny_pipe, image, msg):
+    with pytest.raises(ValueError, match=msg):
+        tiny_pipe.chat(image, "What is it?")
+
+
+def test_image_edge_cases_convert_sensibly(tmp_path):
+    from unimm.images import load_image
+
+    with pytest.raises(ValueError, match="is a directory"):
+        load_image(tmp_path)
+    assert load_image(np.full((4, 4, 1), 200, np.uint8)).getpixel((0, 0)) == (200, 200, 200)
+    grey16 = Image.fromarray(np.full((4, 4), 40000, np.uint16))  # a flat 16-bit grey keeps its brightness
+    assert load_image(grey16).getpixel((0, 0)) == (156, 156, 156)
+
+
+def test_dtype_names_and_aliases(tmp_path):
+    pipe = unimm.load("tiny", dtype="bf16")
+    assert pipe.model.dtype == torch.bfloat16
+    assert len(pipe.generate("a red circle", seed=0)) == 1
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        unimm.load("tiny", dtype="float8")
+
+
+def test_config_values_are_checked_when_loaded():
+    with pytest.raises(ValueError, match="sampling: guidance_scale must be a number, got 'high'"):
+        unimm.load({"sampling": {"guidance_scale": "high"}})
+    with pytest.raises(ValueError, match="top_p must be in"):
+        unimm.load({"sampling": {"top_p": 2}})
+    with pytest.raises(ValueError, match="prompt.generation must contain {prompt}"):
+        unimm.load({"prompt": {"generation": "draw it"}})
+    assert unimm.load({"base": "tiny", "sampling": None}).config.sampling.guidance_scale == 5.0  # null = defaults

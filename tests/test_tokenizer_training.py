@@ -9,7 +9,7 @@ from unimm.tokenizers import VAETokenizer, VQTokenizer
 from unimm.training.tokenizer import codebook_usage, load_train_config, train_tokenizer
 
 SMALL_VQ = {"type": "vq", "image_size": 16, "block_out_channels": [16, 16], "norm_num_groups": 8, "latent_channels": 16,
-            "quantizer": {"codebook_size": 32, "kmeans_init": True, "dead_code_threshold": 1}}
+            "quantizer": {"codebook_size": 32, "dead_code_threshold": 1}}
 SMALL_VAE = {"type": "vae", "image_size": 16, "autoencoder": {
     "block_out_channels": [16, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
     "up_block_types": ["UpDecoderBlock2D"] * 2, "latent_channels": 4, "norm_num_groups": 8, "layers_per_block": 1}}
@@ -45,6 +45,19 @@ def test_vq_tokenizer_trains_reports_usage_and_saves(tmp_path):
     assert (tmp_path / "run" / "reconstructions.png").is_file()
 
 
+def test_kmeans_codebook_is_initialised_from_training_data_not_the_held_out_images(tmp_path, monkeypatch):
+    from unimm.training import tokenizer as trainer
+
+    seen = []
+    real = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda tok, images: seen.append(
+        bool(tok.quantizer.q._codebook.initted)) or real(tok, images))
+    kmeans = {**SMALL_VQ, "quantizer": {**SMALL_VQ["quantizer"], "kmeans_init": True}}
+    train_tokenizer(_cfg(tmp_path, kmeans, steps=20), progress=False)
+    assert seen and all(seen)  # every evaluation ran on an already initialised codebook
+    assert [m["step"] for m in _log(tmp_path)] == [10, 20]  # no untrained baseline to report
+
+
 def test_vae_tokenizer_trains_and_sets_latent_scaling(tmp_path):
     train_tokenizer(_cfg(tmp_path, SMALL_VAE), progress=False)
     log = _log(tmp_path)
@@ -76,6 +89,8 @@ def test_bad_training_configs_are_named(tmp_path):
         _cfg(tmp_path, SMALL_VQ, recon_loss="l3")
     with pytest.raises(ValueError, match="unknown config key 'stepz'"):
         _cfg(tmp_path, SMALL_VQ, stepz=3)
+    with pytest.raises(ValueError, match=r"unknown config key 'num_sampels' in data \(shapes\)"):
+        _cfg(tmp_path, SMALL_VQ, data={"source": "shapes", "num_sampels": 3})
     with pytest.raises(ValueError, match="image folder not found"):
         train_tokenizer(_cfg(tmp_path, SMALL_VQ, data={"source": "folder", "path": str(tmp_path / "nope")}), progress=False)
 

@@ -47,7 +47,9 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
         hint = hints[name]
         sub = _dataclass_in(hint)
         if sub is not None and (isinstance(value, dict) or value is None):
-            kwargs[name] = from_dict(sub, value, f"{where}.{name}") if value is not None else None
+            optional = type(None) in typing.get_args(hint)
+            # `section: null` means "the defaults" unless the field itself may be None.
+            kwargs[name] = None if value is None and optional else from_dict(sub, value, f"{where}.{name}")
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
         elif isinstance(value, str) and float in (hint, *typing.get_args(hint)):
@@ -57,6 +59,7 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
             except ValueError:
                 raise ConfigError(f"bad value in {where}: {name} must be a number, got {value!r}") from None
         else:
+            _check_type(value, hint, f"{where}.{name}")
             kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -64,6 +67,35 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value in {where}: {e}") from e
+
+
+_SIMPLE = (bool, int, float, str)
+
+
+def _check_type(value, hint, where: str) -> None:
+    """Reject a value of the wrong simple type (a string where a number goes, ...) at load time."""
+    import types
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+    else:
+        members = (hint,)
+    if not all(h in _SIMPLE or h is type(None) for h in members):
+        return  # containers and other types are checked by the component itself
+    allowed = list(members)
+    if value is None:
+        if type(None) not in allowed:
+            raise ConfigError(f"{where} must not be null")
+        return
+    ok = any(
+        (h is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (h is int and isinstance(value, int) and not isinstance(value, bool))
+        or (h in (bool, str) and isinstance(value, h))
+        for h in allowed if h is not type(None)
+    )
+    if not ok:
+        names = "/".join(h.__name__ for h in allowed if h is not type(None))
+        raise ConfigError(f"{where} must be {names}, got {value!r}")
 
 
 def _dataclass_in(hint) -> type | None:

@@ -8,9 +8,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-ImageLike = "str | os.PathLike | Image.Image | np.ndarray"
-
-
 def load_image(image) -> Image.Image:
     """Open a path / PIL image / HxWxC uint8 array as RGB, with an error that names the problem.
 
@@ -19,6 +16,8 @@ def load_image(image) -> Image.Image:
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, not an image file")
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         try:
@@ -30,11 +29,13 @@ def load_image(image) -> Image.Image:
         except Image.DecompressionBombError as e:
             raise ValueError(f"image {path} is too large to open safely: {e}") from e
     elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ValueError(f"image arrays must be HxW or HxWxC uint8, got {image.dtype} {image.shape}")
-        image = Image.fromarray(image)
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"image arrays must be HxW or HxWxC (C = 1, 3, 4) uint8, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     elif not isinstance(image, Image.Image):
-        raise TypeError(f"expected an image path, PIL image or uint8 array, got {type(image).__name__}")
+        raise ValueError(f"expected an image path, PIL image or uint8 array, got {type(image).__name__}")
+    if min(image.size) < 1:
+        raise ValueError(f"the image is empty ({image.size[0]}x{image.size[1]} pixels)")
     return to_rgb(image)
 
 
@@ -46,9 +47,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode.startswith("I;16") or image.mode == "I":
-        arr = np.asarray(image, dtype=np.float32)
-        arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1.0) * 255.0
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+        # 16-bit greys (PIL opens 16-bit PNGs as I;16 or I): a fixed 65535 -> 255 scale,
+        # not a per-image stretch, so a constant or dark image keeps its brightness.
+        arr = np.asarray(image, dtype=np.float32) / 257.0
+        return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 

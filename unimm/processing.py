@@ -28,6 +28,12 @@ class PromptConfig:
     generation: str = "{prompt}"
     add_bos: bool = True
 
+    def __post_init__(self):
+        if "{content}" not in self.user:
+            raise ValueError(f"prompt.user must contain {{content}}, got {self.user!r}")
+        if "{prompt}" not in self.generation:
+            raise ValueError(f"prompt.generation must contain {{prompt}}, got {self.generation!r}")
+
 
 @dataclass
 class TokenIds:

@@ -52,10 +52,12 @@ class Backbone(nn.Module):
                 config.pretrained, attn_implementation=config.attn_implementation, dtype=torch.float32
             )
         else:
-            hf = AutoConfig.for_model(config.model_type, **{**config.config, "vocab_size": vocab_size})
+            rows = max(vocab_size, config.config.get("vocab_size", 0))  # keep a padded table padded
+            hf = AutoConfig.for_model(config.model_type, **{**config.config, "vocab_size": rows})
             self.lm = AutoModelForCausalLM.from_config(hf, attn_implementation=config.attn_implementation)
-        if self.lm.get_input_embeddings().num_embeddings != vocab_size:
-            # New special tokens (image placeholder, begin/end of image) need rows.
+        if self.lm.get_input_embeddings().num_embeddings < vocab_size:
+            # New special tokens (image placeholder, begin/end of image) need rows; tables that
+            # checkpoints pad beyond the tokenizer (Qwen2) are kept as they are.
             self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
 
     # -- what the unified model and samplers use ---------------------------------

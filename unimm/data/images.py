@@ -12,6 +12,23 @@ from ..images import fit_square, load_image, to_tensor
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
+def check_image_data_spec(spec: dict) -> None:
+    """Name an unknown key of a `data:` section before any model is built."""
+    import dataclasses
+
+    from ..config import check_keys
+    from .shapes import ShapesWorldConfig
+
+    source = spec.get("source", "shapes")
+    if source == "shapes":
+        valid = {"source"} | {f.name for f in dataclasses.fields(ShapesWorldConfig)} - {"image_size"}
+    elif source == "folder":
+        valid = {"source", "path", "resize_mode"}
+    else:
+        raise ConfigError(f"unknown image data source {source!r}; choose 'shapes' or 'folder'")
+    check_keys(spec, valid, f"data ({source})")
+
+
 class ImageDataset(Dataset):
     """Images as (3, S, S) tensors in [-1, 1].
 

@@ -44,7 +44,7 @@ class SamplingDefaults:
     """Sampling settings that ship with a model, so its results reproduce."""
 
     guidance_scale: float = 5.0  # Janus's default CFG weight on image-token logits (flow: on the velocity)
-    temperature: float = 1.0  # autoregressive / masked token sampling; masked anneals it to 0
+    temperature: float = 1.0  # autoregressive / masked token sampling (0: greedy)
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
     steps: int | None = None  # masked / flow decoding steps; None: 12 masked, 25 flow
@@ -52,6 +52,20 @@ class SamplingDefaults:
     shift: float = 1.0  # flow sampling timestep shift (> 1 spends more steps near noise)
     chat_max_new_tokens: int = 64
     chat_temperature: float = 0.0  # greedy answers by default
+
+    def __post_init__(self):
+        bad = [
+            (self.guidance_scale < 0 or self.guidance_scale != self.guidance_scale, "guidance_scale must be >= 0"),
+            (self.temperature < 0 or self.chat_temperature < 0, "temperatures must be >= 0"),
+            (self.top_k < 0, "top_k must be >= 0"),
+            (not 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.steps is not None and self.steps < 1, "steps must be >= 1"),
+            (self.shift <= 0, "shift must be > 0"),
+            (self.chat_max_new_tokens < 1, "chat_max_new_tokens must be >= 1"),
+        ]
+        for failed, msg in bad:
+            if failed:
+                raise ValueError(msg)
 
 
 @dataclass

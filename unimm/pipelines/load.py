@@ -11,7 +11,7 @@ from ..models.unified import CONFIG_NAME, UnifiedConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Named configs: the repository's configs/models, then ./configs/models of the working directory.
-CONFIG_DIRS = [REPO_ROOT / "configs" / "models", Path.cwd() / "configs" / "models"]
+CONFIG_DIRS = [REPO_ROOT / "configs" / "models", Path("configs") / "models"]
 DEFAULT_MODEL_DIR = REPO_ROOT / "weights" / "default"
 
 
@@ -27,13 +27,22 @@ def _find_named_config(name: str) -> Path | None:
     return None
 
 
+# The family a section without `type` belongs to (the defaults of their config readers).
+_DEFAULT_TYPES = {"projector": "mlp", "image_tokenizer": "vq", "quantizer": "vq"}
+
+
 def _merge(base: dict, over: dict) -> dict:
-    """Deep merge; a mapping that names another `type` (projector, quantizer) replaces the base's."""
+    """Deep merge, except that a mapping replaces the base's when it names another `type`
+    than the base names (a projector or quantizer of another family) or a `checkpoint`
+    (an image tokenizer whose config comes from the checkpoint)."""
     out = dict(base)
     for k, v in over.items():
         b = out.get(k)
-        same_kind = isinstance(b, dict) and isinstance(v, dict) and v.get("type", b.get("type")) == b.get("type")
-        out[k] = _merge(b, v) if same_kind else v
+        if not (isinstance(b, dict) and isinstance(v, dict)):
+            out[k] = v
+            continue
+        other_kind = "type" in v and v["type"] != b.get("type", _DEFAULT_TYPES.get(k))
+        out[k] = v if other_kind or "checkpoint" in v else _merge(b, v)
     return out
 
 
@@ -41,14 +50,18 @@ def read_model_config(path: Path, _seen: tuple = ()) -> dict:
     """Read a model config file; `base: NAME_OR_PATH` inherits from another config (deep merge)."""
     if path.resolve() in _seen:
         raise ConfigError(f"config {path} inherits from itself through 'base'")
-    data = read_config_file(path)
+    return _with_base(read_config_file(path), path.parent, str(path), _seen + (path.resolve(),))
+
+
+def _with_base(data: dict, folder: Path, where: str, seen: tuple = ()) -> dict:
+    data = dict(data)
     base = data.pop("base", None)
     if base is None:
         return data
-    base_path = _find_named_config(base) if not str(base).endswith((".yaml", ".yml", ".json")) else path.parent / base
+    base_path = _find_named_config(base) if not str(base).endswith((".yaml", ".yml", ".json")) else folder / base
     if base_path is None or not base_path.is_file():
-        raise ConfigError(f"config {path}: base {base!r} not found; available: {', '.join(available_configs())}")
-    return _merge(read_model_config(base_path, _seen + (path.resolve(),)), data)
+        raise ConfigError(f"config {where}: base {base!r} not found; available: {', '.join(available_configs())}")
+    return _merge(read_model_config(base_path, seen), data)
 
 
 def resolve_config(spec) -> UnifiedConfig:
@@ -56,7 +69,7 @@ def resolve_config(spec) -> UnifiedConfig:
     if isinstance(spec, UnifiedConfig):
         return spec
     if isinstance(spec, dict):
-        return UnifiedConfig.from_dict(spec)
+        return UnifiedConfig.from_dict(_with_base(spec, Path.cwd(), "mapping"))
     path = Path(spec)
     if path.is_file():
         return UnifiedConfig.from_dict(read_model_config(path))
@@ -86,10 +99,11 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
                 f"no default model found at {path_or_config}; pass a model directory or a config "
                 f"name ({', '.join(available_configs())})"
             )
-    if isinstance(path_or_config, (str, os.PathLike)) and Path(path_or_config).is_dir():
-        if not (Path(path_or_config) / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{path_or_config} is not a unimm model directory: {CONFIG_NAME} is missing")
+    is_dir = isinstance(path_or_config, (str, os.PathLike)) and Path(path_or_config).is_dir()
+    if is_dir and (Path(path_or_config) / CONFIG_NAME).is_file():
         pipe = UnimmPipeline.from_pretrained(path_or_config)
+    elif is_dir and _find_named_config(str(path_or_config)) is None:
+        raise FileNotFoundError(f"{path_or_config} is not a unimm model directory: {CONFIG_NAME} is missing")
     else:
         pipe = UnimmPipeline.from_config(resolve_config(path_or_config))
     return pipe.to(device=device, dtype=dtype)

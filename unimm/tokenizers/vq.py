@@ -86,10 +86,10 @@ class VQTokenizer(SaveLoadMixin, nn.Module):
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(codes))  # (B, 3, H, W)
 
-    def decode(self, ids: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, N) -> images (B, 3, H, W) in roughly [-1, 1]."""
-        h, w = grid or (self.config.grid, self.config.grid)
-        codes = self.quantizer.codes_from_ids(ids.reshape(ids.shape[0], h, w))
+        g = self.config.grid
+        codes = self.quantizer.codes_from_ids(ids.reshape(ids.shape[0], g, g))
         return self.decode_codes(codes.to(self.post_quant_conv.weight.dtype))
 
     def forward(self, images: torch.Tensor):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, check_keys, from_dict, to_dict
-from ..data.images import ImageDataset
+from ..data.images import ImageDataset, check_image_data_spec
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 
 
@@ -51,6 +51,7 @@ class TokenizerTrainConfig:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         self.tokenizer = normalise_image_tokenizer_spec(self.tokenizer)
+        check_image_data_spec(self.data)
         if self.perceptual is not None:
             check_keys(self.perceptual, {"encoder", "weight", "layer"}, "perceptual")
             if "encoder" not in self.perceptual:
@@ -95,6 +96,14 @@ def _losses(tok, images, cfg: TokenizerTrainConfig, perceptual):
     if perceptual is not None:
         parts["perceptual"] = perceptual(recon, images)
     return sum(parts.values()), parts
+
+
+def _codebook_ready(tok) -> bool:
+    """False while a k-means-initialised codebook still waits for its first batch: evaluating
+    then would initialise it from the held-out images instead of training data."""
+    codebook = getattr(getattr(getattr(tok, "quantizer", None), "q", None), "_codebook", None)
+    initted = getattr(codebook, "initted", None)
+    return initted is None or bool(initted)
 
 
 @torch.no_grad()
@@ -164,9 +173,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "metrics.jsonl").open("w") if acc.is_main_process else None
     bar = tqdm(total=cfg.steps, desc="tokenizer", disable=not (progress and acc.is_main_process))
-    step, metrics = 0, {"step": 0, **evaluate(acc.unwrap_model(tok), eval_images)}  # the untrained baseline
-    if log:
-        log.write(json.dumps(metrics) + "\n")
+    step, metrics = 0, {}
+    if _codebook_ready(acc.unwrap_model(tok)):  # the untrained baseline
+        metrics = {"step": 0, **evaluate(acc.unwrap_model(tok), eval_images)}
+        if log:
+            log.write(json.dumps(metrics) + "\n")
     while step < cfg.steps:
         for images in loader:
             loss, parts = _losses(tok, images, cfg, perceptual)
