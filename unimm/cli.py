@@ -22,7 +22,7 @@ def _load(args):
     return unimm.load(args.model, device=device, dtype=args.dtype)
 
 
-def _progress_bar(desc: str):
+def _progress_bar(desc: str, unit: str):
     from tqdm.auto import tqdm
 
     bar = None
@@ -32,7 +32,7 @@ def _progress_bar(desc: str):
         if bar is None or step == 1:
             if bar is not None:
                 bar.close()
-            bar = tqdm(total=total, desc=desc, unit="tok", leave=False)
+            bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
         bar.update(1)
         if step == total:
             bar.close()
@@ -45,7 +45,9 @@ def cmd_generate(args) -> int:
     images = pipe.generate(
         args.prompt, num_images=args.num_images, guidance_scale=args.guidance_scale,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        batch_size=args.batch_size, progress=None if args.quiet else _progress_bar("generating"),
+        batch_size=args.batch_size, steps=args.steps, solver=args.solver, shift=args.shift,
+        progress=None if args.quiet else _progress_bar(
+            "generating", "tok" if pipe.model.paradigm == "autoregressive" else "step"),
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     pipe = _load(args)
     pieces = pipe.chat(args.image or None, args.question, stream=True, max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     for piece in pieces:
         print(piece, end="", flush=True)
     print()
@@ -91,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="rows decoded together (bounds memory)")
+    g.add_argument("--steps", type=int, default=None, help="masked passes / flow ODE steps")
+    g.add_argument("--solver", choices=["euler", "heun"], default=None, help="flow ODE solver")
+    g.add_argument("--shift", type=float, default=None, help="flow timestep shift")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_args(g)
     g.set_defaults(func=cmd_generate)
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
     c.add_argument("--max-new-tokens", type=int, default=None)
     c.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
+    c.add_argument("--top-k", type=int, default=None)
     c.add_argument("--top-p", type=float, default=None)
     c.add_argument("--seed", type=int, default=None)
     _model_args(c)

@@ -192,19 +192,22 @@ class UnifiedModel(nn.Module):
         """VQ ids (B, N) or latents (B, C, h, w) -> images (B, 3, H, W) in about [-1, 1]."""
         return self.image_tokenizer.decode(targets)
 
+    @staticmethod
+    def span_key_mask(prompt_mask: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, L) prompt mask -> (B, L + n): the n image positions after it are always real."""
+        return torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], n)], 1)
+
     def image_span_mask(self, prompt_mask: torch.Tensor, n: int) -> torch.Tensor:
         """Omni-attention mask for prompt + an n-token image span: (B, 1, L + n, L + n)."""
-        key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], n)], 1)
-        return attention_mask_4d(key_mask, self.backbone.hf_config._attn_implementation, self.dtype,
-                                 image_start=prompt_mask.shape[1])
+        return attention_mask_4d(self.span_key_mask(prompt_mask, n), self.backbone.hf_config._attn_implementation,
+                                 self.dtype, image_start=prompt_mask.shape[1])
 
     def image_span_hidden(self, prompt_ids, prompt_mask, image_embeds) -> torch.Tensor:
         """Run prompt + a bidirectional image span; return the span's hidden states (B, N, D)."""
         L, n = prompt_ids.shape[1], image_embeds.shape[1]
         embeds = torch.cat([self.backbone.embed(prompt_ids), image_embeds], 1)
-        key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], n)], 1)
         h = self.hidden_states(embeds, attention_mask=self.image_span_mask(prompt_mask, n),
-                               position_ids=positions(key_mask), use_cache=False)
+                               position_ids=positions(self.span_key_mask(prompt_mask, n)), use_cache=False)
         return h[:, L:]
 
     # -- losses -----------------------------------------------------------------
@@ -234,7 +237,7 @@ class UnifiedModel(nn.Module):
         """The prompt predicts image_ids (B, N) one by one."""
         L = prompt_ids.shape[1]
         embeds = torch.cat([self.backbone.embed(prompt_ids), self.embed_image_tokens(image_ids[:, :-1])], 1)
-        mask = torch.cat([prompt_mask, prompt_mask.new_ones(image_ids[:, :-1].shape)], 1)  # (B, L + N - 1)
+        mask = self.span_key_mask(prompt_mask, image_ids.shape[1] - 1)  # (B, L + N - 1)
         h = self.hidden_states(embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
         return self.gen_head.loss(h[:, L - 1:], image_ids)  # positions L-1 .. L+N-2 predict tokens 0 .. N-1
 

@@ -3,8 +3,7 @@
 - One preallocated (static) KV cache sized for prompt + image tokens, so
   shapes never change from step to step.
 - Classifier-free guidance with conditional and unconditional rows in one
-  batch: rows [0, B) carry the prompt, rows [B, 2B) the padded-out prompt
-  (Janus / LlamaGen); logits = uncond + s * (cond - uncond).
+  batch (cfg.py), on the logits.
 - Only the last position's hidden state goes through the image head.
 """
 from __future__ import annotations
@@ -14,6 +13,7 @@ from transformers import StaticCache
 
 from ..models.masks import attention_mask_4d
 from ..models.unified import UnifiedModel, positions
+from .cfg import guide, with_unconditional
 from .logits import sample_next
 
 
@@ -28,15 +28,11 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
     """
     B, L = prompt_ids.shape
     N = model.num_image_tokens
-    cfg = guidance_scale != 1.0
-    if cfg:
-        prompt_ids = torch.cat([prompt_ids, model.unconditional_ids(prompt_ids)])  # (2B, L)
-        prompt_mask = torch.cat([prompt_mask, prompt_mask])
-    rows = prompt_ids.shape[0]
+    prompt_ids, prompt_mask, cfg = with_unconditional(model, prompt_ids, prompt_mask, guidance_scale)  # (rows, L)
     cache = StaticCache(config=model.backbone.hf_config, max_cache_len=L + N)
     # One mask for the whole run (prompt + image positions), sliced per step: the
     # decode step's shapes never change and nothing is rebuilt inside the loop.
-    key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, N)], 1)  # (rows, L + N)
+    key_mask = model.span_key_mask(prompt_mask, N)  # (rows, L + N)
     mask4d = attention_mask_4d(key_mask, model.backbone.hf_config._attn_implementation, model.dtype)
     pos = positions(prompt_mask)  # (rows, L)
     embeds = model.backbone.embed(prompt_ids)  # (rows, L, D)
@@ -47,10 +43,7 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
         step_mask = key_mask[:, :seen] if mask4d is None else mask4d[:, :, seen - embeds.shape[1]:seen]
         h = model.hidden_states(embeds, attention_mask=step_mask, position_ids=pos,
                                 past_key_values=cache, cache_position=cache_pos)
-        logits = model.image_logits(h[:, -1]).float()  # (rows, K)
-        if cfg:
-            cond, uncond = logits[:B], logits[B:]
-            logits = uncond + guidance_scale * (cond - uncond)
+        logits = guide(model.image_logits(h[:, -1]).float(), B, guidance_scale)  # (B, K)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         out[:, i] = nxt
         if progress is not None:

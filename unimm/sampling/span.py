@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from ..models.unified import UnifiedModel, positions
+from .cfg import guide, with_unconditional
 
 
 class ImageSpanDecoder:
@@ -26,18 +27,14 @@ class ImageSpanDecoder:
         self.batch, L = prompt_ids.shape
         N = model.num_image_tokens
         self.guidance_scale = guidance_scale
-        self.cfg = guidance_scale != 1.0
-        if self.cfg:
-            prompt_ids = torch.cat([prompt_ids, model.unconditional_ids(prompt_ids)])  # (2B, L)
-            prompt_mask = torch.cat([prompt_mask, prompt_mask])
-        rows = prompt_ids.shape[0]
+        prompt_ids, prompt_mask, self.cfg = with_unconditional(model, prompt_ids, prompt_mask, guidance_scale)
         self.n = N
         if not cache_prompt:
             self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
             return
         self.cache = DynamicCache(config=model.backbone.hf_config)
         mask = model.image_span_mask(prompt_mask, N)  # (rows, 1, L + N, L + N)
-        pos = positions(torch.cat([prompt_mask, prompt_mask.new_ones(rows, N)], 1))  # (rows, L + N)
+        pos = positions(model.span_key_mask(prompt_mask, N))  # (rows, L + N)
         device = prompt_ids.device
         model.hidden_states(model.backbone.embed(prompt_ids), attention_mask=mask[:, :, :L, :L], position_ids=pos[:, :L],
                             past_key_values=self.cache, cache_position=torch.arange(L, device=device))
@@ -56,8 +53,5 @@ class ImageSpanDecoder:
         return h
 
     def guide(self, out: torch.Tensor) -> torch.Tensor:
-        """(rows, ...) -> (B, ...): uncond + s * (cond - uncond)."""
-        if not self.cfg:
-            return out
-        cond, uncond = out[: self.batch], out[self.batch:]
-        return uncond + self.guidance_scale * (cond - uncond)
+        """(rows, ...) -> (B, ...)."""
+        return guide(out, self.batch, self.guidance_scale)
