@@ -79,6 +79,15 @@ def cmd_train_tokenizer(args) -> int:
     return 0
 
 
+def cmd_train_siglip(args) -> int:
+    from unimm.training.siglip import load_siglip_config, train_siglip
+
+    cfg = load_siglip_config(args.config, args.overrides)
+    metrics = train_siglip(cfg, progress=not args.quiet)
+    print(f"saved {Path(cfg.output_dir) / 'model'}  (held-out retrieval accuracy {metrics.get('retrieval_acc', float('nan')):.3f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimm", description="Unified multimodal models: chat about images and generate them.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=500 data.num_samples=2048")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train_tokenizer)
+
+    sg = sub.add_parser("train-siglip", help="pretrain a small SigLIP encoder (sigmoid contrastive loss)")
+    sg.add_argument("config", help="e.g. configs/recipes/siglip-shapes.yaml")
+    sg.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    sg.add_argument("-q", "--quiet", action="store_true")
+    sg.set_defaults(func=cmd_train_siglip)
     return parser
 
 

@@ -1,0 +1,118 @@
+"""Pretraining a small SigLIP (transformers `SiglipModel`) with the sigmoid contrastive loss.
+
+The understanding encoder of the default model starts here: image-caption
+pairs from the shapes world (or a caption JSONL), the pairwise sigmoid loss of
+SigLIP (arXiv:2303.15343) that `SiglipModel(return_loss=True)` computes, and
+unimm's own byte-level BPE for the text tower. The result is a standard
+SigLIP checkpoint directory that a model config uses as
+`encoder: {pretrained: DIR}` (its vision tower).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import from_dict, to_dict
+
+
+@dataclass
+class SiglipTrainConfig:
+    vision: dict = field(default_factory=lambda: {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+                                                  "num_attention_heads": 4, "image_size": 64, "patch_size": 8})
+    text: dict = field(default_factory=lambda: {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                                                "num_attention_heads": 4})
+    text_length: int = 24  # captions are padded/truncated to this many tokens
+    vocab_size: int = 512  # the BPE trained on the shapes corpus
+    data: dict = field(default_factory=lambda: {"format": "shapes", "task": "generation", "num_samples": 20000, "seed": 11})
+    output_dir: str = "runs/siglip"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    log_every: int = 50
+    seed: int = 0
+
+
+def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0.5)):
+    from ..images import fit_square, to_tensor
+
+    images, texts = [], []
+    for i in idx:
+        rec = source.get(i)
+        if rec is None:
+            continue
+        images.append(to_tensor(fit_square(rec["image"], size, "resize", (127, 127, 127)), processor_mean, (0.5, 0.5, 0.5)))
+        texts.append(rec["caption"])
+    enc = tok(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    return torch.stack(images), enc["input_ids"]
+
+
+def retrieval_accuracy(model, images, ids) -> float:
+    """Share of images whose best-scoring caption in the batch is their own."""
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=images)
+    return float((out.logits_per_image.argmax(-1) == torch.arange(len(ids))).float().mean())
+
+
+def train_siglip(cfg: SiglipTrainConfig, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+    from transformers import SiglipConfig, SiglipModel
+
+    from ..data.formats import build_source
+    from ..tokenizers.text import train_bpe_tokenizer
+    from ..data.corpus import shapes_corpus
+
+    torch.manual_seed(cfg.seed)
+    tok = train_bpe_tokenizer(shapes_corpus(), cfg.vocab_size)
+    model = SiglipModel(SiglipConfig(
+        vision_config=cfg.vision,
+        text_config={**cfg.text, "vocab_size": len(tok), "max_position_embeddings": cfg.text_length,
+                     "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id},
+    ))
+    source = build_source(cfg.data)
+    size = cfg.vision["image_size"]
+    g = torch.Generator().manual_seed(cfg.seed)
+    held_out = range(len(source) - 256, len(source))  # never trained on
+    eval_images, eval_ids = _batch(source, list(held_out)[: cfg.batch_size], tok, size, cfg.text_length)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "metrics.jsonl").open("w")
+    metrics = {}
+    model.train()
+    for step in tqdm(range(1, cfg.steps + 1), desc="siglip", disable=not progress):
+        idx = torch.randint(0, len(source) - 256, (cfg.batch_size,), generator=g).tolist()
+        images, ids = _batch(source, idx, tok, size, cfg.text_length)
+        loss = model(input_ids=ids, pixel_values=images, return_loss=True).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"SigLIP loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            model.eval()
+            metrics = {"step": step, "loss": loss.item(), "retrieval_acc": retrieval_accuracy(model, eval_images, eval_ids)}
+            model.train()
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+    log.close()
+    from ..io import atomic_directory
+
+    with atomic_directory(out / "model") as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    return metrics
+
+
+def load_siglip_config(path_or_dict, overrides=None) -> SiglipTrainConfig:
+    from ..config import apply_overrides, read_config_file
+
+    data = path_or_dict if isinstance(path_or_dict, dict) else read_config_file(path_or_dict)
+    return from_dict(SiglipTrainConfig, apply_overrides(data, overrides or []), "SigLIP training config")
