@@ -88,6 +88,16 @@ def cmd_train_siglip(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    # The app lives in the repository's apps/ folder, beside the package.
+    from unimm.pipelines.load import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from apps.demo import main as demo_main
+
+    return demo_main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimm", description="Unified multimodal models: chat about images and generate them.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None)
     _model_args(c)
     c.set_defaults(func=cmd_chat)
+
+    ev = sub.add_parser("eval", help="shapes-world benchmark: generation (GenEval-style) and VQA", add_help=False)
+    ev.add_argument("args", nargs=argparse.REMAINDER)
+    ev.set_defaults(func=lambda a: __import__("unimm.eval.cli", fromlist=["main"]).main(a.args))
+
+    de = sub.add_parser("demo", help="the Gradio app (chat + image generation)", add_help=False)
+    de.add_argument("args", nargs=argparse.REMAINDER)
+    de.set_defaults(func=_demo)
 
     tr = sub.add_parser("train", help="train a unified model (one stage)", add_help=False)
     tr.add_argument("args", nargs=argparse.REMAINDER)

@@ -10,6 +10,7 @@ SigLIP checkpoint directory that a model config uses as
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,11 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True) -> dict:
         text_config={**cfg.text, "vocab_size": len(tok), "max_position_embeddings": cfg.text_length,
                      "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id},
     ))
+    # The paper's initialisation (t' = log 10, b = -10): a fresh SiglipModel starts both at 0,
+    # where the sigmoid loss barely separates pairs and retrieval stays at chance.
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
     source = build_source(cfg.data)
     size = cfg.vision["image_size"]
     g = torch.Generator().manual_seed(cfg.seed)

@@ -1,0 +1,158 @@
+"""`unimm eval`: score a model on shapes-world generation (detector-checked) and VQA.
+
+    unimm eval [--model M] [--task generation|vqa|all] [--n 400] [--seed 0]
+               [--out report.json] [--grid grid.png] [--batch-size 32]
+
+--n is the number of prompts for generation (split evenly over the four
+categories) and the number of questions for VQA.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .prompts import CATEGORIES
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unimm eval",
+        description="Score a model on shapes-world text-to-image (checked by a model-free detector) and VQA.")
+    p.add_argument("--model", default=None,
+                   help="model directory, config file or config name (default: the shipped model in weights/default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--task", default="all", choices=["generation", "vqa", "all"])
+    p.add_argument("--n", type=int, default=400, help="generation prompts (a multiple of 4) and VQA questions")
+    p.add_argument("--seed", type=int, default=0, help="picks the prompts, sampling seeds and VQA scenes")
+    p.add_argument("--out", default="report.json", help="JSON report path (default: report.json)")
+    p.add_argument("--grid", default=None, help="PNG of generated images with pass/fail frames")
+    p.add_argument("--batch-size", type=int, default=32, help="images generated per call")
+    p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=8, help="VQA answer length cap")
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None, help="masked passes / flow ODE steps")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments, or None."""
+    if args.n < 1:
+        return f"--n must be >= 1, got {args.n}"
+    if args.task in ("generation", "all") and args.n < len(CATEGORIES):
+        return f"--n must be >= {len(CATEGORIES)} for generation (one prompt per category), got {args.n}"
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
+    if args.batch_size < 1:
+        return f"--batch-size must be >= 1, got {args.batch_size}"
+    if args.images_per_prompt < 1:
+        return f"--images-per-prompt must be >= 1, got {args.images_per_prompt}"
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"
+    if args.grid is not None and args.task == "vqa":
+        return "--grid shows generated images; it needs --task generation or all"
+    for flag, path in (("--out", args.out), ("--grid", args.grid)):
+        if path is not None and Path(path).is_dir():
+            return f"{flag} {path} is a directory; give a file name"
+    return None
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    import unimm
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return unimm.load(args.model, device=device, dtype=args.dtype)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:6.1f}%"
+
+
+def _table(title: str, rows: dict[str, dict[str, Any]], overall: float, total_correct: int, total: int) -> list[str]:
+    width = max(len(k) for k in [*rows, "overall"]) + 2
+    lines = [title, f"  {'':{width}}accuracy  correct"]
+    lines += [f"  {k:{width}}{_pct(v['accuracy'])}  {v['correct']:>4}/{v['n']}" for k, v in rows.items()]
+    lines.append(f"  {'overall':{width}}{_pct(overall)}  {total_correct:>4}/{total}")
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The readable tables printed after a run."""
+    lines = [f"model: {report['model']}  seed: {report['seed']}"]
+    if gen := report.get("generation"):
+        w, h = gen["image_size"]
+        speed = f"{gen['images_per_s']:.2f} images/s" if gen["images_per_s"] else "-"
+        lines += [""] + _table(
+            f"generation: {gen['num_images']} images at {w}x{h} px, sampling {gen['time_s']:.1f} s ({speed})",
+            gen["categories"], gen["accuracy"], sum(c["correct"] for c in gen["categories"].values()), gen["num_images"])
+        if not gen["detector_reliable"]:
+            lines.append("  note: images are smaller than the detector's validated size; scores are unreliable")
+    if vqa := report.get("vqa"):
+        lines += [""] + _table(
+            f"vqa: {vqa['num_questions']} questions at {vqa['image_size']} px (world seed {vqa['world_seed']}), "
+            f"{vqa['time_s']:.1f} s", vqa["types"], vqa["accuracy"], vqa["correct"], vqa["num_questions"])
+    return "\n".join(lines)
+
+
+def _sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"guidance_scale": args.guidance_scale, "temperature": args.temperature, "top_k": args.top_k,
+             "top_p": args.top_p, "steps": args.steps}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from .generation import evaluate_generation
+    from .vqa import evaluate_vqa
+
+    pipe = _load(args)
+    report: dict[str, Any] = {"model": args.model or "default", "seed": args.seed}
+    if args.task in ("generation", "all"):
+        per_category = args.n // len(CATEGORIES)
+        if per_category * len(CATEGORIES) != args.n:
+            print(f"note: --n {args.n} is not a multiple of {len(CATEGORIES)}; "
+                  f"using {per_category} prompts per category", file=sys.stderr)
+        report["generation"] = evaluate_generation(
+            pipe, n_per_category=per_category, seed=args.seed, images_per_prompt=args.images_per_prompt,
+            batch_size=args.batch_size, grid=args.grid, progress=not args.quiet, **_sample_kwargs(args))
+    if args.task in ("vqa", "all"):
+        report["vqa"] = evaluate_vqa(pipe, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                     progress=not args.quiet)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage error (or the help)
+        return int(e.code or 0)
+    if problem := _check(args):
+        parser.print_usage(sys.stderr)
+        print(f"unimm eval: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        report = run(args)
+    except (ValueError, FileNotFoundError) as e:  # a bad model name, option or file: no traceback
+        print(f"unimm eval: error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nreport: {out}" + (f"\ngrid: {args.grid}" if args.grid else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
