@@ -30,6 +30,10 @@ def _cli_lines() -> list[list[str]]:
     return [shlex.split(ln)[1:] for ln in lines]
 
 
+# `unimm demo` serves until stopped; tests/test_app.py launches the same command and drives it.
+SERVERS = {"demo"}
+
+
 # Training examples run as written but shortened, so the suite stays fast.
 SHORTEN = {"train-tokenizer": ["steps=3", "batch_size=8", "data.num_samples=48", "log_every=1", "-q"],
            "train": ["steps=2", "batch_size=4", "save_every=1", "-q"]}
@@ -38,7 +42,7 @@ SHORTEN = {"train-tokenizer": ["steps=3", "batch_size=8", "data.num_samples=48",
 def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
     from unimm.cli import main
 
-    lines = _cli_lines()
+    lines = [a for a in _cli_lines() if a[0] not in SERVERS]
     assert [a[0] for a in lines] == ["generate", "generate", "chat", "train-tokenizer", "train-tokenizer",
                                      "train", "train", "train"]
     monkeypatch.chdir(tmp_path)
@@ -65,6 +69,16 @@ def test_readme_accelerate_launch_example_runs(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "ddp" / "final" / "config.json").is_file()
+
+
+def test_readme_demo_command_is_the_one_the_app_tests_launch():
+    demo = [a for a in _cli_lines() if a[0] == "demo"]
+    assert demo == [["demo", "--model", "tiny", "--port", "7860"]]
+    sys.path.insert(0, str(README.parent))
+    from apps.demo import parse_args
+
+    args = parse_args(demo[0][1:])
+    assert (args.model, args.port) == ("tiny", 7860)
 
 
 def test_readme_setup_and_test_commands_match_ci():
