@@ -156,7 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _delegated(command: str):
+    """Commands whose whole argument list belongs to another module's own parser."""
+    if command == "eval":
+        from unimm.eval.cli import main as run
+    elif command == "train":
+        from unimm.train import main as run
+    elif command == "demo":
+        return lambda argv: _demo(argparse.Namespace(args=argv))
+    else:
+        return None
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # argparse's REMAINDER drops a leading "--option", so these go straight to their parsers.
+    run = _delegated(argv[0]) if argv else None
+    if run is not None:
+        return run(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # a wrapper may pass "eval -- ARGS" to keep its own parser off our options
+        argv = argv[1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error (or the help)

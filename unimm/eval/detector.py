@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data.corpus import COLOURS, SHAPES
+# _outline is the world's own shape geometry: templates drawn from it cannot drift from `render`.
 from ..data.shapes import BACKGROUND_RGB, COLOUR_RGB, RADIUS, SUPERSAMPLE, _outline, position_of
 
 __all__ = ["Detection", "MIN_RELIABLE_SIZE", "detect", "describe"]
@@ -152,7 +153,9 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """a moved by (dy, dx) with zero fill: out[y, x] = a[y - dy, x - dx]."""
     out = np.zeros_like(a)
     h, w = a.shape
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    dst = (slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0)))
+    src = (slice(max(-dy, 0), h + min(-dy, 0)), slice(max(-dx, 0), w + min(-dx, 0)))
+    out[dst] = a[src]
     return out
 
 
@@ -192,7 +195,10 @@ _UNIT_AREA = {s: _polygon_area(_outline(s, 1.0)) for s in SHAPES}  # area of eac
 
 
 def _template(shape: str, r: float, cx: float, cy: float, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Coverage of `shape` (enclosing radius r px, centroid (cx, cy) px) over box = (x0, y0, x1, y1), as `render` draws it."""
+    """Coverage of `shape` (enclosing radius r px, centroid (cx, cy) px) over box = (x0, y0, x1, y1).
+
+    Drawn as `render` draws: supersampled polygon fill, box-filtered down.
+    """
     x0, y0, x1, y1 = box
     s = SUPERSAMPLE
     canvas = Image.new("L", ((x1 - x0) * s, (y1 - y0) * s), 0)
@@ -260,12 +266,24 @@ def _refine(shape: str, observed: np.ndarray, box: tuple[int, int, int, int],
     return misfit, params
 
 
+def _crop(a: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """a[y0:y1, x0:x1] for box = (x0, y0, x1, y1), zero where the box leaves the array."""
+    x0, y0, x1, y1 = box
+    out = np.zeros((y1 - y0, x1 - x0), dtype=a.dtype)
+    h, w = a.shape
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = a[sy0:sy1, sx0:sx1]
+    return out
+
+
 def _classify_shape(cover: np.ndarray, area: float, cx: float, cy: float) -> tuple[str, float, float]:
     """(best shape, its misfit / area, its enclosing radius in px) for a coverage map of the whole image."""
-    h, w = cover.shape
+    # The box may reach past the image: template coverage off the image then counts as misfit,
+    # so a shape cannot "fit" a blob cut off by the border by growing beyond it.
     reach = max(math.sqrt(area / a) for a in _UNIT_AREA.values()) + 3
-    box = (max(int(cx - reach), 0), max(int(cy - reach), 0), min(int(cx + reach) + 1, w), min(int(cy + reach) + 1, h))
-    observed = cover[box[1]:box[3], box[0]:box[2]]
+    box = (math.floor(cx - reach), math.floor(cy - reach), math.ceil(cx + reach), math.ceil(cy + reach))
+    observed = _crop(cover, box)
     outside = area - float(observed.sum())  # coverage beyond the box counts as misfit for every shape
     fits = {s: _fit(s, observed, box, area, cx, cy) for s in SHAPES}
     # Only the two best candidates are close enough to need the (costlier) exact fit.
