@@ -170,3 +170,19 @@ def test_gradient_checkpointing_gives_the_same_first_step(tmp_path):
               progress=False)
     wa, wb = unimm.load(str(a)).model.state_dict(), unimm.load(str(b)).model.state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_default_model_recipe_configs_parse():
+    """scripts/train_default.sh runs these; a typo must fail here, not an hour into a run."""
+    from unimm.training.siglip import load_siglip_config
+    from unimm.training.tokenizer import load_train_config as load_tokenizer_config
+
+    recipes = ROOT / "configs" / "recipes"
+    assert load_siglip_config(str(recipes / "siglip-shapes.yaml")).vision["image_size"] == 64
+    assert load_tokenizer_config(str(recipes / "vq-shapes64.yaml")).tokenizer["image_size"] == 64
+    stages = [load_train_config(str(recipes / f"stage{n}.yaml")) for n in (1, 2, 3)]
+    assert stages[0].model == "shapes-default"
+    assert stages[1].init_from == stages[0].output_dir + "/final" and stages[2].init_from == stages[1].output_dir + "/final"
+    script = (ROOT / "scripts" / "train_default.sh").read_text()
+    for name in ("siglip-shapes.yaml", "vq-shapes64.yaml", "stage1.yaml", "stage2.yaml", "stage3.yaml"):
+        assert f"configs/recipes/{name}" in script
