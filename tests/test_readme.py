@@ -1,4 +1,5 @@
 """Every example in the README runs as written (the documented API cannot rot)."""
+import json
 import re
 import shlex
 import subprocess
@@ -44,12 +45,14 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
 
     lines = [a for a in _cli_lines() if a[0] not in SERVERS]
     assert [a[0] for a in lines] == ["generate", "generate", "chat", "train-tokenizer", "train-tokenizer",
-                                     "train", "train", "train"]
+                                     "train", "train", "train", "eval"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(README.parent / "configs")
     for args in lines:
         assert main(args + SHORTEN.get(args[0], [])) == 0, args
     assert unimm.load(str(tmp_path / "runs" / "tiny-stage3" / "final")).config.name == "tiny"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) >= {"generation", "vqa"} and (tmp_path / "grid.png").is_file()
     assert (tmp_path / "runs" / "vq-shapes" / "tokenizer" / "model.safetensors").is_file()
     assert (tmp_path / "runs" / "vae-shapes" / "tokenizer" / "model.safetensors").is_file()
     out = capsys.readouterr().out

@@ -121,7 +121,7 @@ class Collator:
             rows = [self.uncond(s["prompt_ids"]) if s["drop"] else s["prompt_ids"] for s in gen]
             ids, mask = left_pad(rows, self.pad_id)
             out["gen"] = {"prompt_ids": ids, "prompt_mask": mask, "images": torch.stack([s["image"] for s in gen])}
-            out["n_tokens"] += int(mask.sum())
+            out["n_tokens"] += int(mask.sum())  # the trainer adds the image tokens, which it knows
         return out
 
 

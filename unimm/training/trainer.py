@@ -207,7 +207,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
             sched.step()
             opt.zero_grad(set_to_none=True)
         seen += batch["n_samples"] * acc.num_processes
-        tokens += batch["n_tokens"] * acc.num_processes
+        n_image = 0 if batch["gen"] is None else len(batch["gen"]["prompt_ids"]) * unwrapped.num_image_tokens
+        tokens += (batch["n_tokens"] + n_image) * acc.num_processes
         if not acc.sync_gradients:
             continue
         step += 1
