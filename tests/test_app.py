@@ -322,20 +322,7 @@ def test_client_bad_input_shows_a_message_and_the_app_keeps_serving(client, tmp_
     assert len(gallery) == 1
 
 
-class GatedPipe:
-    """A real pipeline whose generate() waits for `release` on prompts containing "hold"."""
-
-    def __init__(self, pipe):
-        self._pipe, self.started, self.release = pipe, threading.Event(), threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def generate(self, prompt, **kwargs):
-        if "hold" in prompt:
-            self.started.set()
-            self.release.wait(60)
-        return self._pipe.generate(prompt, **kwargs)
+from app_helpers import GatedPipe  # noqa: E402
 
 
 def test_full_queue_refuses_more_requests(tiny_pipe):

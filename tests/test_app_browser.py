@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -33,21 +32,7 @@ if str(ROOT) not in sys.path:
 from apps import demo as app  # noqa: E402
 
 
-class GatedPipe:
-    """A real pipeline whose generate() waits for `release` on prompts containing "hold",
-    so the queue-full test can keep the single model slot busy for as long as it needs."""
-
-    def __init__(self, pipe):
-        self._pipe, self.started, self.release = pipe, threading.Event(), threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def generate(self, prompt, **kwargs):
-        if "hold" in prompt:
-            self.started.set()
-            self.release.wait(60)
-        return self._pipe.generate(prompt, **kwargs)
+from app_helpers import GatedPipe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
