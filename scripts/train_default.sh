@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unimm train-siglip configs/recipes/siglip-shapes.yaml
-unimm train-tokenizer configs/recipes/vq-shapes64.yaml
+unimm train-tokenizer configs/recipes/vq-shapes32.yaml
 unimm train configs/recipes/stage1.yaml "$@"
 unimm train configs/recipes/stage2.yaml "$@"
 unimm train configs/recipes/stage3.yaml "$@"

@@ -179,10 +179,10 @@ def test_default_model_recipe_configs_parse():
 
     recipes = ROOT / "configs" / "recipes"
     assert load_siglip_config(str(recipes / "siglip-shapes.yaml")).vision["image_size"] == 64
-    assert load_tokenizer_config(str(recipes / "vq-shapes64.yaml")).tokenizer["image_size"] == 64
+    assert load_tokenizer_config(str(recipes / "vq-shapes32.yaml")).tokenizer["image_size"] == 32
     stages = [load_train_config(str(recipes / f"stage{n}.yaml")) for n in (1, 2, 3)]
     assert stages[0].model == "shapes-default"
     assert stages[1].init_from == stages[0].output_dir + "/final" and stages[2].init_from == stages[1].output_dir + "/final"
     script = (ROOT / "scripts" / "train_default.sh").read_text()
-    for name in ("siglip-shapes.yaml", "vq-shapes64.yaml", "stage1.yaml", "stage2.yaml", "stage3.yaml"):
+    for name in ("siglip-shapes.yaml", "vq-shapes32.yaml", "stage1.yaml", "stage2.yaml", "stage3.yaml"):
         assert f"configs/recipes/{name}" in script
