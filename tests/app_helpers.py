@@ -17,3 +17,21 @@ class GatedPipe:
             self.started.set()
             self.release.wait(60)
         return self._pipe.generate(prompt, **kwargs)
+
+
+HOLD_ARGS = ("hold", 1, 3.0, 1.0, 12, 0, False)  # /generate arguments that park in GatedPipe
+
+
+def fill_queue(client, pipe, timeout: float = 30):
+    """Occupy the model slot with one held request and queue a second; returns both jobs."""
+    import time
+
+    from gradio_client.utils import Status
+
+    running = client.submit(*HOLD_ARGS, api_name="/generate")
+    assert pipe.started.wait(timeout)
+    waiting = client.submit(*HOLD_ARGS, api_name="/generate")
+    deadline = time.monotonic() + timeout
+    while waiting.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running, waiting

@@ -322,13 +322,13 @@ def test_client_bad_input_shows_a_message_and_the_app_keeps_serving(client, tmp_
     assert len(gallery) == 1
 
 
-from app_helpers import GatedPipe  # noqa: E402
+from app_helpers import HOLD_ARGS, GatedPipe, fill_queue  # noqa: E402
 
 
 def test_full_queue_refuses_more_requests(tiny_pipe):
     """One request runs, `max_queue` wait, the next is refused (the page shows Gradio's busy toast)."""
     from gradio_client import Client
-    from gradio_client.utils import QueueError, Status
+    from gradio_client.utils import QueueError
 
     pipe = GatedPipe(tiny_pipe)
     demo = app.build_app(pipe, "tiny", max_queue=1)
@@ -336,14 +336,8 @@ def test_full_queue_refuses_more_requests(tiny_pipe):
     app.launch(demo, port=port)
     try:
         c = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        args = ("hold", 1, 3.0, 1.0, 12, 0, False)
-        running = c.submit(*args, api_name="/generate")
-        assert pipe.started.wait(60)
-        waiting = c.submit(*args, api_name="/generate")
-        deadline = time.monotonic() + 30
-        while waiting.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
-            time.sleep(0.05)
-        refused = c.submit(*args, api_name="/generate")
+        running, waiting = fill_queue(c, pipe, timeout=60)
+        refused = c.submit(*HOLD_ARGS, api_name="/generate")
         with pytest.raises(QueueError, match="Queue is full"):
             refused.result(timeout=30)
         pipe.release.set()

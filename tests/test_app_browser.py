@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 from apps import demo as app  # noqa: E402
 
 
-from app_helpers import GatedPipe  # noqa: E402
+from app_helpers import GatedPipe, fill_queue  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -152,18 +152,11 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, tmp_path):
 
 def test_full_queue_shows_the_busy_message(page, server):
     from gradio_client import Client
-    from gradio_client.utils import Status
 
     url, pipe = server
     client = Client(url, verbose=False)
-    args = ("hold", 1, 3.0, 1.0, 12, 0, False)
     try:
-        running = client.submit(*args, api_name="/generate")
-        assert pipe.started.wait(30)
-        waiting = client.submit(*args, api_name="/generate")
-        deadline = time.monotonic() + 30
-        while waiting.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
-            time.sleep(0.05)
+        running, waiting = fill_queue(client, pipe)
         generate(page, "a green triangle and a yellow star")  # the queue (max 1 waiting) is full
         expect(toast(page, "This application is currently busy")).to_be_visible()
     finally:
