@@ -228,6 +228,30 @@ def test_sharded_checkpoint_with_tied_embeddings_round_trips(tmp_path):
         unimm.load(str(tmp_path / "m"))
 
 
+def test_bf16_storage_halves_the_file_and_reloads_the_rounded_weights(tmp_path):
+    torch.manual_seed(0)
+    pipe = unimm.load(_tied_config())
+    pipe.save_pretrained(tmp_path / "fp32")
+    pipe.save_pretrained(tmp_path / "bf16", dtype="bfloat16")
+    size32 = (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    size16 = (tmp_path / "bf16" / "model.safetensors").stat().st_size
+    assert 0.45 < size16 / size32 < 0.55  # every weight halved, the tied embedding still stored once
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["storage_dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["storage_dtype"] == "float32"
+
+    loaded = unimm.load(str(tmp_path / "bf16"))
+    assert loaded.model.dtype == torch.float32 and loaded.model.config.storage_dtype == "bfloat16"
+    rounded = {k: v.to(torch.bfloat16).float() if v.is_floating_point() else v
+               for k, v in pipe.model.state_dict().items()}
+    got = loaded.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in rounded.items())
+    lm = loaded.model.backbone.lm
+    assert lm.get_input_embeddings().weight.data_ptr() == lm.get_output_embeddings().weight.data_ptr()
+    with pytest.raises(ValueError, match="cannot store weights as 'int8'"):
+        pipe.save_pretrained(tmp_path / "bad", dtype="int8")
+    assert not (tmp_path / "bad").exists()
+
+
 def _tied_config():
     from unimm.pipelines.load import resolve_config
     import dataclasses

@@ -104,12 +104,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 
 
 def test_lora_trains_adapters_only_and_exports_a_plain_model(tmp_path, capsys):
-    cfg = _cfg(2, tmp_path, "lora.r=4", init_from=_stage1(tmp_path))
+    cfg = _cfg(2, tmp_path, "lora.r=4", "export_dtype=bfloat16", init_from=_stage1(tmp_path))
     start = unimm.load(cfg.init_from).model
     final = train(cfg, progress=False)
     assert "LoRA adapters only" in capsys.readouterr().out
     loaded = unimm.load(str(final))
     assert not any("lora" in k for k in loaded.model.state_dict())  # merged into the weights
+    assert loaded.model.config.storage_dtype == "bfloat16"  # exported for shipping
     assert _changed(_weights(start, "backbone"), _weights(loaded.model, "backbone"))
 
 
@@ -126,6 +127,8 @@ def test_bad_training_configs_are_named(tmp_path):
         load_train_config({"model": "tiny", "data": {"sources": {"a": {"format": "shapes", "task": "text"}}, "ratios": {"b": 1}}})
     with pytest.raises(ValueError, match="unknown config key 'stepz'"):
         load_train_config(STAGE(1), ["stepz=3"])
+    with pytest.raises(ValueError, match="export_dtype must be float32, bfloat16 or float16, got 'bf16x'"):
+        load_train_config(STAGE(1), ["export_dtype=bf16x"])
     with pytest.raises(FileNotFoundError, match="no checkpoint under"):
         train(_cfg(1, tmp_path), resume=True, progress=False)
 

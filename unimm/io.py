@@ -42,11 +42,26 @@ def atomic_directory(target: str | os.PathLike):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_weights(module: torch.nn.Module, directory: str | os.PathLike, max_shard_size: str = "5GB") -> None:
-    """Write `module`'s state dict as (possibly sharded) safetensors; tied tensors are stored once."""
+def save_weights(module: torch.nn.Module, directory: str | os.PathLike, max_shard_size: str = "5GB",
+                 dtype: torch.dtype | None = None) -> None:
+    """Write `module`'s state dict as (possibly sharded) safetensors; tied tensors are stored once.
+
+    `dtype` stores the floating-point tensors in that type (e.g. bfloat16 to halve a
+    shipped checkpoint); integer buffers keep theirs.
+    """
     from huggingface_hub import save_torch_state_dict
 
-    save_torch_state_dict(module.state_dict(), directory, max_shard_size=max_shard_size)
+    state = module.state_dict()
+    if dtype is not None:
+        # Cast once per storage, so tensors that were tied stay tied (and stored once).
+        cast: dict[int, torch.Tensor] = {}
+        for k, v in state.items():
+            if v.is_floating_point() and v.dtype != dtype:
+                ptr = v.data_ptr()
+                if ptr not in cast:
+                    cast[ptr] = v.to(dtype)
+                state[k] = cast[ptr]
+    save_torch_state_dict(state, directory, max_shard_size=max_shard_size)
 
 
 def _weight_files(directory: Path) -> list[Path]:

@@ -68,6 +68,9 @@ class SamplingDefaults:
                 raise ValueError(msg)
 
 
+STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class UnifiedConfig:
     format_version: int = FORMAT_VERSION
@@ -82,6 +85,10 @@ class UnifiedConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     token_ids: TokenIds | None = None  # filled in from the tokenizer when the model is built
+    # The type the weights files hold (recorded by save_pretrained). Loading always builds
+    # float32 parameters (bf16/fp16 values are exact in float32); pass dtype= to load()
+    # to compute in a lower precision.
+    storage_dtype: str = "float32"
 
     def __post_init__(self):
         if self.format_version != FORMAT_VERSION:
@@ -94,6 +101,8 @@ class UnifiedConfig:
                 f"the {self.generation.paradigm} paradigm needs a {wants!r} image tokenizer, "
                 f"got {self.image_tokenizer['type']!r}"
             )
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
         if self.sampling.solver not in ("euler", "heun"):
             raise ConfigError(f"sampling.solver must be 'euler' or 'heun', got {self.sampling.solver!r}")
 
@@ -265,11 +274,21 @@ class UnifiedModel(nn.Module):
             text_tokenizer=dataclasses.replace(self.config.text_tokenizer, pretrained=None),
         )
 
-    def save_pretrained(self, directory, tokenizer=None, max_shard_size: str = "5GB") -> None:
-        """config.json + safetensors weights (+ tokenizer files), swapped in atomically."""
+    def save_pretrained(self, directory, tokenizer=None, max_shard_size: str = "5GB",
+                        dtype: str | torch.dtype | None = None) -> None:
+        """config.json + safetensors weights (+ tokenizer files), swapped in atomically.
+
+        `dtype` ("bfloat16", "float16", "float32" or a torch dtype) stores the weights in
+        that type; by default they are stored as the model holds them.
+        """
+        dtype = self.dtype if dtype is None else dtype
+        name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+        if name not in STORAGE_DTYPES:
+            raise ValueError(f"cannot store weights as {dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
+        config = dataclasses.replace(self.resolved_config(), storage_dtype=name)
         with atomic_directory(directory) as tmp:
-            write_json(to_dict(self.resolved_config()), Path(tmp) / CONFIG_NAME)
-            save_weights(self, tmp, max_shard_size=max_shard_size)
+            write_json(to_dict(config), Path(tmp) / CONFIG_NAME)
+            save_weights(self, tmp, max_shard_size=max_shard_size, dtype=getattr(torch, name))
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
 

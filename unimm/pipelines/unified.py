@@ -41,8 +41,10 @@ class UnimmPipeline:
     def from_pretrained(cls, directory) -> "UnimmPipeline":
         return cls(UnifiedModel.from_pretrained(directory), load_text_tokenizer(directory))
 
-    def save_pretrained(self, directory, max_shard_size: str = "5GB") -> None:
-        self.model.save_pretrained(directory, tokenizer=self.processor.tokenizer, max_shard_size=max_shard_size)
+    def save_pretrained(self, directory, max_shard_size: str = "5GB", dtype=None) -> None:
+        """Save model + tokenizer; `dtype` (e.g. "bfloat16") sets the type the weights are stored in."""
+        self.model.save_pretrained(directory, tokenizer=self.processor.tokenizer, max_shard_size=max_shard_size,
+                                   dtype=dtype)
 
     def to(self, device=None, dtype=None) -> "UnimmPipeline":
         if isinstance(dtype, str):

@@ -75,6 +75,9 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 10
     seed: int = 0
+    # Type of the exported weights in OUTPUT/final (None: as trained, i.e. float32 on the
+    # CPU); "bfloat16" halves a checkpoint that is to be shipped.
+    export_dtype: str | None = None
 
     def __post_init__(self):
         if (self.model is None) == (self.init_from is None):
@@ -86,6 +89,9 @@ class TrainConfig:
             raise ValueError("steps, batch_size, grad_accum, save_every and keep_last must be >= 1")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.export_dtype not in (None, "float32", "bfloat16", "float16"):
+            # Checked here, not at export: a typo must not cost a whole run.
+            raise ValueError(f"export_dtype must be float32, bfloat16 or float16, got {self.export_dtype!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

@@ -243,7 +243,7 @@ def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig) -> Path:
         merge_lora(unwrapped)
         pipe.model = unwrapped
         unwrapped.eval()
-        pipe.save_pretrained(final)
+        pipe.save_pretrained(final, dtype=cfg.export_dtype)
         (out_dir / "train_config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
         print(f"exported {final}")
     acc.wait_for_everyone()
