@@ -54,13 +54,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def fit_square(image: Image.Image, size: int, mode: str, fill: tuple[int, int, int]) -> Image.Image:
-    """Resize to size x size: squash ("resize") or keep aspect and pad ("pad")."""
+def fit_square(image: Image.Image, size: int, mode: str, fill: tuple[int, int, int], min_side: int = 1) -> Image.Image:
+    """Resize to size x size: squash ("resize") or keep aspect and pad ("pad").
+
+    "pad" scales the longer side to `size`, keeps the shorter one at least
+    `min_side` pixels and centres the result on a `fill` canvas (Janus's
+    image processor: min_size 14, background = int(mean * 255)).
+    """
     if mode == "resize":
         return image.resize((size, size), Image.BICUBIC)
     w, h = image.size
     scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    nw, nh = max(min_side, round(w * scale)), max(min_side, round(h * scale))
     canvas = Image.new("RGB", (size, size), fill)
     canvas.paste(image.resize((nw, nh), Image.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
     return canvas

@@ -27,12 +27,22 @@ class PromptConfig:
     # Text-to-image prompt, followed by the begin-of-image token.
     generation: str = "{prompt}"
     add_bos: bool = True
+    # Where images sit in a user turn. Both put images without an <image> placeholder
+    # first and replace placeholders where they stand. "lead": each leading image is
+    # followed by a newline. "newlines": every image is set off by a newline from
+    # whatever comes before and after it in the turn (transformers' Janus-Pro chat template).
+    image_layout: str = "lead"
+    # Strip whitespace at the very start and end of a turn's text (questions, answers and
+    # the text-to-image prompt), as transformers' Janus-Pro chat template does.
+    strip_text: bool = False
 
     def __post_init__(self):
         if "{content}" not in self.user:
             raise ValueError(f"prompt.user must contain {{content}}, got {self.user!r}")
         if "{prompt}" not in self.generation:
             raise ValueError(f"prompt.generation must contain {{prompt}}, got {self.generation!r}")
+        if self.image_layout not in ("lead", "newlines"):
+            raise ValueError(f"prompt.image_layout must be 'lead' or 'newlines', got {self.image_layout!r}")
 
 
 @dataclass
@@ -58,13 +68,14 @@ class TokenIds:
 
 class Processor:
     def __init__(self, tokenizer, prompt: PromptConfig, token_ids: TokenIds, image_size: int,
-                 image_mean, image_std, resize_mode: str, num_image_tokens: int):
+                 image_mean, image_std, resize_mode: str, num_image_tokens: int, min_size: int = 1):
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.ids = token_ids
         self.image_size = image_size
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.resize_mode = resize_mode
+        self.min_size = min_size  # "pad": the shorter side's minimum after resizing
         self.num_image_tokens = num_image_tokens  # placeholders per image (projector output count)
         self.image_token = tokenizer.convert_ids_to_tokens(token_ids.image)
         self.boi_token = tokenizer.convert_ids_to_tokens(token_ids.boi)
@@ -75,7 +86,8 @@ class Processor:
         """Images (paths / PIL / arrays) -> (B, 3, S, S) normalised for the encoder."""
         fill = tuple(int(m * 255) for m in self.image_mean)
         return torch.stack([
-            to_tensor(fit_square(load_image(im), self.image_size, self.resize_mode, fill), self.image_mean, self.image_std)
+            to_tensor(fit_square(load_image(im), self.image_size, self.resize_mode, fill, self.min_size),
+                      self.image_mean, self.image_std)
             for im in images
         ])
 
@@ -87,12 +99,31 @@ class Processor:
         return self.boi_token + self.image_token * self.num_image_tokens + self.eoi_token
 
     def _user_content(self, question: str, num_images: int) -> str:
-        """Expand <image> placeholders; images without one go first, one per line (Janus)."""
+        """Expand <image> placeholders; images without one go first (Janus), laid out per prompt.image_layout."""
         written = question.count(self.image_token)
         if written > num_images:
             raise ValueError(f"the question has {written} {self.image_token} placeholders but {num_images} image(s) were given")
-        lead = "".join(self.image_token + "\n" for _ in range(num_images - written))
-        return (lead + question).replace(self.image_token, self._image_block())
+        lead = num_images - written
+        items: list[str | None] = [None] * lead  # None: an image; str: text
+        for i, text in enumerate(question.split(self.image_token)):
+            if i:
+                items.append(None)
+            if text:
+                items.append(text)
+        if self.prompt.strip_text and items:
+            if items[0] is not None:
+                items[0] = items[0].lstrip()
+            if items[-1] is not None:
+                items[-1] = items[-1].rstrip()
+        last, out = len(items) - 1, []
+        for i, item in enumerate(items):
+            if item is not None:
+                out.append(item)
+            elif self.prompt.image_layout == "newlines":
+                out.append(("\n" if i else "") + self._image_block() + ("\n" if i < last else ""))
+            else:
+                out.append(self._image_block() + ("\n" if i < lead else ""))
+        return "".join(out)
 
     def chat_ids(self, turns: list[tuple[str, int, str | None]]) -> tuple[list[int], list[int]]:
         """Token ids and labels for a conversation.
@@ -100,27 +131,34 @@ class Processor:
         turns: (question, number of images in that turn, answer or None). A final
         turn with answer None ends with the assistant prefix, ready to generate.
         Labels are -100 everywhere except the answers and their end-of-sequence
-        token: the next-token loss is on answer text only.
+        token: the next-token loss is on answer text only. Prompt text between two
+        answers (turn end, system, user turn, assistant prefix) is tokenised as one
+        string, as a reference processor tokenising the whole conversation would.
         """
         p = self.prompt
         ids: list[int] = [self.ids.bos] if p.add_bos and self.ids.bos is not None else []
-        if p.system:
-            ids += self._encode(p.system)
         labels = [-100] * len(ids)
+        pending = p.system  # prompt text not tokenised yet
+
+        def flush():
+            nonlocal pending
+            part = self._encode(pending) if pending else []
+            ids.extend(part)
+            labels.extend([-100] * len(part))
+            pending = ""
+
         for i, (question, n_images, answer) in enumerate(turns):
-            prefix = self._encode(p.user.format(content=self._user_content(question, n_images)) + p.assistant_prefix)
-            ids += prefix
-            labels += [-100] * len(prefix)
+            pending += p.user.format(content=self._user_content(question, n_images)) + p.assistant_prefix
             if answer is None:
                 if i != len(turns) - 1:
                     raise ValueError("only the last turn may be unanswered")
                 break
-            ans = self._encode(p.answer_prefix + answer) + [self.ids.eos]
-            ids += ans
-            labels += ans
-            end = self._encode(p.turn_end)
-            ids += end
-            labels += [-100] * len(end)
+            flush()
+            ans = self._encode(p.answer_prefix + (answer.strip() if p.strip_text else answer)) + [self.ids.eos]
+            ids.extend(ans)
+            labels.extend(ans)
+            pending += p.turn_end
+        flush()
         return ids, labels
 
     def generation_ids(self, prompt: str) -> list[int]:
@@ -128,7 +166,8 @@ class Processor:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty; describe the image to generate")
         ids = [self.ids.bos] if self.prompt.add_bos and self.ids.bos is not None else []
-        return ids + self._encode(self.prompt.generation.format(prompt=prompt)) + [self.ids.boi]
+        text = prompt.strip() if self.prompt.strip_text else prompt
+        return ids + self._encode(self.prompt.generation.format(prompt=text)) + [self.ids.boi]
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -34,10 +34,14 @@ class SiglipEncoderConfig:
     # "resize" squashes to a square; "pad" keeps the aspect ratio and pads with
     # the mean colour (what Janus does).
     resize_mode: str = "pad"
+    # "pad": the shorter side is kept at least this many pixels (Janus: 14).
+    min_size: int = 1
 
     def __post_init__(self):
         if self.resize_mode not in ("resize", "pad"):
             raise ValueError(f"resize_mode must be 'resize' or 'pad', got {self.resize_mode!r}")
+        if self.min_size < 1:
+            raise ValueError(f"min_size must be >= 1, got {self.min_size}")
         check_keys(self.siglip, SiglipVisionConfig().to_dict(), "encoder.siglip")
 
 
@@ -67,7 +71,7 @@ class SiglipEncoder(nn.Module):
         return SiglipEncoderConfig(
             pretrained=None, siglip=siglip, feature_layer=self.config.feature_layer,
             image_size=self.image_size, image_mean=self.config.image_mean,
-            image_std=self.config.image_std, resize_mode=self.config.resize_mode,
+            image_std=self.config.image_std, resize_mode=self.config.resize_mode, min_size=self.config.min_size,
         )
 
     @property

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..projectors.base import mlp
+from ..projectors.base import activation, mlp
 from .config import GenerationConfig
 
 
@@ -20,8 +20,9 @@ class ARImageHead(nn.Module):
         embed_dim = config.embed_dim or code_dim
         head_hidden = config.head_hidden or hidden_size
         self.embedding = nn.Embedding(num_codes, embed_dim)
-        self.aligner = mlp(embed_dim, hidden_size, config.aligner_depth)
-        self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.GELU(), nn.Linear(head_hidden, num_codes))
+        self.aligner = mlp(embed_dim, hidden_size, config.aligner_depth, config.activation)
+        self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), activation(config.activation),
+                                  nn.Linear(head_hidden, num_codes))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.aligner(self.embedding(ids))  # (B, T) -> (B, T, D)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..projectors.base import check_activation
+
 PARADIGMS = ("autoregressive", "masked", "flow")
 
 
@@ -13,6 +15,8 @@ class GenerationConfig:
     embed_dim: int | None = None  # discrete paradigms: image-token embedding width; None: the VQ code dim (Janus)
     aligner_depth: int = 2  # MLP from the image embedding (or latent patch) to the backbone width
     head_hidden: int | None = None  # hidden width of the 2-layer head; None: backbone width
+    # Activation inside the aligner and the head (a transformers name; Janus: its VQ config's hidden_act).
+    activation: str = "gelu"
     # flow: latent patch side; tokens per image = (latent grid / patch_size)^2.
     patch_size: int = 1
     # flow training: t ~ sigmoid(N(logit_mean, logit_std)) (logit-normal, SD3 arXiv:2403.03206),
@@ -26,3 +30,4 @@ class GenerationConfig:
             raise ValueError(f"generation paradigm {self.paradigm!r} is not available; choose one of {', '.join(PARADIGMS)}")
         if self.patch_size < 1 or self.shift <= 0 or self.logit_std <= 0:
             raise ValueError("patch_size must be >= 1, shift > 0 and logit_std > 0")
+        check_activation(self.activation)

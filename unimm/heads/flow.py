@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..projectors.base import mlp
+from ..projectors.base import activation, mlp
 from .config import GenerationConfig
 
 
@@ -48,10 +48,11 @@ class FlowHead(nn.Module):
         self.p, self.c, self.grid = p, latent_channels, latent_grid
         patch_dim = latent_channels * p * p
         head_hidden = config.head_hidden or hidden_size
-        self.patch_embed = mlp(patch_dim, hidden_size, config.aligner_depth)
+        self.patch_embed = mlp(patch_dim, hidden_size, config.aligner_depth, config.activation)
         self.time_embed = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.norm = nn.LayerNorm(hidden_size)
-        self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.GELU(), nn.Linear(head_hidden, patch_dim))
+        self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), activation(config.activation),
+                                  nn.Linear(head_hidden, patch_dim))
         # Zero the last layer so training starts from v = 0 (as DiT zero-inits its final layer).
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)

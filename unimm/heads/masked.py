@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..projectors.base import mlp
+from ..projectors.base import activation, mlp
 from .config import GenerationConfig
 
 
@@ -31,8 +31,9 @@ class MaskedImageHead(nn.Module):
         self.num_codes = num_codes
         self.mask_id = num_codes  # the extra embedding row
         self.embedding = nn.Embedding(num_codes + 1, embed_dim)
-        self.aligner = mlp(embed_dim, hidden_size, config.aligner_depth)
-        self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.GELU(), nn.Linear(head_hidden, num_codes))
+        self.aligner = mlp(embed_dim, hidden_size, config.aligner_depth, config.activation)
+        self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), activation(config.activation),
+                                  nn.Linear(head_hidden, num_codes))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.aligner(self.embedding(ids))  # (B, N) ids or mask_id -> (B, N, D)

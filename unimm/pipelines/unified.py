@@ -28,6 +28,7 @@ class UnimmPipeline:
         self.processor = Processor(
             tokenizer, model.config.prompt, model.token_ids, enc.image_size, enc.config.image_mean,
             enc.config.image_std, enc.config.resize_mode, model.num_understanding_tokens,
+            min_size=enc.config.min_size,
         )
         self.last_seed: int | None = None  # the seed the last generate() call used
 
