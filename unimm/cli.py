@@ -88,6 +88,20 @@ def cmd_train_siglip(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from unimm.interop import convert_janus
+
+    print(convert_janus(args.src, args.dst))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from unimm.interop import export_janus
+
+    print(export_janus(args.src, args.dst))
+    return 0
+
+
 def _demo(args) -> int:
     # The app lives in the repository's apps/ folder, beside the package.
     from unimm.pipelines.load import REPO_ROOT
@@ -129,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None)
     _model_args(c)
     c.set_defaults(func=cmd_chat)
+
+    cv = sub.add_parser("convert", help="open another format's checkpoint as a unimm model")
+    cv.add_argument("format", choices=["janus"], help="janus: transformers' Janus / Janus-Pro format")
+    cv.add_argument("src", help="the checkpoint directory (config.json, safetensors, tokenizer and processor files)")
+    cv.add_argument("dst", help="the unimm model directory to write")
+    cv.set_defaults(func=cmd_convert)
+
+    ex = sub.add_parser("export", help="write a unimm model in another format")
+    ex.add_argument("format", choices=["janus"], help="janus: transformers' Janus format (JanusForConditionalGeneration)")
+    ex.add_argument("src", help="a unimm model directory")
+    ex.add_argument("dst", help="the checkpoint directory to write")
+    ex.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("eval", help="shapes-world benchmark: generation (GenEval-style) and VQA", add_help=False)
     ev.add_argument("args", nargs=argparse.REMAINDER)
