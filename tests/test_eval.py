@@ -245,3 +245,24 @@ def test_cli_unknown_model(tmp_path, capsys):
     assert main(["--model", "no-such-model", "--n", "4", "--out", str(tmp_path / "r.json")]) == 2
     assert "no-such-model" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_check_scores_one_image(tmp_path, capsys):
+    from unimm.eval.oracle import render_expected
+
+    good, blank = tmp_path / "good.png", tmp_path / "blank.png"
+    render_expected("a red circle on the left", size=EVAL_SIZE).save(good)
+    Image.new("RGB", (EVAL_SIZE, EVAL_SIZE), BACKGROUND_RGB).save(blank)
+    assert main(["--check", str(good), "a red circle on the left"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["--check", str(good), "a red circle on the right"]) == 1
+    assert "FAIL (red circle at left, want right)" in capsys.readouterr().out
+    assert main(["--check", str(blank), "two blue stars"]) == 1
+    assert "want 2 x blue star, found 0" in capsys.readouterr().out
+    assert main(["--check", str(good), "draw me something nice"]) == 2
+    assert "cannot score 'draw me something nice'" in capsys.readouterr().err
+    assert main(["--check", str(tmp_path / "missing.png"), "a red circle"]) == 2
+    assert "no image at" in capsys.readouterr().err
+    (tmp_path / "text.png").write_text("not an image")
+    assert main(["--check", str(tmp_path / "text.png"), "a red circle"]) == 2
+    assert "is not an image file" in capsys.readouterr().err

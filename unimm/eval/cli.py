@@ -2,6 +2,7 @@
 
     unimm eval [--model M] [--task generation|vqa|all] [--n 400] [--seed 0]
                [--out report.json] [--grid grid.png] [--batch-size 32]
+    unimm eval --check IMAGE PROMPT      # one image against its prompt; exit 0 on a pass
 
 --n is the number of prompts for generation (split evenly over the four
 categories) and the number of questions for VQA.
@@ -41,7 +42,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--steps", type=int, default=None, help="masked passes / flow ODE steps")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--check", nargs=2, metavar=("IMAGE", "PROMPT"), default=None,
+                   help="check one image against a prompt with the detector (no model is loaded); "
+                        "prints what was found and exits 0 on a pass, 1 on a fail")
     return p
+
+
+def check_image(image_path: str, prompt_text: str) -> tuple[bool, str]:
+    """(passes, report line) for one image file against an evaluator-style prompt."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .detector import describe, detect
+    from .generation import score
+    from .prompts import parse_prompt
+
+    prompt = parse_prompt(prompt_text)
+    if prompt is None:
+        raise ValueError(f"cannot score {prompt_text!r}: the evaluator reads prompts like 'a red circle', "
+                         "'a red circle on the left', 'two red circles' or 'a red circle and a blue square'")
+    try:
+        with Image.open(image_path) as im:
+            image = im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {image_path}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{image_path} is not an image file") from None
+    found = detect(image)
+    ok, why = score(prompt, found)
+    verdict = "PASS" if ok else f"FAIL ({why})"
+    return ok, f"{verdict}: {image_path} ({image.width}x{image.height}) for {prompt_text!r}; found {describe(found)}"
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -140,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error (or the help)
         return int(e.code or 0)
+    if args.check is not None:
+        try:
+            ok, line = check_image(*args.check)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"unimm eval: error: {e}", file=sys.stderr)
+            return 2
+        print(line)
+        return 0 if ok else 1
     if problem := _check(args):
         parser.print_usage(sys.stderr)
         print(f"unimm eval: error: {problem}", file=sys.stderr)
