@@ -186,6 +186,7 @@ def test_default_model_recipe_configs_parse():
     stages = [load_train_config(str(recipes / f"stage{n}.yaml")) for n in (1, 2, 3)]
     assert stages[0].model == "shapes-default"
     assert stages[1].init_from == stages[0].output_dir + "/final" and stages[2].init_from == stages[1].output_dir + "/final"
+    assert stages[2].export_dtype == "bfloat16"  # what gets shipped in weights/default
     script = (ROOT / "scripts" / "train_default.sh").read_text()
     for name in ("siglip-shapes.yaml", "vq-shapes32.yaml", "stage1.yaml", "stage2.yaml", "stage3.yaml"):
         assert f"configs/recipes/{name}" in script
