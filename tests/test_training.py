@@ -188,5 +188,7 @@ def test_default_model_recipe_configs_parse():
     assert stages[1].init_from == stages[0].output_dir + "/final" and stages[2].init_from == stages[1].output_dir + "/final"
     assert stages[2].export_dtype == "bfloat16"  # what gets shipped in weights/default
     script = (ROOT / "scripts" / "train_default.sh").read_text()
-    for name in ("siglip-shapes.yaml", "vq-shapes32.yaml", "stage1.yaml", "stage2.yaml", "stage3.yaml"):
+    for name in ("siglip-shapes.yaml", "vq-shapes32.yaml"):
         assert f"configs/recipes/{name}" in script
+    assert 'configs/recipes/$1.yaml' in script  # the stage() helper runs each stage's config
+    assert [ln.split()[1] for ln in script.splitlines() if ln.startswith("stage ")] == ["stage1", "stage2", "stage3"]
