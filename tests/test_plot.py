@@ -1,0 +1,41 @@
+"""Loss-curve figures from metrics.jsonl (unimm.training.plot)."""
+import json
+
+import pytest
+from PIL import Image
+
+from unimm.training.plot import COLOURS, main, plot_losses
+
+
+def _log(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_stages_are_drawn_on_one_axis(tmp_path):
+    a = _log(tmp_path / "a.jsonl", [{"step": s, "und_loss": 2.0 / s, "gen_loss": 5.0 - s / 10} for s in range(1, 11)])
+    b = _log(tmp_path / "b.jsonl", [{"step": s, "und_loss": 0.2 / s, "gen_loss": 4.0 - s / 10} for s in range(1, 6)])
+    out = plot_losses([a, b], tmp_path / "fig" / "loss.png", size=(400, 300))
+    img = Image.open(out).convert("RGB")
+    assert img.size == (400, 300)
+    colours = {c for _, c in img.getcolors(maxcolors=100_000)}
+    assert COLOURS[0] in colours and COLOURS[1] in colours  # both curves (and their legend keys) drawn
+    assert main([str(a), str(b), "-o", str(tmp_path / "cli.png")]) == 0
+    assert Image.open(tmp_path / "cli.png").size == (720, 400)
+
+
+def test_bad_logs_are_named(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="no metrics log at .*missing.jsonl"):
+        plot_losses([tmp_path / "missing.jsonl"], tmp_path / "x.png")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl has no records"):
+        plot_losses([tmp_path / "empty.jsonl"], tmp_path / "x.png")
+    (tmp_path / "bad.jsonl").write_text('{"step": 1}\n{oops\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2 is not JSON"):
+        plot_losses([tmp_path / "bad.jsonl"], tmp_path / "x.png")
+    log = _log(tmp_path / "a.jsonl", [{"step": 1, "loss": 1.0}])
+    with pytest.raises(ValueError, match="no values for gen_loss"):
+        plot_losses([log], tmp_path / "x.png", keys=["loss", "gen_loss"])
+    assert main([str(tmp_path / "missing.jsonl")]) == 2
+    assert "no metrics log" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
