@@ -146,8 +146,12 @@ def test_two_process_data_parallel_run_on_cpu(tmp_path):
     assert log[-1]["step"] == 4
 
 
-def test_bad_items_in_user_data_are_counted_and_skipped_in_a_run(tmp_path):
-    """LLaVA JSON + caption JSONL from disk, with a corrupt image, a missing image and a malformed line."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_items_in_user_data_are_counted_and_skipped_in_a_run(tmp_path, workers):
+    """LLaVA JSON + caption JSONL from disk, with a corrupt image, a missing image and a malformed line.
+
+    With DataLoader workers the skips happen in another process; they must still be reported.
+    """
     from unimm.data.shapes import ShapesWorld, write_caption_jsonl, write_llava_json
 
     world = ShapesWorld(image_size=32, num_samples=12, seed=4)
@@ -158,12 +162,15 @@ def test_bad_items_in_user_data_are_counted_and_skipped_in_a_run(tmp_path):
     images[1].unlink()  # missing
     with open(captions, "a") as f:
         f.write('{"image": "images/000000.png", "caption": \n')  # malformed line
-    cfg = load_train_config(STAGE(1), FAST + [f"output_dir={tmp_path / 'run'}", "steps=8", "batch_size=6"])
+    cfg = load_train_config(STAGE(1), FAST + [f"output_dir={tmp_path / 'run'}", "steps=8", "batch_size=6",
+                                              f"data.num_workers={workers}"])
     cfg.data.sources = {"vqa": {"format": "llava", "path": str(llava)}, "t2i": {"format": "captions", "path": str(captions)}}
     with pytest.warns(UserWarning, match="skipped unusable training items") as record:
         final = train(cfg, progress=False)
     text = str(record[-1].message)
     assert "vqa: missing image" in text and "vqa: unreadable image" in text and "t2i: malformed line" in text
+    counts = dict(item.rsplit(" x", 1) for item in text.split(": ", 1)[1].split(", "))
+    assert counts["t2i: malformed line"] == "1"  # found once, when the file is opened; not once per worker
     assert unimm.load(str(final)).model is not None
 
 

@@ -54,13 +54,21 @@ class TrainingDataset(Dataset):
         rng = index_rng(self.seed, i)
         name = rng.choices(self.names, self.weights)[0]
         source = self.sources[name]
+        # What this item skipped travels with the sample: DataLoader workers hold their own
+        # copies of the sources, so counters bumped there never reach the main process.
+        before = self._counts(name)
         for _ in range(MAX_TRIES):
             record = source.get(rng.randrange(len(source)))
             sample = self._encode(record, rng) if record is not None else None
             if sample is not None:
+                sample["skipped"] = self._counts(name) - before
                 return sample
         raise RuntimeError(f"{MAX_TRIES} unusable items in a row from data source {name!r} ({source.name}): "
                            f"{dict(source.skipped)}; check the data")
+
+    def _counts(self, name: str) -> Counter:
+        return Counter({**{f"{name}: {r}": c for r, c in self.sources[name].skipped.items()},
+                        **{f"tokenising: {r}": c for r, c in self.skipped.items()}})
 
     # -- per task -----------------------------------------------------------------
     def _too_long(self, n: int) -> bool:
@@ -108,7 +116,8 @@ class Collator:
     def __call__(self, samples: list[dict]) -> dict:
         und = [s for s in samples if s["task"] == "understanding"]
         gen = [s for s in samples if s["task"] == "generation"]
-        out = {"und": None, "gen": None, "n_samples": len(samples), "n_tokens": 0}
+        out = {"und": None, "gen": None, "n_samples": len(samples), "n_tokens": 0,
+               "skipped": dict(sum((s.get("skipped", Counter()) for s in samples), Counter()))}
         if und:
             ids, mask = left_pad([s["input_ids"] for s in und], self.pad_id)
             labels, _ = left_pad([s["labels"] for s in und], -100)
@@ -125,7 +134,7 @@ class Collator:
         return out
 
 
-def warn_skipped(dataset: TrainingDataset) -> None:
-    counts = dataset.skip_counts()
+def warn_skipped(counts: dict[str, int]) -> None:
+    """One warning listing the unusable items of a run, by source and reason."""
     if counts:
         warnings.warn("skipped unusable training items: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))

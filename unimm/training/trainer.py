@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -124,7 +125,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     as an interrupted run would (the schedule still spans `cfg.steps`); `resume` continues.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
     from tqdm.auto import tqdm
 
     cuda = torch.cuda.is_available()
@@ -189,6 +190,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     bar = tqdm(total=cfg.steps, initial=step, desc=out_dir.name, disable=not (progress and acc.is_main_process))
     t0, seen, tokens = time.perf_counter(), 0, 0
     end = min(cfg.steps, stop_at or cfg.steps)
+    # Skips found while the sources were opened (here), plus those reported by each batch
+    # (found in __getitem__, possibly inside DataLoader workers).
+    skipped = Counter(dataset.skip_counts())
     for batch in batches:
         if step >= end:
             break
@@ -206,6 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+        skipped.update(batch["skipped"])
         seen += batch["n_samples"] * acc.num_processes
         n_image = 0 if batch["gen"] is None else len(batch["gen"]["prompt_ids"]) * unwrapped.num_image_tokens
         tokens += (batch["n_tokens"] + n_image) * acc.num_processes
@@ -227,7 +232,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
             save_checkpoint(acc, out_dir, step, cfg.keep_last)
     bar.close()
     log.close()
-    warn_skipped(dataset)
+    if acc.num_processes > 1:  # every process saw its own share of the data
+        skipped = sum((Counter(c) for c in gather_object([dict(skipped)])), Counter())
+    if acc.is_main_process:
+        warn_skipped(dict(skipped))
     if step < cfg.steps:
         return None
     return _export(acc, unwrapped, ema, pipe, out_dir, cfg)
