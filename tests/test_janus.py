@@ -373,6 +373,31 @@ def test_pickled_weights_are_refused_and_a_failed_conversion_keeps_the_old_direc
     assert (tmp_path / "out" / "keep.txt").read_text() == "old"
 
 
+def test_bfloat16_checkpoint_keeps_its_type_and_matches(small_janus, tmp_path):
+    """Janus-Pro ships bf16 weights: they stay bf16 on disk, and compute as the reference upcast to float32."""
+    from safetensors import safe_open
+    from transformers import JanusForConditionalGeneration
+
+    src = _copy(small_janus, tmp_path)
+    JanusForConditionalGeneration.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(src)
+    convert_janus(src, tmp_path / "u")
+    with safe_open(str(tmp_path / "u" / "model.safetensors"), "pt") as f:
+        kinds = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    codebook = "image_tokenizer.quantizer.q._codebook.embed"
+    assert kinds.pop(codebook) == "F32" and {v for k, v in kinds.items() if "_codebook" not in k} == {"BF16"}
+    pipe = unimm.load(str(tmp_path / "u"))
+    assert pipe.config.storage_dtype == "bfloat16" and pipe.model.dtype == torch.float32
+    ref = JanusForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
+    ids = torch.randint(0, pipe.model.image_tokenizer.num_codes, (1, pipe.model.num_image_tokens))
+    with torch.inference_mode():
+        diff = (ref.decode_image_tokens(ids).permute(0, 3, 1, 2) - pipe.model.decode_images(ids)).abs().max()
+        prompt = torch.tensor([pipe.processor.generation_ids(PROMPTS[0])])
+        same = torch.equal(ref.generate(prompt, attention_mask=torch.ones_like(prompt), generation_mode="image",
+                                        do_sample=False, guidance_scale=GUIDANCE),
+                           generate_image_tokens(pipe.model, prompt, torch.ones_like(prompt), GUIDANCE, 0))
+    assert diff <= TOL and same
+
+
 def test_cli_convert_and_export(small_janus, tmp_path, capsys):
     from unimm.cli import main
 

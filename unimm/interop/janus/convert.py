@@ -154,7 +154,7 @@ def convert_janus(src, dst, name: str | None = None) -> Path:
     normalisation, special-token ids, chat and text-to-image prompt formats and
     the CFG settings carry over. Weights keep the checkpoint's floating-point type
     (recorded as storage_dtype; unimm.load computes in float32 unless told otherwise);
-    the codebook is stored l2-normalised, as Janus looks it up.
+    the codebook is stored l2-normalised in float32, as Janus looks it up.
     """
     from transformers import JanusForConditionalGeneration
 
@@ -197,8 +197,10 @@ def convert_janus(src, dst, name: str | None = None) -> Path:
     out[CODEBOOK + "initted"] = torch.tensor(True)
     u_shapes, u_aliases = _layout(model)
     _check(out, u_shapes, u_aliases, "the converted weights (against the unimm model its config builds)")
+    # Weights keep the checkpoint's type; the codebook stays float32, as it was normalised in
+    # float32 (rounding it again to bf16 would move the codes Janus normalises at run time).
     storage = _storage_dtype(state)
-    out = {k: v.to(storage) if v.is_floating_point() else v for k, v in out.items()}
+    out = {k: v.to(storage) if v.is_floating_point() and not k.startswith(CODEBOOK) else v for k, v in out.items()}
 
     with atomic_directory(dst) as tmp:
         config = dataclasses.replace(model.resolved_config(), storage_dtype=str(storage).removeprefix("torch."))
