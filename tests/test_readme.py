@@ -11,10 +11,23 @@ import pytest
 import unimm
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# This section's examples need a Janus checkpoint: test_readme_janus_examples_run builds one.
+JANUS_SECTION = "## Using Janus / Janus-Pro checkpoints"
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+def _split() -> tuple[str, str]:
+    """(the README without the Janus section, the Janus section)."""
+    text = README.read_text()
+    start = text.find(JANUS_SECTION)
+    if start < 0:
+        return text, ""
+    end = text.find("\n## ", start + len(JANUS_SECTION))
+    end = len(text) if end < 0 else end + 1
+    return text[:start] + text[end:], text[start:end]
+
+
+def _blocks(lang: str, janus: bool = False) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", _split()[1 if janus else 0], flags=re.S)
 
 
 def test_readme_python_examples_run(tmp_path, monkeypatch):
@@ -26,8 +39,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert (tmp_path / "my-model" / "model.safetensors").is_file()
 
 
-def _cli_lines() -> list[list[str]]:
-    lines = [ln.strip() for b in _blocks("bash") for ln in b.splitlines() if ln.strip().startswith("unimm ")]
+def _cli_lines(janus: bool = False) -> list[list[str]]:
+    lines = [ln.strip() for b in _blocks("bash", janus) for ln in b.splitlines() if ln.strip().startswith("unimm ")]
     return [shlex.split(ln)[1:] for ln in lines]
 
 
@@ -101,3 +114,23 @@ def test_console_script_reports_bad_input_without_a_traceback(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "cannot read image" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_readme_janus_examples_run(tmp_path, monkeypatch):
+    """The Janus section's commands and code, on a small random Janus-Pro-style checkpoint."""
+    from janus_helpers import CONFIGS, build_janus
+
+    from unimm.cli import main
+
+    build_janus(tmp_path / "Janus-Pro-1B", **CONFIGS["mha-tied-32px"])
+    monkeypatch.chdir(tmp_path)
+    lines = _cli_lines(janus=True)
+    assert [a[:2] for a in lines] == [["convert", "janus"], ["export", "janus"]]
+    for args in lines:
+        assert main(args) == 0, args
+    blocks = _blocks("python", janus=True)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
+    assert unimm.load(str(tmp_path / "janus-pro-1b")).config.prompt.user == "<|User|>: {content}\n\n"
+    assert (tmp_path / "janus-pro-1b-hf" / "processor_config.json").is_file()
