@@ -266,3 +266,20 @@ def test_cli_check_scores_one_image(tmp_path, capsys):
     (tmp_path / "text.png").write_text("not an image")
     assert main(["--check", str(tmp_path / "text.png"), "a red circle"]) == 2
     assert "is not an image file" in capsys.readouterr().err
+
+
+def test_tokenizer_round_trip_ceiling(tiny_pipe, monkeypatch, tmp_path, capsys):
+    from unimm.eval.oracle import RoundTripPipe
+
+    # A lossless "tokenizer" must keep the oracle's score: the conversions around it lose nothing.
+    monkeypatch.setattr(tiny_pipe.model, "images_to_targets", lambda x: x)
+    monkeypatch.setattr(tiny_pipe.model, "decode_images", lambda t: t)
+    report = evaluate_generation(RoundTripPipe(tiny_pipe), n_per_category=5, seed=2, batch_size=3, warmup=False)
+    assert report["accuracy"] == 1.0 and report["num_images"] == 20
+    monkeypatch.undo()
+    # The tiny model's random VQ destroys the scene: the ceiling it sets is (near) zero.
+    out = tmp_path / "r.json"
+    assert main(["--model", "tiny", "--task", "tokenizer", "--n", "8", "--out", str(out), "-q"]) == 0
+    tok = json.loads(out.read_text())["tokenizer"]
+    assert tok["num_images"] == 8 and tok["accuracy"] <= 0.25
+    assert "tokenizer round trip: 8 ground-truth images at 32x32 px" in capsys.readouterr().out

@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model directory, config file or config name (default: the shipped model in weights/default)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--task", default="all", choices=["generation", "vqa", "all"])
+    p.add_argument("--task", default="all", choices=["generation", "vqa", "all", "tokenizer"],
+                   help="tokenizer: score ground-truth images after a trip through the model's image "
+                        "tokenizer, the ceiling it sets on the generation score")
     p.add_argument("--n", type=int, default=400, help="generation prompts (a multiple of 4) and VQA questions")
     p.add_argument("--seed", type=int, default=0, help="picks the prompts, sampling seeds and VQA scenes")
     p.add_argument("--out", default="report.json", help="JSON report path (default: report.json)")
@@ -77,7 +79,7 @@ def _check(args: argparse.Namespace) -> str | None:
     """The first problem with the arguments, or None."""
     if args.n < 1:
         return f"--n must be >= 1, got {args.n}"
-    if args.task in ("generation", "all") and args.n < len(CATEGORIES):
+    if args.task in ("generation", "all", "tokenizer") and args.n < len(CATEGORIES):
         return f"--n must be >= {len(CATEGORIES)} for generation (one prompt per category), got {args.n}"
     if args.seed < 0:
         return f"--seed must be >= 0, got {args.seed}"
@@ -88,7 +90,7 @@ def _check(args: argparse.Namespace) -> str | None:
     if args.max_new_tokens < 1:
         return f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"
     if args.grid is not None and args.task == "vqa":
-        return "--grid shows generated images; it needs --task generation or all"
+        return "--grid shows generated images; it needs --task generation, all or tokenizer"
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
         if path is not None and Path(path).is_dir():
             return f"{flag} {path} is a directory; give a file name"
@@ -127,6 +129,12 @@ def format_report(report: dict[str, Any]) -> str:
             gen["categories"], gen["accuracy"], sum(c["correct"] for c in gen["categories"].values()), gen["num_images"])
         if not gen["detector_reliable"]:
             lines.append("  note: images are smaller than the detector's validated size; scores are unreliable")
+    if tok := report.get("tokenizer"):
+        w, h = tok["image_size"]
+        lines += [""] + _table(
+            f"tokenizer round trip: {tok['num_images']} ground-truth images at {w}x{h} px "
+            "(the ceiling on the generation score)",
+            tok["categories"], tok["accuracy"], sum(c["correct"] for c in tok["categories"].values()), tok["num_images"])
     if vqa := report.get("vqa"):
         lines += [""] + _table(
             f"vqa: {vqa['num_questions']} questions at {vqa['image_size']} px (world seed {vqa['world_seed']}), "
@@ -154,6 +162,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["generation"] = evaluate_generation(
             pipe, n_per_category=per_category, seed=args.seed, images_per_prompt=args.images_per_prompt,
             batch_size=args.batch_size, grid=args.grid, progress=not args.quiet, **_sample_kwargs(args))
+    if args.task == "tokenizer":
+        from .oracle import RoundTripPipe
+
+        report["tokenizer"] = evaluate_generation(
+            RoundTripPipe(pipe), n_per_category=max(1, args.n // len(CATEGORIES)), seed=args.seed,
+            batch_size=args.batch_size, grid=args.grid, progress=not args.quiet, warmup=False)
     if args.task in ("vqa", "all"):
         report["vqa"] = evaluate_vqa(pipe, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
                                      progress=not args.quiet)

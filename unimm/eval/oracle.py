@@ -4,7 +4,9 @@
 prompt of the benchmark's four forms, a shapes-world scene that satisfies it:
 evaluate_generation(OraclePipe()) must then score ~100%, and any shortfall is
 the detector's or the scorer's fault, not a model's. `BlankPipe` draws empty
-backgrounds (scores 0%).
+backgrounds (scores 0%). `RoundTripPipe` passes those ground-truth images
+through a model's image tokenizer (encode, then decode): its score is the
+ceiling the tokenizer puts on that model's generation score.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from ..data.corpus import POSITIONS, SIZES
 from ..data.shapes import BACKGROUND_RGB, BORDER, CLEARANCE, GAP, RADIUS, Obj, Scene, position_of, render
 from .prompts import EvalPrompt, parse_prompt
 
-__all__ = ["BlankPipe", "OraclePipe", "render_expected"]
+__all__ = ["BlankPipe", "OraclePipe", "RoundTripPipe", "render_expected"]
 
 # Grid cell (column, row) of each named region, read off position_of so it cannot drift from the world.
 _CELL = {position_of((c + 0.5) / 3, (r + 0.5) / 3): (c, r) for c in range(3) for r in range(3)}
@@ -82,3 +84,34 @@ class BlankPipe(OraclePipe):
                  **_: object) -> list[Image.Image]:
         n = 1 if isinstance(prompt_or_prompts, str) else len(prompt_or_prompts)
         return [Image.new("RGB", (self.image_size, self.image_size), BACKGROUND_RGB) for _ in range(n * num_images)]
+
+
+class RoundTripPipe(OraclePipe):
+    """generate() returns ground-truth renders after a trip through `pipe`'s image tokenizer.
+
+    A generation model can at best produce what its tokenizer can decode, so the
+    evaluator's score on these images bounds the model's (for VQ: the nearest codes
+    of a perfect image; for a VAE: its latent, no noise).
+    """
+
+    def __init__(self, pipe) -> None:
+        model = pipe.model
+        super().__init__(model.config.image_tokenizer["image_size"])
+        self.model = model
+
+    def generate(self, prompt_or_prompts: str | list[str], num_images: int = 1, seed: int | None = None,
+                 batch_size: int | None = None, **_: object) -> list[Image.Image]:
+        import torch
+
+        from ..images import to_pil, to_tensor
+
+        truth = super().generate(prompt_or_prompts, num_images, seed)
+        step = batch_size or len(truth)
+        param = next(self.model.parameters())
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(truth), step):
+                x = torch.stack([to_tensor(im, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) for im in truth[i:i + step]])
+                x = x.to(device=param.device, dtype=param.dtype)
+                out += to_pil(self.model.decode_images(self.model.images_to_targets(x)))
+        return out
