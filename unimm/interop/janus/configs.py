@@ -33,8 +33,7 @@ def _side(value, name: str, problems: list[str]) -> int:
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
             problems.append(f"{name}={list(value)} is not square (unimm's SigLIP tower takes square images)")
-            return int(value[0])
-        return int(value[0])
+        value = value[0]
     return int(value)
 
 
@@ -87,7 +86,7 @@ def unified_config_dict(jc, processor, generation, name: str) -> tuple[dict, Tok
     if qc.out_channels != qc.in_channels:
         problems.append(f"vq_config.out_channels={qc.out_channels} differs from in_channels={qc.in_channels}")
     widths = [qc.base_channels * m for m in mult]
-    if any(w % JANUS_GROUPS for w in widths + [qc.latent_channels]):
+    if any(w % JANUS_GROUPS for w in widths):
         problems.append(f"vq_config widths {widths} are not all multiples of {JANUS_GROUPS} (Janus's GroupNorm groups)")
     for opt in ("projection_dim", "image_token_embed_dim"):
         if getattr(qc, opt) != D:
