@@ -58,6 +58,31 @@ def test_kmeans_codebook_is_initialised_from_training_data_not_the_held_out_imag
     assert [m["step"] for m in _log(tmp_path)] == [10, 20]  # no untrained baseline to report
 
 
+@pytest.mark.parametrize("spec", [SMALL_VQ, SMALL_VAE], ids=["vq", "vae"])
+def test_decoder_only_fine_tuning_keeps_every_code(tmp_path, spec):
+    from unimm.data.images import ImageDataset
+    from unimm.tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
+
+    train_tokenizer(_cfg(tmp_path / "a", spec, steps=10, output_dir=str(tmp_path / "a")), progress=False)
+    first = tmp_path / "a" / "tokenizer"
+    cfg = _cfg(tmp_path, {"checkpoint": str(first)}, steps=10, decoder_only=True, lr=5e-3,
+               aux_weight=1.0, data={"source": "shapes", "num_samples": 160, "seed": 2})
+    train_tokenizer(cfg, progress=False)
+    before, after = (build_image_tokenizer(normalise_image_tokenizer_spec({"checkpoint": str(d)})).eval() for d in (first, tmp_path / "run" / "tokenizer"))
+    sa, sb = before.state_dict(), after.state_dict()
+    dec = ("decoder.", "post_quant_conv.", "vae.decoder.", "vae.post_quant_conv.")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if not k.startswith(dec))  # encoder, codebook, buffers
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith(dec))  # the decoder learned
+    images = torch.stack([ImageDataset("shapes", 16, num_samples=8, seed=3)[i] for i in range(8)])
+    with torch.no_grad():
+        if spec["type"] == "vq":
+            assert torch.equal(before.encode(images)[1], after.encode(images)[1])  # the same codes
+        else:
+            assert torch.equal(before.encode(images), after.encode(images))  # the same latents
+    with pytest.raises(ValueError, match="decoder_only fine-tunes a trained tokenizer"):
+        _cfg(tmp_path, SMALL_VQ, decoder_only=True)
+
+
 def test_vae_tokenizer_trains_and_sets_latent_scaling(tmp_path):
     train_tokenizer(_cfg(tmp_path, SMALL_VAE), progress=False)
     log = _log(tmp_path)

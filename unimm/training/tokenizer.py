@@ -44,12 +44,19 @@ class TokenizerTrainConfig:
     seed: int = 0
     num_workers: int = 0
     mixed_precision: str = "no"  # "bf16" on GPUs that have it
+    # Fine-tune only the decoder of a trained tokenizer ({"checkpoint": DIR}): the encoder and
+    # codebook stay frozen, so every image keeps exactly its codes (or latent) and a
+    # generator trained on them stays valid, while reconstructions get sharper. Stable
+    # Diffusion's improved VAE decoders (ft-EMA / ft-MSE) were made this way.
+    decoder_only: bool = False
 
     def __post_init__(self):
         if self.recon_loss not in ("l1", "l2"):
             raise ValueError(f"recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if self.decoder_only and "checkpoint" not in self.tokenizer:
+            raise ValueError("decoder_only fine-tunes a trained tokenizer: set tokenizer to {checkpoint: DIR}")
         self.tokenizer = normalise_image_tokenizer_spec(self.tokenizer)
         check_image_data_spec(self.data)
         if self.perceptual is not None:
@@ -106,8 +113,34 @@ def _codebook_ready(tok) -> bool:
     return initted is None or bool(initted)
 
 
+def _decoder_prefixes(tok) -> tuple[str, ...]:
+    return ("decoder.", "post_quant_conv.") if tok.type_name == "vq" else ("vae.decoder.", "vae.post_quant_conv.")
+
+
+def freeze_all_but_decoder(tok) -> None:
+    """requires_grad only on the decoder side; the encoder side also goes to eval mode, so
+    no EMA codebook update, dead-code replacement or dropout can move any image's codes."""
+    prefixes = _decoder_prefixes(tok)
+    for name, p in tok.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+    tok.train()
+    for name, m in tok.named_modules():
+        if name and not any((name + ".").startswith(pre) for pre in prefixes):
+            m.eval()
+
+
+def _modes(tok) -> dict[str, bool]:
+    return {name: m.training for name, m in tok.named_modules()}
+
+
+def _restore(tok, modes: dict[str, bool]) -> None:
+    for name, m in tok.named_modules():
+        m.training = modes[name]
+
+
 @torch.no_grad()
 def evaluate(tok, images: torch.Tensor) -> dict[str, float]:
+    modes = _modes(tok)
     tok.eval()
     if tok.type_name == "vq":
         recon, ids, _ = tok(images)
@@ -115,7 +148,7 @@ def evaluate(tok, images: torch.Tensor) -> dict[str, float]:
     else:
         recon = tok.decode(tok.encode(images))
         out = {}
-    tok.train()
+    _restore(tok, modes)
     mse = F.mse_loss(recon.clamp(-1, 1), images).item()
     # PSNR over pixel values in [0, 1]: images span 2, so MSE/4.
     out.update(mse=mse, psnr=10 * math.log10(1.0 / max(mse / 4, 1e-10)))
@@ -126,9 +159,10 @@ def reconstruction_grid(tok, images: torch.Tensor, path: Path, n: int = 8) -> No
     from ..images import to_pil
 
     with torch.no_grad():
+        modes = _modes(tok)
         tok.eval()
         recon = tok(images[:n])[0] if tok.type_name == "vq" else tok.decode(tok.encode(images[:n]))
-        tok.train()
+        _restore(tok, modes)
     top, bottom = to_pil(images[:n]), to_pil(recon)
     s = top[0].size[0]
     from PIL import Image
@@ -150,6 +184,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[st
     set_seed(cfg.seed)
     tok = build_image_tokenizer(cfg.tokenizer)
     tok.train()
+    if cfg.decoder_only:
+        freeze_all_but_decoder(tok)
     data_cfg = dict(cfg.data)
     source = data_cfg.pop("source", "shapes")
     image_size = tok.config.image_size
@@ -185,7 +221,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[st
                 raise FloatingPointError(f"tokenizer loss became {loss.item()} at step {step}; nothing was saved")
             acc.backward(loss)
             if cfg.grad_clip:
-                acc.clip_grad_norm_(tok.parameters(), cfg.grad_clip)
+                acc.clip_grad_norm_([p for p in tok.parameters() if p.requires_grad], cfg.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad()
@@ -202,7 +238,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[st
                 break
     bar.close()
     final = acc.unwrap_model(tok)
-    if final.type_name == "vae":
+    if final.type_name == "vae" and not cfg.decoder_only:  # decoder_only keeps the latents, scaling included
         # SD's recipe: scale latents to unit variance for the generator that reads them.
         with torch.no_grad():
             final.eval()
