@@ -3,7 +3,8 @@
 `build_janus(directory, **sizes)` writes what `JanusForConditionalGeneration.save_pretrained`
 and `JanusProcessor.save_pretrained` write for a Janus-Pro checkpoint: config.json,
 model.safetensors, generation_config.json, tokenizer and processor files (the
-Janus-Pro chat template, the default system prompt, the image normalisation).
+default system prompt, the image normalisation, and a chat template in Janus-Pro's
+format: unimm's own, whose output test_janus.py checks against that format written out).
 """
 from __future__ import annotations
 
