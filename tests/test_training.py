@@ -135,11 +135,14 @@ def test_bad_training_configs_are_named(tmp_path):
 
 def test_two_process_data_parallel_run_on_cpu(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/cpu-2proc.yaml"),
+    # torchrun starts the processes; accelerate reads its environment and uses gloo on the CPU.
+    # (`accelerate launch` with a use_cpu config runs a single process unless MPI is set up.)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "unimm.train", STAGE(1), *FAST, f"output_dir={out}", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "2 processes (MULTI_CPU, cpu)" in r.stdout  # really data-parallel, not one process
     pipe = unimm.load(str(out / "final"))
     assert len(pipe.generate("a red circle", seed=0)) == 1
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -182,6 +185,14 @@ def test_gradient_checkpointing_gives_the_same_first_step(tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_default_model_recipe_configs_parse():
     """scripts/train_default.sh runs these; a typo must fail here, not an hour into a run."""
     from unimm.training.siglip import load_siglip_config
@@ -195,7 +206,17 @@ def test_default_model_recipe_configs_parse():
     assert stages[1].init_from == stages[0].output_dir + "/final" and stages[2].init_from == stages[1].output_dir + "/final"
     assert stages[2].export_dtype == "bfloat16"  # what gets shipped in weights/default
     script = (ROOT / "scripts" / "train_default.sh").read_text()
-    for name in ("siglip-shapes.yaml", "vq-shapes32.yaml"):
-        assert f"configs/recipes/{name}" in script
-    assert 'configs/recipes/$1.yaml' in script  # the stage() helper runs each stage's config
-    assert [ln.split()[1] for ln in script.splitlines() if ln.startswith("stage ")] == ["stage1", "stage2", "stage3"]
+    runs = [ln.split()[:3] for ln in script.splitlines() if ln.startswith("unimm train")]
+    assert runs == [["unimm", "train-siglip", "configs/recipes/siglip-shapes.yaml"],
+                    ["unimm", "train-tokenizer", "configs/recipes/vq-shapes32.yaml"],
+                    ["unimm", "train-tokenizer", "configs/recipes/vq-shapes32-decoder.yaml"],
+                    *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in (1, 2, 3)]]
+    # Parsing this one opens the checkpoint it fine-tunes, which only a recipe run makes; check its keys.
+    from dataclasses import fields
+
+    from unimm.config import read_config_file
+    from unimm.training.tokenizer import TokenizerTrainConfig
+
+    decoder = read_config_file(str(recipes / "vq-shapes32-decoder.yaml"))
+    assert set(decoder) <= {f.name for f in fields(TokenizerTrainConfig)}
+    assert decoder["decoder_only"] is True and decoder["tokenizer"] == {"checkpoint": "runs/default/vq/tokenizer"}

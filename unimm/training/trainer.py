@@ -144,6 +144,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
                  sum(x.numel() for x in getattr(model, p).parameters() if not x.requires_grad)) for p, _, _ in rows]
     if acc.is_main_process:
         print(freeze_table(rows) + ("\n(backbone: LoRA adapters only)" if cfg.lora else ""))
+        per_step = cfg.batch_size * cfg.grad_accum * acc.num_processes
+        print(f"{acc.num_processes} process{'es' if acc.num_processes > 1 else ''} ({acc.distributed_type.value}, "
+              f"{acc.device.type}), {per_step} samples per optimizer step")
     if cfg.gradient_checkpointing:
         model.backbone.lm.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -159,7 +162,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         prompt_dropout=cfg.data.prompt_dropout, max_positions=model.backbone.max_positions,
         num_gen_tokens=model.num_image_tokens,
     )
-    uncond = lambda ids: model.unconditional_ids(torch.tensor(ids)).tolist()
+    unconditional = model.unconditional_ids  # bound now: `model` becomes the DDP wrapper below
+    uncond = lambda ids: unconditional(torch.tensor(ids)).tolist()
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                                          collate_fn=Collator(model.token_ids.pad, uncond),
                                          num_workers=cfg.data.num_workers)
