@@ -74,15 +74,33 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
     assert out.strip().splitlines()[-1]  # the streamed answer
 
 
-def test_readme_accelerate_launch_example_runs(tmp_path):
-    lines = [ln.strip() for b in _blocks("bash") for ln in b.splitlines() if ln.strip().startswith("accelerate launch")]
-    assert len(lines) == 1
-    args = shlex.split(lines[0])[2:]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args, f"output_dir={tmp_path / 'ddp'}", "steps=2", "-q"]
+def _launch_lines(prefix: str) -> list[list[str]]:
+    lines = [ln.strip() for b in _blocks("bash") for ln in b.splitlines() if ln.strip().startswith(prefix)]
+    return [shlex.split(ln) for ln in lines]
+
+
+def test_readme_torchrun_example_runs_two_processes(tmp_path):
     import os
 
+    (line,) = _launch_lines("OMP_NUM_THREADS=1 torchrun")
+    assert line[:4] == ["OMP_NUM_THREADS=1", "torchrun", "--nproc_per_node", "2"]
+    port = __import__("socket").create_server(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    cmd = [sys.executable, "-m", "torch.distributed.run", *line[2:4], "--master_port", str(free), *line[4:],
+           f"output_dir={tmp_path / 'ddp'}", "steps=2", "-q"]
     r = subprocess.run(cmd, cwd=README.parent, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes (MULTI_CPU, cpu)" in r.stdout
+    assert (tmp_path / "ddp" / "final" / "config.json").is_file()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="the DDP config launches GPU processes")
+def test_readme_accelerate_gpu_example_runs(tmp_path):
+    (line,) = _launch_lines("accelerate launch")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *line[2:], f"output_dir={tmp_path / 'ddp'}", "steps=2", "-q"]
+    r = subprocess.run(cmd, cwd=README.parent, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "ddp" / "final" / "config.json").is_file()
 
