@@ -422,7 +422,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"unimm demo: {e}", file=sys.stderr)
         if args.model is None:
-            print("unimm demo: try `--model tiny` (a random model) until the default model ships", file=sys.stderr)
+            print("unimm demo: the default model lives in weights/default (README: The default model); "
+                  "`--model tiny` opens a random model", file=sys.stderr)
         return 2
     limits = Limits(max_images=args.max_images, max_image_pixels=args.max_image_pixels)
     name = args.model or os.environ.get("UNIMM_MODEL") or "default (weights/default)"

@@ -229,7 +229,7 @@ def test_main_reports_a_missing_model(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("UNIMM_MODEL", str(tmp_path / "no-such-model"))
     assert app.main([]) == 2
     err = capsys.readouterr().err
-    assert "no default model found" in err and "--model tiny" in err
+    assert "no default model found" in err and "`--model tiny` opens a random model" in err
     assert app.main(["--model", str(tmp_path)]) == 2  # a directory without config.json
 
 

@@ -67,7 +67,9 @@ class SiglipEncoder(nn.Module):
     def resolved_config(self) -> SiglipEncoderConfig:
         """The config that rebuilds this module without the original checkpoint."""
         siglip = self.model.config.to_dict()
-        siglip = {k: v for k, v in siglip.items() if k in SiglipVisionConfig().to_dict()}
+        # _name_or_path would record where the weights came from (a local path); the saved
+        # model no longer needs it.
+        siglip = {k: v for k, v in siglip.items() if k in SiglipVisionConfig().to_dict() and k != "_name_or_path"}
         return SiglipEncoderConfig(
             pretrained=None, siglip=siglip, feature_layer=self.config.feature_layer,
             image_size=self.image_size, image_mean=self.config.image_mean,
