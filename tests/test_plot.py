@@ -39,3 +39,11 @@ def test_bad_logs_are_named(tmp_path, capsys):
     assert main([str(tmp_path / "missing.jsonl")]) == 2
     assert "no metrics log" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_resumed_log_keeps_the_last_record_of_each_step(tmp_path):
+    from unimm.training.plot import read_metrics
+
+    log = _log(tmp_path / "r.jsonl", [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, {"step": 3, "loss": 9.0},
+                                      {"step": 3, "loss": 2.0}, {"step": 4, "loss": 1.5}])  # resumed after step 2
+    assert [(r["step"], r["loss"]) for r in read_metrics(log)] == [(1, 3.0), (2, 2.5), (3, 2.0), (4, 1.5)]

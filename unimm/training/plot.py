@@ -25,7 +25,8 @@ DEFAULT_KEYS = ("und_loss", "gen_loss")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of one metrics.jsonl, in order; a clear error for a missing, empty or corrupt log."""
+    """The records of one metrics.jsonl by step (the last one of a repeated step); a clear error
+    for a missing, empty or corrupt log."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no metrics log at {path}")
@@ -39,7 +40,11 @@ def read_metrics(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}:{n} is not JSON: {e}") from None
     if not rows:
         raise ValueError(f"{path} has no records")
-    return rows
+    # A run resumed from a checkpoint logs the steps after it again: the later record wins.
+    by_step = {r["step"]: r for r in rows if "step" in r}
+    if not by_step:
+        raise ValueError(f"{path} has no records with a 'step'")
+    return [by_step[k] for k in sorted(by_step)]
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
