@@ -50,15 +50,18 @@ SERVERS = {"demo"}
 
 # Training examples run as written but shortened, so the suite stays fast.
 SHORTEN = {"train-tokenizer": ["steps=3", "batch_size=8", "data.num_samples=48", "log_every=1", "-q"],
-           "train": ["steps=2", "batch_size=4", "save_every=1", "-q"]}
+           "train": ["steps=2", "batch_size=4", "save_every=1", "-q"],
+           "eval": ["--n", "8", "-q"]}  # the last --n wins
 
 
 def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
     from unimm.cli import main
 
     lines = [a for a in _cli_lines() if a[0] not in SERVERS]
-    assert [a[0] for a in lines] == ["generate", "generate", "chat", "train-tokenizer", "train-tokenizer",
-                                     "train", "train", "train", "eval"]
+    assert [a[0] for a in lines] == ["generate", "eval", "chat", "generate", "train-tokenizer", "train-tokenizer",
+                                     "train", "train", "train", "eval", "eval", "eval"]
+    # The main command's image must pass the evaluator (`eval --check` exits 0 only then).
+    assert lines[1][:2] == ["eval", "--check"] and lines[1][2] == lines[0][lines[0].index("-o") + 1]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(README.parent / "configs")
     for args in lines:
@@ -66,6 +69,7 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
     assert unimm.load(str(tmp_path / "runs" / "tiny-stage3" / "final")).config.name == "tiny"
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) >= {"generation", "vqa"} and (tmp_path / "grid.png").is_file()
+    assert "tokenizer" in json.loads((tmp_path / "tokenizer-report.json").read_text())
     assert (tmp_path / "runs" / "vq-shapes" / "tokenizer" / "model.safetensors").is_file()
     assert (tmp_path / "runs" / "vae-shapes" / "tokenizer" / "model.safetensors").is_file()
     out = capsys.readouterr().out
@@ -107,12 +111,12 @@ def test_readme_accelerate_gpu_example_runs(tmp_path):
 
 def test_readme_demo_command_is_the_one_the_app_tests_launch():
     demo = [a for a in _cli_lines() if a[0] == "demo"]
-    assert demo == [["demo", "--model", "tiny", "--port", "7860"]]
+    assert demo == [["demo", "--port", "7860"]]
     sys.path.insert(0, str(README.parent))
     from apps.demo import parse_args
 
     args = parse_args(demo[0][1:])
-    assert (args.model, args.port) == ("tiny", 7860)
+    assert (args.model, args.port) == (None, 7860)  # the default model (tests/test_default_model.py opens it)
 
 
 def test_readme_setup_and_test_commands_match_ci():
