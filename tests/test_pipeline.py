@@ -346,3 +346,14 @@ def test_config_values_are_checked_when_loaded():
     with pytest.raises(ValueError, match="prompt.generation must contain {prompt}"):
         unimm.load({"prompt": {"generation": "draw it"}})
     assert unimm.load({"base": "tiny", "sampling": None}).config.sampling.guidance_scale == 5.0  # null = defaults
+
+
+def test_pickled_weights_are_named_and_never_read(saved_tiny, tmp_path):
+    import shutil
+
+    target = tmp_path / "m"
+    shutil.copytree(saved_tiny, target)
+    (target / "model.safetensors").unlink()
+    (target / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(FileNotFoundError, match="found pytorch_model.bin: pickled weights are not read"):
+        unimm.load(str(target))

@@ -75,9 +75,19 @@ def _weight_files(directory: Path) -> list[Path]:
         if missing:
             raise FileNotFoundError(f"weights shard(s) missing in {directory}: {', '.join(missing)}")
         return [directory / s for s in shards]
+    pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
+    hint = f" (found {', '.join(pickled)}: pickled weights are not read; save with safetensors)" if pickled else ""
     raise FileNotFoundError(
-        f"no weights file in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}"
+        f"no weights file in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}"
     )
+
+
+def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a (possibly sharded) safetensors checkpoint; never unpickles."""
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(Path(directory)):
+        state.update(load_file(str(f)))
+    return state
 
 
 def load_weights(module: torch.nn.Module, directory: str | os.PathLike) -> None:
@@ -87,9 +97,7 @@ def load_weights(module: torch.nn.Module, directory: str | os.PathLike) -> None:
     (tied embeddings), since those were deduplicated when saving.
     """
     directory = Path(directory)
-    state: dict[str, torch.Tensor] = {}
-    for f in _weight_files(directory):
-        state.update(load_file(str(f)))
+    state = read_weights(directory)
 
     expected = module.state_dict(keep_vars=True)
     unexpected = sorted(set(state) - set(expected))

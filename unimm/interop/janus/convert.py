@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ...config import ConfigError, to_dict, write_json
-from ...io import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, atomic_directory
+from ...io import atomic_directory, read_weights
 from ...models.unified import CONFIG_NAME, STORAGE_DTYPES, UnifiedConfig, UnifiedModel
 from .configs import ConversionError, janus_parts, unified_config_dict
 from .keys import CODEBOOK, CODEBOOK_STATE, janus_rules, translate_state
@@ -26,24 +26,10 @@ MAX_SHARD = "5GB"
 # -- reading ----------------------------------------------------------------------
 def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a (possibly sharded) safetensors checkpoint; never unpickles."""
-    from safetensors.torch import load_file
-
-    single, index = directory / WEIGHTS_NAME, directory / WEIGHTS_INDEX_NAME
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        files = [directory / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ConversionError(f"{directory}: weight shard(s) missing: {', '.join(missing)}")
-    else:
-        pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
-        hint = f" (found {', '.join(pickled)}: pickled weights are not read; save with safetensors)" if pickled else ""
-        raise ConversionError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return state
+    try:
+        return read_weights(directory)
+    except FileNotFoundError as e:  # no weights file, a missing shard, or only pickled weights
+        raise ConversionError(str(e)) from None
 
 
 def _read_janus_config(src: Path):
