@@ -16,7 +16,8 @@ unimm train-tokenizer configs/recipes/vq-shapes32-decoder.yaml
 unimm train configs/recipes/stage1.yaml "$@"
 unimm train configs/recipes/stage2.yaml "$@"
 unimm train configs/recipes/stage3.yaml "$@"
-rm -rf weights/default.new && cp -r runs/default/stage3/final weights/default.new
-rm -rf weights/default && mv weights/default.new weights/default
+# Installed with save_pretrained: an earlier default there is swapped out atomically, anything
+# else someone put in weights/default is refused rather than deleted.
+python -c "import unimm; unimm.load('runs/default/stage3/final').save_pretrained('weights/default', dtype='bfloat16')"
 unimm eval --model weights/default --task all --n 400 --out runs/default/eval.json --grid runs/default/eval.png
 unimm eval --model weights/default --task tokenizer --n 400 --out runs/default/eval-tokenizer.json

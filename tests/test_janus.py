@@ -368,7 +368,7 @@ def test_pickled_weights_are_refused_and_a_failed_conversion_keeps_the_old_direc
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("old")
     with pytest.raises(ConversionError, match="pickled weights are not read"):
-        convert_janus(src, tmp_path / "out")
+        convert_janus(src, tmp_path / "out", overwrite=True)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
     assert (tmp_path / "out" / "keep.txt").read_text() == "old"
 

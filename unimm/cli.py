@@ -73,7 +73,7 @@ def cmd_train_tokenizer(args) -> int:
     from unimm.training.tokenizer import load_train_config, train_tokenizer
 
     cfg = load_train_config(args.config, args.overrides)
-    metrics = train_tokenizer(cfg, progress=not args.quiet)
+    metrics = train_tokenizer(cfg, progress=not args.quiet, overwrite=args.overwrite)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
     print(f"saved {Path(cfg.output_dir) / 'tokenizer'}  ({shown})")
     return 0
@@ -83,7 +83,7 @@ def cmd_train_siglip(args) -> int:
     from unimm.training.siglip import load_siglip_config, train_siglip
 
     cfg = load_siglip_config(args.config, args.overrides)
-    metrics = train_siglip(cfg, progress=not args.quiet)
+    metrics = train_siglip(cfg, progress=not args.quiet, overwrite=args.overwrite)
     print(f"saved {Path(cfg.output_dir) / 'model'}  (held-out retrieval accuracy {metrics.get('retrieval_acc', float('nan')):.3f})")
     return 0
 
@@ -91,14 +91,14 @@ def cmd_train_siglip(args) -> int:
 def cmd_convert(args) -> int:
     from unimm.interop import convert_janus
 
-    print(convert_janus(args.src, args.dst))
+    print(convert_janus(args.src, args.dst, overwrite=args.overwrite))
     return 0
 
 
 def cmd_export(args) -> int:
     from unimm.interop import export_janus
 
-    print(export_janus(args.src, args.dst))
+    print(export_janus(args.src, args.dst, overwrite=args.overwrite))
     return 0
 
 
@@ -148,12 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("format", choices=["janus"], help="janus: transformers' Janus / Janus-Pro format")
     cv.add_argument("src", help="the checkpoint directory (config.json, safetensors, tokenizer and processor files)")
     cv.add_argument("dst", help="the unimm model directory to write")
+    cv.add_argument("--overwrite", action="store_true",
+                    help="write into a folder that holds other files, replacing only the model's own files there")
     cv.set_defaults(func=cmd_convert)
 
     ex = sub.add_parser("export", help="write a unimm model in another format")
     ex.add_argument("format", choices=["janus"], help="janus: transformers' Janus format (JanusForConditionalGeneration)")
     ex.add_argument("src", help="a unimm model directory")
     ex.add_argument("dst", help="the checkpoint directory to write")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="write into a folder that holds other files, replacing only the model's own files there")
     ex.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("eval", help="shapes-world benchmark: generation (GenEval-style) and VQA", add_help=False)
@@ -172,12 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="a training config, e.g. configs/tokenizers/vq-shapes.yaml")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=500 data.num_samples=2048")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--overwrite", action="store_true",
+                    help="write into a folder that holds other files, replacing only the model's own files there")
     t.set_defaults(func=cmd_train_tokenizer)
 
     sg = sub.add_parser("train-siglip", help="pretrain a small SigLIP encoder (sigmoid contrastive loss)")
     sg.add_argument("config", help="e.g. configs/recipes/siglip-shapes.yaml")
     sg.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     sg.add_argument("-q", "--quiet", action="store_true")
+    sg.add_argument("--overwrite", action="store_true",
+                    help="write into a folder that holds other files, replacing only the model's own files there")
     sg.set_defaults(func=cmd_train_siglip)
     return parser
 

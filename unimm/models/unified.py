@@ -275,18 +275,20 @@ class UnifiedModel(nn.Module):
         )
 
     def save_pretrained(self, directory, tokenizer=None, max_shard_size: str = "5GB",
-                        dtype: str | torch.dtype | None = None) -> None:
+                        dtype: str | torch.dtype | None = None, overwrite: bool = False) -> None:
         """config.json + safetensors weights (+ tokenizer files), swapped in atomically.
 
         `dtype` ("bfloat16", "float16", "float32" or a torch dtype) stores the weights in
-        that type; by default they are stored as the model holds them.
+        that type; by default they are stored as the model holds them. A folder holding
+        other files is refused unless `overwrite`, which replaces only the model's own files
+        (see unimm.io.atomic_directory).
         """
         dtype = self.dtype if dtype is None else dtype
         name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
         if name not in STORAGE_DTYPES:
             raise ValueError(f"cannot store weights as {dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
         config = dataclasses.replace(self.resolved_config(), storage_dtype=name)
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, overwrite=overwrite) as tmp:
             write_json(to_dict(config), Path(tmp) / CONFIG_NAME)
             save_weights(self, tmp, max_shard_size=max_shard_size, dtype=getattr(torch, name))
             if tokenizer is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, read_config_file
+from ..io import reading
 from ..models.unified import CONFIG_NAME, UnifiedConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -100,10 +101,13 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
                 f"name ({', '.join(available_configs())})"
             )
     is_dir = isinstance(path_or_config, (str, os.PathLike)) and Path(path_or_config).is_dir()
-    if is_dir and (Path(path_or_config) / CONFIG_NAME).is_file():
+    if is_dir and _find_named_config(str(path_or_config)) is None:
+        with reading(path_or_config):  # a save swapping this folder in waits until it is read
+            if not (Path(path_or_config) / CONFIG_NAME).is_file():
+                raise FileNotFoundError(f"{path_or_config} is not a unimm model directory: {CONFIG_NAME} is missing")
+            pipe = UnimmPipeline.from_pretrained(path_or_config)
+    elif is_dir and (Path(path_or_config) / CONFIG_NAME).is_file():
         pipe = UnimmPipeline.from_pretrained(path_or_config)
-    elif is_dir and _find_named_config(str(path_or_config)) is None:
-        raise FileNotFoundError(f"{path_or_config} is not a unimm model directory: {CONFIG_NAME} is missing")
     else:
         pipe = UnimmPipeline.from_config(resolve_config(path_or_config))
     return pipe.to(device=device, dtype=dtype)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..images import to_pil
+from ..io import reading
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
 from ..processing import Processor, left_pad
 from ..sampling.autoregressive import generate_image_tokens
@@ -40,12 +41,17 @@ class UnimmPipeline:
 
     @classmethod
     def from_pretrained(cls, directory) -> "UnimmPipeline":
-        return cls(UnifiedModel.from_pretrained(directory), load_text_tokenizer(directory))
+        with reading(directory):  # model and tokenizer files from one save, even while another swaps in
+            return cls(UnifiedModel.from_pretrained(directory), load_text_tokenizer(directory))
 
-    def save_pretrained(self, directory, max_shard_size: str = "5GB", dtype=None) -> None:
-        """Save model + tokenizer; `dtype` (e.g. "bfloat16") sets the type the weights are stored in."""
+    def save_pretrained(self, directory, max_shard_size: str = "5GB", dtype=None, overwrite: bool = False) -> None:
+        """Save model + tokenizer; `dtype` (e.g. "bfloat16") sets the type the weights are stored in.
+
+        `directory` must be new, empty or an earlier save of a model; `overwrite=True` also
+        accepts a folder holding other files and replaces only the model's own files there.
+        """
         self.model.save_pretrained(directory, tokenizer=self.processor.tokenizer, max_shard_size=max_shard_size,
-                                   dtype=dtype)
+                                   dtype=dtype, overwrite=overwrite)
 
     def to(self, device=None, dtype=None) -> "UnimmPipeline":
         if isinstance(dtype, str):

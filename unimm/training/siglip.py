@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict, to_dict
+from ..io import atomic_directory, check_destination
 
 
 @dataclass
@@ -58,7 +59,7 @@ def retrieval_accuracy(model, images, ids) -> float:
     return float((out.logits_per_image.argmax(-1) == torch.arange(len(ids))).float().mean())
 
 
-def train_siglip(cfg: SiglipTrainConfig, progress: bool = True) -> dict:
+def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool = False) -> dict:
     from tqdm.auto import tqdm
     from transformers import SiglipConfig, SiglipModel
 
@@ -86,6 +87,7 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     out = Path(cfg.output_dir)
+    check_destination(out / "model", overwrite)  # refused now, not after the run
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "metrics.jsonl").open("w")
     metrics = {}
@@ -108,9 +110,7 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True) -> dict:
             log.write(json.dumps(metrics) + "\n")
             log.flush()
     log.close()
-    from ..io import atomic_directory
-
-    with atomic_directory(out / "model") as tmp:
+    with atomic_directory(out / "model", overwrite=overwrite, kind="siglip") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, check_keys, from_dict, to_dict
 from ..data.images import ImageDataset, check_image_data_spec
+from ..io import check_destination
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 
 
@@ -174,7 +175,7 @@ def reconstruction_grid(tok, images: torch.Tensor, path: Path, n: int = 8) -> No
     grid.save(path)
 
 
-def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[str, float]:
+def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite: bool = False) -> dict[str, float]:
     """Train, save and return the final held-out metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -206,6 +207,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[st
     eval_images = eval_images.to(acc.device)
 
     out = Path(cfg.output_dir)
+    check_destination(out / "tokenizer", overwrite)  # refused now, not after the run
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "metrics.jsonl").open("w") if acc.is_main_process else None
     bar = tqdm(total=cfg.steps, desc="tokenizer", disable=not (progress and acc.is_main_process))
@@ -245,7 +247,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict[st
             z = final.vae.encode(eval_images).latent_dist.mean
             final.shift_factor, final.scaling_factor = float(z.mean()), float(1.0 / z.std().clamp_min(1e-6))
     if acc.is_main_process:
-        final.save_pretrained(out / "tokenizer")
+        final.save_pretrained(out / "tokenizer", overwrite=overwrite)
         reconstruction_grid(final, eval_images, out / "reconstructions.png")
         (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         log.close()

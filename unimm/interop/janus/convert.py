@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ...config import ConfigError, to_dict, write_json
-from ...io import atomic_directory, read_weights
+from ...io import atomic_directory, check_destination, read_weights
 from ...models.unified import CONFIG_NAME, STORAGE_DTYPES, UnifiedConfig, UnifiedModel
 from .configs import ConversionError, janus_parts, unified_config_dict
 from .keys import CODEBOOK, CODEBOOK_STATE, janus_rules, translate_state
@@ -132,7 +132,7 @@ def _save(state: dict, directory: Path) -> None:
 
 
 # -- Janus -> unimm -----------------------------------------------------------------
-def convert_janus(src, dst, name: str | None = None) -> Path:
+def convert_janus(src, dst, name: str | None = None, overwrite: bool = False) -> Path:
     """Convert a transformers Janus / Janus-Pro checkpoint (what `JanusForConditionalGeneration.save_pretrained`
     and its processor write) into a unimm model directory; returns `dst`.
 
@@ -141,12 +141,15 @@ def convert_janus(src, dst, name: str | None = None) -> Path:
     the CFG settings carry over. Weights keep the checkpoint's floating-point type
     (recorded as storage_dtype; unimm.load computes in float32 unless told otherwise);
     the codebook is stored l2-normalised in float32, as Janus looks it up.
+    `dst` must not be `src`, and must be new, empty or an earlier unimm save unless
+    `overwrite` (which replaces only the model's own files there).
     """
     from transformers import JanusForConditionalGeneration
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConversionError(f"{src} is not a directory")
+    check_destination(dst, overwrite, sources=[src])  # before minutes of work, not after
     jc = _read_janus_config(src)
     processor = _load_processor(src)
     generation = _load_generation_config(src)
@@ -188,7 +191,7 @@ def convert_janus(src, dst, name: str | None = None) -> Path:
     storage = _storage_dtype(state)
     out = {k: v.to(storage) if v.is_floating_point() and not k.startswith(CODEBOOK) else v for k, v in out.items()}
 
-    with atomic_directory(dst) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, sources=[src]) as tmp:
         config = dataclasses.replace(model.resolved_config(), storage_dtype=str(storage).removeprefix("torch."))
         write_json(to_dict(config), Path(tmp) / CONFIG_NAME)
         _save(out, Path(tmp))
@@ -197,11 +200,12 @@ def convert_janus(src, dst, name: str | None = None) -> Path:
 
 
 # -- unimm -> Janus -----------------------------------------------------------------
-def export_janus(src, dst) -> Path:
+def export_janus(src, dst, overwrite: bool = False) -> Path:
     """Write a unimm model of Janus's shape as a transformers Janus checkpoint (config, safetensors,
     processor with Janus-Pro's chat template, generation config); returns `dst`.
 
-    Raises ConversionError naming every feature Janus cannot express.
+    Raises ConversionError naming every feature Janus cannot express. `dst` follows the
+    rules of `convert_janus`.
     """
     from transformers import (AutoConfig, AutoTokenizer, GenerationConfig, JanusConfig,
                               JanusForConditionalGeneration)
@@ -210,6 +214,7 @@ def export_janus(src, dst) -> Path:
     from transformers.models.janus.processing_janus import JanusProcessor
 
     src, dst = Path(src), Path(dst)
+    check_destination(dst, overwrite, sources=[src])
     path = src / CONFIG_NAME
     if not path.is_file():
         raise ConversionError(f"{src} is not a unimm model directory: {CONFIG_NAME} is missing")
@@ -265,7 +270,7 @@ def export_janus(src, dst) -> Path:
     generation = GenerationConfig(bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad,
                                   guidance_scale=s.guidance_scale, temperature=s.temperature or 1.0,
                                   generation_kwargs={"boi_token_id": ids.boi})
-    with atomic_directory(dst) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, sources=[src], kind="janus") as tmp:
         jc.save_pretrained(tmp)
         generation.save_pretrained(tmp)
         _save(out, Path(tmp))
