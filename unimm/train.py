@@ -9,20 +9,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unimm train", description="Train a unified model (one stage) with accelerate.")
     p.add_argument("config", help="a stage config, e.g. configs/train/tiny-stage1.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=200 optim.lr=3e-4")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an output_dir that holds a run's checkpoints, and write final/ into a "
+                        "folder holding other files (replacing only the model's own files)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .training.checkpoints import CheckpointError
     from .training.config import load_train_config
     from .training.trainer import train
 
     args = build_parser().parse_args(argv)
     try:
         cfg = load_train_config(args.config, args.overrides)
-        train(cfg, resume=args.resume, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError) as e:
         print(f"unimm train: error: {e}", file=sys.stderr)
         return 2
     return 0

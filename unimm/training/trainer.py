@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
+from ..io import DestinationError, check_destination
 from ..pipelines.load import load as load_pipeline
-from .checkpoints import latest_checkpoint, read_state, save_checkpoint
+from .checkpoints import (latest_checkpoint, list_checkpoints, remove_checkpoints, restore_checkpoint,
+                          save_checkpoint)
 from .config import PARTS, TrainConfig
 from .data import Collator, TrainingDataset, warn_skipped
 
@@ -39,13 +42,26 @@ class EMA:
         for s, p in zip(self.shadow, self.params):
             p.copy_(s.to(p.dtype))
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
+    def save(self, path: Path) -> None:
+        """The shadow weights as safetensors (float32, so a resumed run continues bit for bit)."""
+        from safetensors.torch import save_file
 
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        for s, v in zip(self.shadow, state["shadow"]):
-            s.copy_(v)
+        save_file({f"shadow.{i}": s.contiguous() for i, s in enumerate(self.shadow)}, str(path),
+                  metadata={"decay": repr(self.decay)})
+
+    def load(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            if keys != {f"shadow.{i}" for i in range(len(self.shadow))}:
+                raise ValueError(f"{path.name} holds {len(keys)} tensors for {len(self.shadow)} trainable weights")
+            for i, s in enumerate(self.shadow):
+                t = f.get_tensor(f"shadow.{i}")
+                if t.shape != s.shape:
+                    raise ValueError(f"{path.name}: shadow.{i} is {tuple(t.shape)}, the weight is {tuple(s.shape)}")
+                s.copy_(t)
+            self.decay = float(f.metadata()["decay"])
 
 
 def apply_freeze(model, freeze: dict) -> list[tuple[str, int, int]]:
@@ -118,11 +134,14 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.T
     return out
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path | None:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None,
+          overwrite: bool = False) -> Path | None:
     """Run (or resume) one stage; returns the exported model directory (OUTPUT/final).
 
     `stop_at` ends this invocation after that step with a checkpoint and no export,
     as an interrupted run would (the schedule still spans `cfg.steps`); `resume` continues.
+    A fresh run into an output_dir that holds a run's checkpoints is refused unless
+    `overwrite` (start over: that run's checkpoints go, its metrics are rewritten).
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import gather_object, set_seed
@@ -134,6 +153,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
+    _check_output(out_dir, resume, overwrite)
 
     pipe = load_pipeline(cfg.init_from or cfg.model)
     model = pipe.model
@@ -173,22 +193,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     unwrapped = acc.unwrap_model(model)
     ema = EMA([p for p in unwrapped.parameters() if p.requires_grad], cfg.ema_decay) if cfg.ema_decay else None
-    if ema is not None:
-        acc.register_for_checkpointing(ema)
     step_fn = torch.compile(model) if cfg.compile else model
 
     step = 0
     if resume:
-        ckpt = latest_checkpoint(out_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
-        acc.load_state(str(ckpt))
-        step = read_state(ckpt)["step"]
+        ckpt, state = restore_checkpoint(acc, out_dir, ema)
+        step = state["step"]
         if acc.is_main_process:
             print(f"resumed from {ckpt} at step {step}")
+    elif overwrite and acc.is_main_process:
+        remove_checkpoints(out_dir)
+    acc.wait_for_everyone()
     batches = acc.skip_first_batches(loader, step * cfg.grad_accum) if step else loader
 
-    log = _Logger(out_dir, acc.is_main_process, append=resume)
+    log = _Logger(out_dir, acc.is_main_process, resume_step=step if resume else None)
     model.train()
     _set_frozen_eval(unwrapped, cfg.freeze)
     bar = tqdm(total=cfg.steps, initial=step, desc=out_dir.name, disable=not (progress and acc.is_main_process))
@@ -233,7 +251,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
             log.write(metrics)
             t0, seen, tokens = time.perf_counter(), 0, 0
         if step % cfg.save_every == 0 or step == end:
-            save_checkpoint(acc, out_dir, step, cfg.keep_last)
+            save_checkpoint(acc, out_dir, step, cfg.keep_last, ema=ema)
     bar.close()
     log.close()
     if acc.num_processes > 1:  # every process saw its own share of the data
@@ -242,10 +260,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         warn_skipped(dict(skipped))
     if step < cfg.steps:
         return None
-    return _export(acc, unwrapped, ema, pipe, out_dir, cfg)
+    return _export(acc, unwrapped, ema, pipe, out_dir, cfg, overwrite)
 
 
-def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig) -> Path:
+def _check_output(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, what would make the run destroy or mix up files."""
+    check_destination(out_dir / "final", overwrite)
+    found = list_checkpoints(out_dir)
+    if found and not resume and not overwrite:
+        raise DestinationError(
+            f"{out_dir} already holds a run's checkpoints (up to {found[-1].name}); pass --resume to continue "
+            "that run, or --overwrite to start over (its checkpoints are removed, its metrics rewritten)"
+        )
+
+
+def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig, overwrite: bool = False) -> Path:
     """Write OUTPUT/final with save_pretrained (EMA weights and merged LoRA if used)."""
     acc.wait_for_everyone()
     final = out_dir / "final"
@@ -255,7 +284,7 @@ def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig) -> Path:
         merge_lora(unwrapped)
         pipe.model = unwrapped
         unwrapped.eval()
-        pipe.save_pretrained(final, dtype=cfg.export_dtype)
+        pipe.save_pretrained(final, dtype=cfg.export_dtype, overwrite=overwrite)
         (out_dir / "train_config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
         print(f"exported {final}")
     acc.wait_for_everyone()
@@ -271,12 +300,15 @@ def _jsonable(cfg) -> dict:
 class _Logger:
     """Metrics to OUTPUT/metrics.jsonl and TensorBoard (OUTPUT/tb), main process only."""
 
-    def __init__(self, out_dir: Path, active: bool, append: bool):
+    def __init__(self, out_dir: Path, active: bool, resume_step: int | None):
         self.active = active
         if not active:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.file = (out_dir / "metrics.jsonl").open("a" if append else "w")
+        path = out_dir / "metrics.jsonl"
+        if resume_step is not None and path.is_file():
+            _truncate_metrics(path, resume_step)
+        self.file = path.open("a" if resume_step is not None else "w")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -299,3 +331,17 @@ class _Logger:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records up to the checkpoint a run resumes from: the steps after it are logged again."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the interruption
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
