@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import unimm
-from unimm.io import write_manifest
+from unimm.folders import write_manifest
 from unimm.train import main as train_cli
 from unimm.training.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints
 from unimm.training.config import load_train_config
@@ -113,7 +113,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_run_resumes_from_the_one_b
     capsys.readouterr()
     final = train(_cfg(out), resume=True, progress=False)
     captured = capsys.readouterr()
-    assert f"checkpoints/step-0000004 is damaged: " in captured.err
+    assert "checkpoints/step-0000004 cannot be used: " in captured.err
     assert re.search(message, captured.err), captured.err
     assert "resumed from" in captured.out and "step-0000002 at step 2" in captured.out
     assert _same(unimm.load(str(final)).model.state_dict(), straight)  # as if never damaged
@@ -169,3 +169,58 @@ def test_a_fresh_run_over_a_runs_checkpoints_is_refused_unless_overwrite(runs, t
     assert _same(unimm.load(str(out / "final")).model.state_dict(), straight)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_real_full_disk_during_a_checkpoint_is_one_line(tmp_path, capsys):
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    # Room for the step-2 checkpoint (~2.3 MB) but not for step 4's as well.
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = mnt / "run"
+        assert train_cli([STAGE1, *RUN, f"output_dir={out}", "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        assert err[-1].startswith(f"unimm train: error: could not write checkpoint {out}/checkpoints/step-0000004: ")
+        assert err[-1].endswith("; the earlier checkpoints are intact")
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
+        assert checkpoint_problem(out / "checkpoints" / "step-0000002", needs_ema=True) is None
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_manifest_that_lists_too_little_is_not_a_checkpoint(runs, tmp_path):
+    run, _ = runs
+    out = _copy(run, tmp_path)
+    ckpt = out / "checkpoints" / "step-0000004"
+    (ckpt / ".unimm-manifest.json").write_text(json.dumps({"format": "unimm-manifest", "version": 1,
+                                                           "kind": "checkpoint", "files": {}}))
+    assert checkpoint_problem(ckpt, needs_ema=False) == (
+        "its manifest does not list trainer_state.json, model weights (model*.safetensors), "
+        "optimizer state (optimizer*.bin)")
+
+
+def test_runs_never_write_over_another_runs_folder(runs, tmp_path, capsys):
+    from unimm.cli import main as cli
+
+    run, _ = runs
+    out = _copy(run, tmp_path)
+    # Another trainer into a unimm-train run's folder: refused before it touches metrics.jsonl.
+    before = (out / "metrics.jsonl").read_text()
+    tok = ROOT / "configs" / "tokenizers" / "vq-shapes.yaml"
+    assert cli(["train-tokenizer", str(tok), "steps=1", f"output_dir={out}"]) == 2
+    assert f"{out} holds another run: its train_config.json (it differs in " in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == before
+    # A fresh `unimm train` with another config, into a folder of logs without checkpoints: refused too.
+    shutil.rmtree(out / "checkpoints")
+    assert train_cli([STAGE1, *RUN, "optim.lr=0.5", f"output_dir={out}", "-q"]) == 2
+    assert "holds another run: its train_config.json (it differs in optim)" in capsys.readouterr().err
+    # A file named like a checkpoint is not taken for one, nor replaced.
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "step-0000004").write_text("mine")
+    assert train_cli([STAGE1, *RUN, f"output_dir={out}", "-q", "--overwrite"]) == 2
+    assert "holds step-0000004, which is a file, not checkpoints" in capsys.readouterr().err
+    assert (out / "checkpoints" / "step-0000004").read_text() == "mine"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import unimm
-from unimm import io as uio
+from unimm import folders as uio
 from unimm.cli import main as cli
 
 NOTES = {"notes.txt": "mine", "other-model/config.json": "{}", "other-model/model.safetensors": "x"}
@@ -123,14 +123,18 @@ def test_component_saves_follow_the_same_rules(tmp_path):
 
 
 def test_a_save_killed_midway_leaves_no_temporary_behind_for_long(tiny_pipe, tmp_path):
-    # A process killed inside a save leaves .NAME.tmp-PID-*; the next save of NAME removes it once PID is gone.
-    stale = tmp_path / ".m.tmp-999999999-abc"
+    # A process killed inside a save leaves .NAME.tmp-HOST-PID-*; the next save of NAME on that host
+    # removes it once PID is gone. A live process's, or another host's, is left alone.
+    host = uio._HOST
+    stale = tmp_path / f".m.tmp-{host}-999999999-abc"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
-    alive = tmp_path / f".m.tmp-{os.getppid()}-abc"  # a live process's (another writer's) is left alone
+    alive = tmp_path / f".m.tmp-{host}-{os.getppid()}-abc"
     alive.mkdir()
+    elsewhere = tmp_path / ".m.tmp-000000-999999999-abc"
+    elsewhere.mkdir()
     tiny_pipe.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", alive.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", alive.name, elsewhere.name])
 
 
 def test_race_reader_and_second_writer_held_inside_a_save(tiny_pipe, tmp_path, monkeypatch):
@@ -249,3 +253,130 @@ def test_saving_into_the_working_directory_or_through_a_link(tiny_pipe, tmp_path
     dangling.symlink_to(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="is a link to .*nowhere, not a folder"):
         tiny_pipe.save_pretrained(dangling)
+
+
+def test_a_manifest_naming_files_outside_its_folder_is_not_trusted(tiny_pipe, tmp_path):
+    import json
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    target = tmp_path / "downloaded"
+    target.mkdir()
+    (target / "README.md").write_text("x")
+    (target / ".unimm-manifest.json").write_text(json.dumps({"format": "unimm-manifest", "version": 1, "kind": "model",
+        "files": {"../victim.txt": {"size": 7, "sha256": "x"}, str(victim): {"size": 7, "sha256": "x"}}}))
+    with pytest.raises(ValueError, match="already holds files this save did not write: .unimm-manifest.json, README.md"):
+        tiny_pipe.save_pretrained(target)
+    tiny_pipe.save_pretrained(target, overwrite=True)
+    assert victim.read_text() == "keep me" and (target / "README.md").read_text() == "x"
+    with pytest.raises(ValueError, match=r"names files outside the folder: \.\./victim.txt"):
+        uio.read_manifest(_planted(tmp_path))
+
+
+def _planted(tmp_path):
+    import json
+
+    d = tmp_path / "planted"
+    d.mkdir()
+    (d / ".unimm-manifest.json").write_text(json.dumps({"format": "unimm-manifest", "version": 1, "kind": "model",
+                                                       "files": {"../victim.txt": {"size": 7, "sha256": "x"}}}))
+    return d
+
+
+def test_overwrite_into_an_old_style_folder_leaves_no_stale_weights_to_load(tiny_pipe, tmp_path):
+    target = tmp_path / "m"
+    torch.manual_seed(5)
+    unimm.load("tiny", seed=5).save_pretrained(target)  # one model.safetensors
+    (target / ".unimm-manifest.json").unlink()  # as an older unimm (or a copy by hand) left it
+    tiny_pipe.save_pretrained(target, overwrite=True, max_shard_size="300KB")  # shards now
+    assert not (target / "model.safetensors").exists()
+    got = unimm.load(str(target)).model.state_dict()
+    ref = tiny_pipe.model.state_dict()
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_a_merge_cut_short_is_named_on_load_and_finished_by_the_next_save(tiny_pipe, tmp_path, monkeypatch):
+    target = tmp_path / "m"
+    _plant(target)
+    tiny_pipe.save_pretrained(target, overwrite=True)
+    real, calls = os.replace, {"n": 0}
+
+    def crash(a, b, *k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process dies in the middle of moving files in
+        return real(a, b, *k)
+
+    monkeypatch.setattr(uio.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        unimm.load("tiny", seed=3).save_pretrained(target, overwrite=True, max_shard_size="300KB")
+    monkeypatch.setattr(uio.os, "replace", real)
+    with pytest.raises(ValueError, match=r"is half written: a save into it was cut short"):
+        unimm.load(str(target))
+    with pytest.raises(ValueError, match=r"did not write: notes.txt, other-model/; "):  # the half-moved files
+        tiny_pipe.save_pretrained(target)  # are the model's own, not listed as other people's
+    tiny_pipe.save_pretrained(target, overwrite=True)
+    assert _intact(target) and not (target / ".unimm-merge.json").exists()
+    assert not list(target.glob("model-*.safetensors"))  # the cut-short save's shards are gone
+    got, ref = unimm.load(str(target)).model.state_dict(), tiny_pipe.model.state_dict()
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_a_folder_where_the_model_writes_a_file_is_refused_before_anything_moves(tiny_pipe, tmp_path):
+    target = tmp_path / "m"
+    _plant(target)
+    (target / "tokenizer_config.json").mkdir()
+    with pytest.raises(ValueError, match=r"tokenizer_config.json would replace a folder there"):
+        tiny_pipe.save_pretrained(target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt", "other-model", "tokenizer_config.json"]
+
+
+def test_empty_folders_and_links_to_folders_are_other_peoples(tiny_pipe, tmp_path):
+    target = tmp_path / "m"
+    tiny_pipe.save_pretrained(target)
+    (target / "my-empty").mkdir()
+    (target / "links").mkdir()
+    (target / "links" / "data").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match=r"did not write: links/, my-empty/"):
+        tiny_pipe.save_pretrained(target)
+    tiny_pipe.save_pretrained(target, overwrite=True)
+    assert (target / "my-empty").is_dir() and (target / "links" / "data").is_symlink()
+
+
+def test_paths_that_are_no_place_for_a_save(tiny_pipe, tmp_path):
+    with pytest.raises(ValueError, match="cannot save to an empty path"):
+        tiny_pipe.save_pretrained("")
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(ValueError, match=r"it is inside the source folder .*src"):
+        uio.check_destination(src / "converted", sources=[src])
+    with pytest.raises(ValueError, match=r"it is the source folder"):
+        uio.check_destination(tmp_path / "x" / ".." / "src", sources=[src])
+
+
+def test_a_reader_through_a_link_locks_the_folder_writers_lock(tmp_path, monkeypatch):
+    real = tmp_path / "real"
+    (real / "m").mkdir(parents=True)
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "m").symlink_to(real / "m")
+    locked = []
+    monkeypatch.setattr(uio, "_locked", lambda folder, exclusive: (locked.append(folder), __import__("contextlib").nullcontext())[1])
+    with uio.reading(tmp_path / "links" / "m"):
+        pass
+    assert locked == [real]  # the parent the writer of real/m locks
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_what_was_there(tiny_pipe, tmp_path, capsys):
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        (mnt / "notes.txt").write_text("mine")
+        with pytest.raises(RuntimeError, match=r"could not save to .*m: .*; .*m is as it was"):
+            tiny_pipe.save_pretrained(mnt / "m")
+        assert sorted(p.name for p in mnt.iterdir()) == ["notes.txt"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -23,7 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..io import DamagedError, apply_umask, exchange_paths, manifest_problems, read_manifest, write_manifest
+from ..folders import (DamagedError, apply_umask, exchange_paths, manifest_problems, read_manifest, write_errors,
+                       write_failure, write_manifest)
 
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
@@ -79,12 +80,15 @@ def save_checkpoint(accelerator, output_dir, step: int, keep_last: int, ema=None
             for old in list_checkpoints(output_dir)[:-keep_last]:
                 if old != final:
                     shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
+    except CheckpointError:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-        reason = e.strerror or str(e)
-        raise CheckpointError(f"could not write checkpoint {final}: {reason}"
-                              f"{f' ({e.filename})' if e.filename else ''}; the earlier checkpoints are intact") from e
+        raise
+    except write_errors() as e:  # a full disk surfaces as OSError, torch's RuntimeError or SafetensorError
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final}: {write_failure(e)}; "
+                              "the earlier checkpoints are intact") from e
     accelerator.wait_for_everyone()
     return final
 
@@ -107,6 +111,8 @@ def _written_problems(ckpt: Path) -> list[str]:
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
+    if final.exists() and not final.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {final}: a file of that name is there, not a checkpoint")
     if not final.exists():
         os.replace(tmp, final)
         return
@@ -152,6 +158,13 @@ def checkpoint_problem(ckpt: Path, needs_ema: bool) -> str | None:
     problems = manifest_problems(ckpt, hashes=True)
     if problems:
         return "; ".join(problems)
+    files = manifest["files"]
+    lacking = [name for name, present in (
+        (STATE_FILE, STATE_FILE in files), ("model weights (model*.safetensors)", any(
+            f.startswith("model") and f.endswith(".safetensors") for f in files)),
+        ("optimizer state (optimizer*.bin)", any(f.startswith("optimizer") for f in files))) if not present]
+    if lacking:
+        return f"its manifest does not list {', '.join(lacking)}"
     if needs_ema and EMA_FILE not in manifest["files"]:
         return f"{EMA_FILE} is missing (this run keeps an EMA)"
     try:
@@ -181,9 +194,10 @@ def restore_checkpoint(accelerator, output_dir, ema=None) -> tuple[Path, dict]:
                     ema.load(ckpt / EMA_FILE)
                 return ckpt, read_state(ckpt)
             except Exception as e:  # noqa: BLE001 - whatever a file holds, name it and fall back
-                problem = f"it cannot be loaded: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                problem = (f"it does not load into this run (damaged, or written by another configuration): "
+                           f"{write_failure(e)}")
         skipped.append(f"{ckpt.name}: {problem}")
         if accelerator.is_main_process:
-            print(f"unimm train: checkpoint {ckpt} is damaged: {problem}; trying the one before", file=sys.stderr)
+            print(f"unimm train: checkpoint {ckpt} cannot be used: {problem}; trying the one before", file=sys.stderr)
     raise CheckpointError(f"--resume: no intact checkpoint under {checkpoint_dir(output_dir)} ("
                           + "; ".join(skipped) + ")")

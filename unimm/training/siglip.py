@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict, to_dict
-from ..io import atomic_directory, check_destination
+from ..folders import atomic_directory, check_destination
+from .outputs import claim_output_dir
 
 
 @dataclass
@@ -88,7 +89,7 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     out = Path(cfg.output_dir)
     check_destination(out / "model", overwrite)  # refused now, not after the run
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, to_dict(cfg), overwrite=overwrite)
     log = (out / "metrics.jsonl").open("w")
     metrics = {}
     model.train()
@@ -113,7 +114,6 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
     with atomic_directory(out / "model", overwrite=overwrite, kind="siglip") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     return metrics
 
 

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, check_keys, from_dict, to_dict
 from ..data.images import ImageDataset, check_image_data_spec
-from ..io import check_destination
+from ..folders import check_destination
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
+from .outputs import claim_output_dir
 
 
 @dataclass
@@ -208,7 +209,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite:
 
     out = Path(cfg.output_dir)
     check_destination(out / "tokenizer", overwrite)  # refused now, not after the run
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, to_dict(cfg), overwrite=overwrite)
     log = (out / "metrics.jsonl").open("w") if acc.is_main_process else None
     bar = tqdm(total=cfg.steps, desc="tokenizer", disable=not (progress and acc.is_main_process))
     step, metrics = 0, {}
@@ -249,7 +250,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite:
     if acc.is_main_process:
         final.save_pretrained(out / "tokenizer", overwrite=overwrite)
         reconstruction_grid(final, eval_images, out / "reconstructions.png")
-        (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         log.close()
     if data.skipped:
         import warnings

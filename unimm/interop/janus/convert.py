@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from ...config import ConfigError, to_dict, write_json
-from ...io import atomic_directory, check_destination, read_weights
+from ...folders import atomic_directory, check_destination
+from ...io import read_weights
 from ...models.unified import CONFIG_NAME, STORAGE_DTYPES, UnifiedConfig, UnifiedModel
 from .configs import ConversionError, janus_parts, unified_config_dict
 from .keys import CODEBOOK, CODEBOOK_STATE, janus_rules, translate_state
