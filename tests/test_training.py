@@ -220,3 +220,44 @@ def test_default_model_recipe_configs_parse():
     decoder = read_config_file(str(recipes / "vq-shapes32-decoder.yaml"))
     assert set(decoder) <= {f.name for f in fields(TokenizerTrainConfig)}
     assert decoder["decoder_only"] is True and decoder["tokenizer"] == {"checkpoint": "runs/default/vq/tokenizer"}
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-flow"])
+def test_cached_targets_train_exactly_as_encoding_every_step(tmp_path, model):
+    """data.cache_dir: the frozen tokenizer's targets are computed once and give the same run."""
+    from unimm.training.cache import TargetCache
+
+    over = ["data.sources.t2i.num_samples=48", f"model={model}", "steps=3", "save_every=3"]
+    plain = train(_cfg(1, tmp_path / "plain", *over), progress=False)
+    cache = tmp_path / "cache"
+    cached = train(_cfg(1, tmp_path / "cached", *over, f"data.cache_dir={cache}"), progress=False)
+    a, b = unimm.load(str(plain)).model.state_dict(), unimm.load(str(cached)).model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    log = lambda run: [json.loads(x)["loss"] for x in (tmp_path / run / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert log("plain") == pytest.approx(log("cached"), abs=1e-6)
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".safetensors")
+    # Reused, not rebuilt: a second run reads the same files (the tokenizer and source did not change).
+    mtime = (cache / files[1]).stat().st_mtime_ns
+    train(_cfg(1, tmp_path / "again", *over, f"data.cache_dir={cache}", "steps=1", "save_every=1"), progress=False)
+    assert (cache / files[1]).stat().st_mtime_ns == mtime and len(list(cache.iterdir())) == 2
+    # The cached targets are what the tokenizer gives for those images.
+    from unimm.data.formats import build_source
+    from unimm.images import fit_square, to_tensor
+    from unimm.training.cache import _compute
+
+    pipe = unimm.load(str(plain))
+    source = build_source({"format": "shapes", "task": "generation", "image_size": 32, "num_samples": 4, "seed": 2})
+    captions, targets, valid = _compute(source, pipe.model, 32, 2, False)
+    assert valid.all() and captions == [source.get(j)["caption"] for j in range(4)]
+    images = torch.stack([to_tensor(fit_square(source.get(j)["image"], 32, "resize", (127, 127, 127)),
+                                    (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) for j in range(4)])
+    with torch.no_grad():
+        direct = pipe.model.images_to_targets(images)
+    assert torch.allclose(targets.to(direct.dtype), direct, atol=1e-5)
+
+
+def test_a_target_cache_needs_a_frozen_image_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match="data.cache_dir keeps the frozen image tokenizer's targets"):
+        _cfg(1, tmp_path, "data.cache_dir=x", "freeze.image_tokenizer=false")

@@ -41,6 +41,10 @@ def _progress_bar(desc: str, unit: str):
 
 
 def cmd_generate(args) -> int:
+    from PIL import Image
+
+    if args.upscale < 1:
+        raise ValueError(f"--upscale must be >= 1, got {args.upscale}")
     pipe = _load(args)
     images = pipe.generate(
         args.prompt, num_images=args.num_images, guidance_scale=args.guidance_scale,
@@ -53,6 +57,8 @@ def cmd_generate(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
     for im, path in zip(images, paths):
+        if args.upscale > 1:  # nearest neighbour: every model pixel becomes a crisp N x N block
+            im = im.resize((im.width * args.upscale, im.height * args.upscale), Image.Resampling.NEAREST)
         im.save(path)
         print(path)
     print(f"seed: {pipe.last_seed}", file=sys.stderr)
@@ -129,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None, help="masked passes / flow ODE steps")
     g.add_argument("--solver", choices=["euler", "heun"], default=None, help="flow ODE solver")
     g.add_argument("--shift", type=float, default=None, help="flow timestep shift")
+    g.add_argument("--upscale", type=int, default=1,
+                   help="write each image N times larger, nearest neighbour (crisp pixels); default: the model's size")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_args(g)
     g.set_defaults(func=cmd_generate)
@@ -203,7 +211,14 @@ def _delegated(command: str):
     return run
 
 
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    return f"unimm: warning: {message}\n"  # for people at a terminal, not a source location
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _plain_warning
     argv = sys.argv[1:] if argv is None else list(argv)
     # argparse's REMAINDER drops a leading "--option", so these go straight to their parsers.
     run = _delegated(argv[0]) if argv else None

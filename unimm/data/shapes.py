@@ -19,6 +19,8 @@ contains it, so spacing checks on circles hold for every shape.
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import hashlib
 import io
@@ -566,3 +568,13 @@ def write_llava_json(world: ShapesWorld, out_dir: str | os.PathLike, n: int | No
     path = out_dir / "llava.json"
     _atomic_write(path, json.dumps(records, indent=1).encode())
     return path
+
+
+def caption_vocabulary() -> tuple[str, ...]:
+    """Every word the shapes world's captions can use (lower case, sorted): what a model
+    trained on them has seen in a generation prompt. Read off the caption templates and
+    the values they are filled with, so it cannot drift from the captions."""
+    fillers = [*COLOURS, *SHAPES, *(s + "s" for s in SHAPES), *SIZES, *COUNTS, *_WHERE.values(), "is", "are",
+               "an"]  # "an" from the article fix before vowels
+    text = " ".join([*_SINGLE_CAPTIONS, *_COUNTING_CAPTIONS, *_PAIR_CAPTIONS, *fillers])
+    return tuple(sorted(set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text).lower()))))

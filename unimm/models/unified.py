@@ -28,7 +28,8 @@ from ..backbones import Backbone, BackboneConfig
 from ..config import ConfigError, from_dict, to_dict, write_json
 from ..encoders import SiglipEncoder, SiglipEncoderConfig
 from ..heads import GenerationConfig, build_head
-from ..io import atomic_directory, load_weights, save_weights
+from ..folders import atomic_directory
+from ..io import load_weights, save_weights
 from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
@@ -89,6 +90,10 @@ class UnifiedConfig:
     # float32 parameters (bf16/fp16 values are exact in float32); pass dtype= to load()
     # to compute in a lower precision.
     storage_dtype: str = "float32"
+    # Words the model saw in generation prompts while training: generate() warns about
+    # others, naming them. A list, "shapes" (the shapes world's caption words), or None
+    # (unknown: no warning).
+    vocabulary: list[str] | str | None = None
 
     def __post_init__(self):
         if self.format_version != FORMAT_VERSION:
@@ -103,6 +108,13 @@ class UnifiedConfig:
             )
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
+        if self.vocabulary == "shapes":
+            from ..data.shapes import caption_vocabulary
+
+            self.vocabulary = list(caption_vocabulary())
+        elif self.vocabulary is not None and not (isinstance(self.vocabulary, list)
+                                                  and all(isinstance(w, str) for w in self.vocabulary)):
+            raise ConfigError(f"vocabulary must be a list of words, 'shapes' or null, got {self.vocabulary!r}")
         if self.sampling.solver not in ("euler", "heun"):
             raise ConfigError(f"sampling.solver must be 'euler' or 'heun', got {self.sampling.solver!r}")
 

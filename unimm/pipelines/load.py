@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, read_config_file
-from ..io import reading
+from ..folders import reading
 from ..models.unified import CONFIG_NAME, UnifiedConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,12 +84,28 @@ def resolve_config(spec) -> UnifiedConfig:
     )
 
 
-def load(path_or_config=None, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
+class UntrainedModelWarning(UserWarning):
+    """load() was given a config, not a trained model: the weights are random."""
+
+
+def build_pipeline(config: UnifiedConfig, seed: int = 0):
+    """A fresh model from `config` with random weights drawn from `seed` (the same on every call);
+    the global RNG is left as it was."""
+    from .unified import UnimmPipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UnimmPipeline.from_config(config)
+
+
+def load(path_or_config=None, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+         seed: int = 0):
     """Open a pipeline.
 
     - a directory written by `save_pretrained` (config.json + safetensors + tokenizer);
     - a config (file path, name under configs/models, dict or UnifiedConfig): a fresh,
-      randomly initialised model, e.g. for training or tests;
+      untrained model with random weights drawn from `seed`, e.g. for training or tests
+      (an UntrainedModelWarning says so);
     - nothing: the default model shipped under weights/default.
     """
     from .unified import UnimmPipeline
@@ -109,5 +126,10 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
     elif is_dir and (Path(path_or_config) / CONFIG_NAME).is_file():
         pipe = UnimmPipeline.from_pretrained(path_or_config)
     else:
-        pipe = UnimmPipeline.from_config(resolve_config(path_or_config))
+        config = resolve_config(path_or_config)
+        what = repr(path_or_config) if isinstance(path_or_config, (str, os.PathLike)) else "this config"
+        warnings.warn(f"{what} builds an untrained model with random weights (seed {seed}): its images and answers "
+                      "are noise until it is trained. Open a trained model directory to use one (unimm.load() "
+                      "opens the shipped default).", UntrainedModelWarning, stacklevel=2)
+        pipe = build_pipeline(config, seed)
     return pipe.to(device=device, dtype=dtype)

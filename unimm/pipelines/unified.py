@@ -4,6 +4,8 @@ from __future__ import annotations
 import itertools
 import operator
 import random
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..images import to_pil
-from ..io import reading
+from ..folders import reading
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
 from ..processing import Processor, left_pad
 from ..sampling.autoregressive import generate_image_tokens
@@ -20,6 +22,10 @@ from ..sampling.masked import generate_masked_tokens
 from ..sampling.logits import check_sampling_args, make_generator
 from ..sampling.text import generate_text
 from ..tokenizers.text import load_text_tokenizer
+
+
+class UnknownWordsWarning(UserWarning):
+    """A generation prompt has words outside the model's training vocabulary (config.vocabulary)."""
 
 
 class UnimmPipeline:
@@ -71,6 +77,19 @@ class UnimmPipeline:
         return self.model.device
 
     # -- generation -------------------------------------------------------------
+    def _warn_unknown_words(self, prompts: list[str]) -> None:
+        known = self.config.vocabulary
+        if not known:
+            return
+        known = set(known)
+        for p in prompts:
+            unknown = sorted({w for w in re.findall(r"[a-z]+", p.lower()) if w not in known})
+            if unknown:
+                warnings.warn(f"the prompt {p!r} has words this model never saw in training: {', '.join(unknown)} "
+                              f"(it still draws, guided by the rest); the words it knows: {', '.join(sorted(known))}",
+                              UnknownWordsWarning, stacklevel=3)
+
+
     def generate(self, prompt_or_prompts: str | list[str], num_images: int = 1, guidance_scale: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  do_sample: bool | None = None, seed: int | None = None, batch_size: int | None = None,
@@ -89,6 +108,7 @@ class UnimmPipeline:
         `progress(step, total)` follows the tokens or steps.
         """
         prompts = _prompt_list(prompt_or_prompts)
+        self._warn_unknown_words(prompts)
         num_images = _positive_int(num_images, "num_images")
         opts = self._generation_options(guidance_scale, temperature, top_k, top_p, do_sample, steps, solver, shift)
         rows = [self.processor.generation_ids(p) for p in prompts for _ in range(num_images)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..io import SaveLoadMixin
@@ -20,6 +21,10 @@ from .quantizers import Quantizer, QuantizerConfig
 class VQConfig:
     image_size: int = 32  # the generation resolution; tokens per image = (image_size / downsample)^2
     in_channels: int = 3
+    # Pixels folded into channels before the first conv (pixel unshuffle, as DC-AE / ViT-VQGAN
+    # patchify), unfolded after the last: the conv stacks run at 1/patch_size resolution,
+    # patch_size^2 times cheaper at the widest level on a CPU. 1: convs see raw pixels.
+    patch_size: int = 1
     # One entry per resolution level; the grid is downsampled 2x between levels,
     # so len(block_out_channels) = 5 gives LlamaGen / Janus's 16x.
     block_out_channels: tuple[int, ...] = (32, 64, 64)
@@ -31,6 +36,8 @@ class VQConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
+        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+            raise ValueError(f"VQ patch_size must be an int >= 1, got {self.patch_size!r}")
         if self.image_size % self.downsample:
             raise ValueError(
                 f"VQ image_size {self.image_size} is not divisible by the downsampling factor {self.downsample}"
@@ -38,7 +45,7 @@ class VQConfig:
 
     @property
     def downsample(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
+        return self.patch_size * 2 ** (len(self.block_out_channels) - 1)
 
     @property
     def grid(self) -> int:
@@ -62,8 +69,9 @@ class VQTokenizer(SaveLoadMixin, nn.Module):
             block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
             norm_num_groups=config.norm_num_groups, mid_block_add_attention=attn,
         )
-        self.encoder = Encoder(config.in_channels, config.latent_channels, down_block_types=down, double_z=False, **common)
-        self.decoder = Decoder(config.latent_channels, config.in_channels, up_block_types=up, **common)
+        pixels = config.in_channels * config.patch_size**2  # channels the convs see
+        self.encoder = Encoder(pixels, config.latent_channels, down_block_types=down, double_z=False, **common)
+        self.decoder = Decoder(config.latent_channels, pixels, up_block_types=up, **common)
         qdim = config.quantizer.dim
         self.quant_conv = nn.Conv2d(config.latent_channels, qdim, 1)
         self.post_quant_conv = nn.Conv2d(qdim, config.latent_channels, 1)
@@ -79,12 +87,12 @@ class VQTokenizer(SaveLoadMixin, nn.Module):
 
     def encode(self, images: torch.Tensor):
         """images (B, 3, H, W) in [-1, 1] -> codes (B, C, h, w), ids (B, N), aux loss."""
-        z = self.quant_conv(self.encoder(images))  # (B, C, h, w)
+        z = self.quant_conv(self.encoder(F.pixel_unshuffle(images, self.config.patch_size)))  # (B, C, h, w)
         codes, ids, aux = self.quantizer(z)
         return codes, ids.flatten(1), aux
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(codes))  # (B, 3, H, W)
+        return F.pixel_shuffle(self.decoder(self.post_quant_conv(codes)), self.config.patch_size)  # (B, 3, H, W)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, N) -> images (B, 3, H, W) in roughly [-1, 1]."""

@@ -32,6 +32,10 @@ class DataConfig:
     # Probability of replacing a caption with the unconditional prompt, for classifier-free guidance.
     prompt_dropout: float = 0.1
     num_workers: int = 0
+    # Where the frozen image tokenizer's targets for every generation item are computed once
+    # and kept (safetensors); None: encode the images at every step. Needs a frozen
+    # image_tokenizer; stages that share sources and tokenizer share the files.
+    cache_dir: str | None = None
 
     def __post_init__(self):
         if set(self.ratios) != set(self.sources):
@@ -92,6 +96,9 @@ class TrainConfig:
         if self.export_dtype not in (None, "float32", "bfloat16", "float16"):
             # Checked here, not at export: a typo must not cost a whole run.
             raise ValueError(f"export_dtype must be float32, bfloat16 or float16, got {self.export_dtype!r}")
+        if self.data.cache_dir is not None and not self.freeze.get("image_tokenizer", False):
+            raise ValueError("data.cache_dir keeps the frozen image tokenizer's targets; this stage trains the "
+                             "image tokenizer (freeze.image_tokenizer: false), so its targets change every step")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

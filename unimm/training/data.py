@@ -29,9 +29,11 @@ def index_rng(seed: int, i: int) -> random.Random:
 class TrainingDataset(Dataset):
     def __init__(self, sources: dict, ratios: dict, processor: Processor, gen_image_size: int, length: int,
                  seed: int = 0, prompt_dropout: float = 0.0, max_positions: int | None = None,
-                 num_gen_tokens: int = 0):
+                 num_gen_tokens: int = 0, caches: dict | None = None):
         self.names = [n for n in sources if ratios[n] > 0]
         self.sources = sources
+        # name -> TargetCache: generation items served with precomputed targets, not images
+        self.caches = caches or {}
         self.weights = [float(ratios[n]) for n in self.names]
         self.processor, self.gen_image_size = processor, gen_image_size
         self.length, self.seed, self.prompt_dropout = length, seed, prompt_dropout
@@ -57,8 +59,9 @@ class TrainingDataset(Dataset):
         # What this item skipped travels with the sample: DataLoader workers hold their own
         # copies of the sources, so counters bumped there never reach the main process.
         before = self._counts(name)
+        lookup = self.caches[name].get if name in self.caches else source.get
         for _ in range(MAX_TRIES):
-            record = source.get(rng.randrange(len(source)))
+            record = lookup(rng.randrange(len(source)))
             sample = self._encode(record, rng) if record is not None else None
             if sample is not None:
                 sample["skipped"] = self._counts(name) - before
@@ -85,6 +88,9 @@ class TrainingDataset(Dataset):
             ids = p.generation_ids(caption)
             if self._too_long(len(ids) + self.num_gen_tokens):
                 return None
+            if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
+                return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
+                        "targets": record["targets"]}
             image = fit_square(record["image"], self.gen_image_size, "resize", (127, 127, 127))
             return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
                     "image": to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
@@ -129,7 +135,11 @@ class Collator:
         if gen:
             rows = [self.uncond(s["prompt_ids"]) if s["drop"] else s["prompt_ids"] for s in gen]
             ids, mask = left_pad(rows, self.pad_id)
-            out["gen"] = {"prompt_ids": ids, "prompt_mask": mask, "images": torch.stack([s["image"] for s in gen])}
+            out["gen"] = {"prompt_ids": ids, "prompt_mask": mask}
+            if all("targets" in s for s in gen):
+                out["gen"]["targets"] = torch.stack([s["targets"] for s in gen])
+            else:
+                out["gen"]["images"] = torch.stack([s["image"] for s in gen])
             out["n_tokens"] += int(mask.sum())  # the trainer adds the image tokens, which it knows
         return out
 

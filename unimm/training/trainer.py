@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ..io import DestinationError, check_destination
+from ..folders import DestinationError, check_destination
+from ..pipelines.load import build_pipeline, resolve_config
 from ..pipelines.load import load as load_pipeline
 from .checkpoints import (latest_checkpoint, list_checkpoints, remove_checkpoints, restore_checkpoint,
                           save_checkpoint)
 from .config import PARTS, TrainConfig
 from .data import Collator, TrainingDataset, warn_skipped
+from .outputs import claim_output_dir
 
 
 class EMA:
@@ -123,8 +125,11 @@ def _set_frozen_eval(model, freeze: dict) -> None:
 def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     und, gen = batch["und"], batch["gen"]
     if gen is not None:
-        with torch.no_grad():
-            targets = unwrapped.images_to_targets(gen["images"].to(unwrapped.dtype))
+        if "targets" in gen:  # precomputed (data.cache_dir); latents in the model's dtype
+            targets = gen["targets"].to(unwrapped.dtype) if gen["targets"].is_floating_point() else gen["targets"].long()
+        else:
+            with torch.no_grad():
+                targets = unwrapped.images_to_targets(gen["images"].to(unwrapped.dtype))
         gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets}
     if und is not None and und["pixel_values"] is not None:
         und = {**und, "pixel_values": und["pixel_values"].to(unwrapped.dtype)}
@@ -153,9 +158,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
-    _check_output(out_dir, resume, overwrite)
+    _check_output(out_dir, cfg, resume, overwrite, acc.is_main_process)
 
-    pipe = load_pipeline(cfg.init_from or cfg.model)
+    # A fresh model draws its weights from the run's seed (the same on every machine and resume).
+    pipe = load_pipeline(cfg.init_from) if cfg.init_from else build_pipeline(resolve_config(cfg.model), cfg.seed)
     model = pipe.model
     rows = apply_freeze(model, cfg.freeze)
     if cfg.lora is not None:
@@ -177,10 +183,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
 
     sources = {name: build_source(spec) for name, spec in cfg.data.sources.items()}
     total = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes
+    gen_size = model.config.image_tokenizer["image_size"]
+    caches = _target_caches(cfg, sources, model, gen_size, acc, progress)
     dataset = TrainingDataset(
-        sources, cfg.data.ratios, pipe.processor, model.config.image_tokenizer["image_size"], total, seed=cfg.seed,
+        sources, cfg.data.ratios, pipe.processor, gen_size, total, seed=cfg.seed,
         prompt_dropout=cfg.data.prompt_dropout, max_positions=model.backbone.max_positions,
-        num_gen_tokens=model.num_image_tokens,
+        num_gen_tokens=model.num_image_tokens, caches=caches,
     )
     unconditional = model.unconditional_ids  # bound now: `model` becomes the DDP wrapper below
     uncond = lambda ids: unconditional(torch.tensor(ids)).tolist()
@@ -263,15 +271,42 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     return _export(acc, unwrapped, ema, pipe, out_dir, cfg, overwrite)
 
 
-def _check_output(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse, before any work, what would make the run destroy or mix up files."""
+def _target_caches(cfg: TrainConfig, sources: dict, model, gen_size: int, acc, progress: bool) -> dict:
+    """With data.cache_dir: every generation source's targets, computed once by the frozen tokenizer."""
+    if cfg.data.cache_dir is None:
+        return {}
+    from .cache import TargetCache
+
+    names = [n for n, src in sources.items() if src.task == "generation" and cfg.data.ratios[n] > 0]
+    caches = {}
+    for name in names:  # the main process builds what is missing, then every process loads it
+        if acc.is_main_process:
+            caches[name] = TargetCache.build_or_load(sources[name], cfg.data.sources[name], model, gen_size,
+                                                     cfg.data.cache_dir, progress=progress)
+    acc.wait_for_everyone()
+    for name in names:
+        if name not in caches:
+            caches[name] = TargetCache.build_or_load(sources[name], cfg.data.sources[name], model, gen_size,
+                                                     cfg.data.cache_dir, main_process=False)
+    return caches
+
+
+def _check_output(out_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool, main: bool) -> None:
+    """Refuse, before any work, what would make the run destroy or mix up files; then claim out_dir."""
     check_destination(out_dir / "final", overwrite)
+    odd = [p.name for p in (out_dir / "checkpoints").glob("step-*") if not p.is_dir()]
+    if odd:
+        raise DestinationError(f"{out_dir / 'checkpoints'} holds {', '.join(sorted(odd))}, which "
+                               f"{'is a file' if len(odd) == 1 else 'are files'}, not checkpoints; move "
+                               f"{'it' if len(odd) == 1 else 'them'} away")
     found = list_checkpoints(out_dir)
     if found and not resume and not overwrite:
         raise DestinationError(
             f"{out_dir} already holds a run's checkpoints (up to {found[-1].name}); pass --resume to continue "
             "that run, or --overwrite to start over (its checkpoints are removed, its metrics rewritten)"
         )
+    if main:
+        claim_output_dir(out_dir, _jsonable(cfg), resume=resume or bool(found), overwrite=overwrite)
 
 
 def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig, overwrite: bool = False) -> Path:
@@ -285,7 +320,6 @@ def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig, overwrit
         pipe.model = unwrapped
         unwrapped.eval()
         pipe.save_pretrained(final, dtype=cfg.export_dtype, overwrite=overwrite)
-        (out_dir / "train_config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
         print(f"exported {final}")
     acc.wait_for_everyone()
     return final

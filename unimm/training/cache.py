@@ -1,0 +1,137 @@
+"""Generation targets computed once: the frozen image tokenizer's output for every item of a source.
+
+While the image tokenizer is frozen, the target of generation item j (VQ ids or
+VAE latents) never changes, yet without a cache every step renders or decodes
+the image and runs the tokenizer's encoder again. `TargetCache.build_or_load`
+does that once per source and stores the result in `data.cache_dir`:
+
+    targets-<key>.safetensors   "targets" (N, ...) and "valid" (N,) tensors
+    targets-<key>.json          the captions, the source spec and the counts
+
+`key` hashes the source spec, the generation image size and the tokenizer's
+config and weights, so a changed source or tokenizer never reads a stale cache.
+Both files are written atomically and read with safetensors and JSON: nothing
+in a cache is unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import to_dict
+from ..images import fit_square, to_tensor
+
+CACHE_VERSION = 1
+
+
+def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
+    h = hashlib.sha256(json.dumps(to_dict(tokenizer.resolved_config()), sort_keys=True).encode())
+    for name, t in sorted(tokenizer.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(spec: dict, image_size: int, fingerprint: str) -> str:
+    payload = json.dumps({"version": CACHE_VERSION, "source": spec, "image_size": image_size,
+                          "tokenizer": fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+class TargetCache:
+    """Item j of a generation source as {"task", "caption", "targets"} without rendering or encoding it."""
+
+    def __init__(self, captions: list[str | None], targets: torch.Tensor, valid: torch.Tensor, name: str):
+        self.captions, self.targets, self.valid, self.name = captions, targets, valid, name
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def get(self, j: int) -> dict | None:
+        if not bool(self.valid[j]):
+            return None  # the source skipped this item when the cache was built (counted then)
+        return {"task": "generation", "caption": self.captions[j], "targets": self.targets[j]}
+
+    @classmethod
+    def build_or_load(cls, source, spec: dict, model, image_size: int, cache_dir, main_process: bool = True,
+                      batch_size: int = 64, progress: bool = True) -> "TargetCache":
+        """Load the cache for (source, tokenizer), building it first if absent (main process only)."""
+        key = cache_key(spec, image_size, tokenizer_fingerprint(model.image_tokenizer))
+        root = Path(cache_dir)
+        tensors, meta = root / f"targets-{key}.safetensors", root / f"targets-{key}.json"
+        if main_process and not (tensors.is_file() and meta.is_file()):
+            captions, targets, valid = _compute(source, model, image_size, batch_size, progress)
+            root.mkdir(parents=True, exist_ok=True)
+            _write_atomic(tensors, lambda p: _save_tensors(p, targets, valid))
+            _write_atomic(meta, lambda p: p.write_text(json.dumps(
+                {"version": CACHE_VERSION, "source": spec, "image_size": image_size, "items": len(captions),
+                 "valid": int(valid.sum()), "captions": captions}, default=str)))
+        return cls.load(tensors, meta)
+
+    @classmethod
+    def load(cls, tensors: Path, meta: Path) -> "TargetCache":
+        from safetensors.torch import load_file
+
+        data = load_file(str(tensors))
+        info = json.loads(meta.read_text())
+        return cls(info["captions"], data["targets"], data["valid"].bool(), info["source"].get("format", "source"))
+
+
+def _save_tensors(path: Path, targets: torch.Tensor, valid: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"targets": targets.contiguous(), "valid": valid.to(torch.uint8)}, str(path))
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def _compute(source, model, image_size: int, batch_size: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    tok = model.image_tokenizer
+    was_training = tok.training
+    tok.eval()
+    param = next(tok.parameters())
+    captions: list[str | None] = []
+    chunks, pending = [], []
+
+    def flush():
+        if pending:
+            x = torch.stack(pending).to(device=param.device, dtype=param.dtype)
+            chunks.append(model.images_to_targets(x).float().cpu() if model.paradigm == "flow"
+                          else model.images_to_targets(x).to(torch.int32).cpu())
+            pending.clear()
+
+    rows: list[int] = []  # index of each encoded item
+    for j in tqdm(range(len(source)), desc="caching generation targets", unit="img", disable=not progress):
+        record = source.get(j)
+        if record is None:
+            captions.append(None)
+            continue
+        captions.append(record["caption"])
+        image = fit_square(record["image"], image_size, "resize", (127, 127, 127))
+        pending.append(to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+        rows.append(j)
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    tok.train(was_training)
+    encoded = torch.cat(chunks) if chunks else torch.zeros(0)
+    targets = torch.zeros((len(captions), *encoded.shape[1:]), dtype=encoded.dtype)
+    valid = torch.zeros(len(captions), dtype=torch.bool)
+    if rows:
+        targets[rows] = encoded
+        valid[rows] = True
+    return captions, targets, valid
