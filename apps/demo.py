@@ -41,6 +41,8 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, UnidentifiedImageError  # noqa: E402
 
 import unimm  # noqa: E402
+from unimm.generation.masked import MaskedOptions  # noqa: E402
+from unimm.generation.options import SampleOptions, TokenSamplingOptions  # noqa: E402
 from unimm.images import load_image  # noqa: E402
 
 # Prompts in the shapes-world phrasing the default model is trained on.
@@ -65,9 +67,10 @@ class Limits:
     (API calls skip the sliders, unit tests skip Gradio's own bound checks)."""
 
     max_images: int = 8
-    max_guidance: float = 20.0
-    max_temperature: float = 2.0
-    max_steps: int = 200
+    # The slider ends the sampling options declare (unimm.generation.options): one owner.
+    max_guidance: float = SampleOptions.spec("guidance_scale")["ui_max"]
+    max_temperature: float = TokenSamplingOptions.spec("temperature")["ui_max"]
+    max_steps: int = MaskedOptions.spec("steps")["ui_max"]
     max_new_tokens: int = 1024
     max_seed: int = 2**31 - 1
     max_image_pixels: int = 4096 * 4096  # well below PIL's decompression-bomb limit (~89 MP)
@@ -200,19 +203,21 @@ class Handlers:
 
     def __init__(self, pipe, limits: Limits = Limits()):
         self.pipe, self.limits = pipe, limits
-        self.paradigm = pipe.model.paradigm
+        self.family = pipe.model.family  # which options apply, their defaults and bounds
 
     @property
     def uses_temperature(self) -> bool:
-        return self.paradigm in ("autoregressive", "masked")
+        return "temperature" in self.family.options.names()
 
     @property
     def uses_steps(self) -> bool:
-        return self.paradigm in ("masked", "flow")
+        return "steps" in self.family.options.names()
 
-    def default_steps(self) -> int:
-        # Mirrors unimm's own default for an unset `steps` so the slider shows what would run.
-        return self.pipe.config.sampling.steps or (25 if self.paradigm == "flow" else 12)
+    def default_steps(self) -> int | None:
+        """What an unset `steps` runs for this model (None: the family takes no steps)."""
+        if not self.uses_steps:
+            return None
+        return self.family.options.default("steps", self.pipe.config.sampling)
 
     def generate(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
                  progress=gr.Progress()):
@@ -231,7 +236,7 @@ class Handlers:
             options["temperature"] = check_number(temperature, "Temperature", 0, lim.max_temperature)
         if self.uses_steps:
             options["steps"] = check_number(steps, "Steps", 1, lim.max_steps, integer=True)
-        unit = "tokens" if self.paradigm == "autoregressive" else "steps"
+        unit = self.family.progress_unit + "s"
 
         def report(step, total):
             progress((step, total), desc="Sampling", unit=unit)
@@ -289,7 +294,7 @@ def parameter_count(pipe) -> str:
 def model_info(pipe, model_name: str) -> dict[str, str]:
     return {
         "Model": model_name,
-        "Paradigm": pipe.model.paradigm,
+        "Paradigm": pipe.model.family.name,
         "Parameters": parameter_count(pipe),
         "Device": str(pipe.device),
         "Dtype": str(pipe.model.dtype).removeprefix("torch."),
@@ -348,7 +353,7 @@ def _image_tab(h: Handlers, pipe):
                                  info="How closely images follow the prompt (1 = no guidance)")
             temperature = gr.Slider(0, lim.max_temperature, value=d.temperature, step=0.05, label="Temperature",
                                     visible=h.uses_temperature, info="0 = greedy", elem_id="gen-temperature")
-            steps = gr.Slider(1, lim.max_steps, value=h.default_steps(), step=1, label="Steps",
+            steps = gr.Slider(1, lim.max_steps, value=h.default_steps() or 1, step=1, label="Steps",
                               visible=h.uses_steps, info="Decoding passes (masked) or ODE steps (flow)",
                               elem_id="gen-steps")
             with gr.Row():

@@ -53,3 +53,20 @@ def test_prompt_words_the_model_never_saw_are_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnknownWordsWarning)
         pipe.generate("a blue triangle on the left", seed=0)  # only known words: no warning
+
+
+def test_answers_have_no_leading_space_and_questions_are_normalised_for_the_default():
+    import warnings
+
+    import unimm
+
+    pipe = unimm.load()
+    image = pipe.generate("a red circle on the left", seed=0)[0]
+    answer = pipe.chat(image, "What colour is the circle?")
+    assert answer == answer.strip() and answer  # the space after "Assistant:" is the prompt's, not the answer's
+    assert "".join(pipe.chat(image, "What colour is the circle?", stream=True)) == answer
+    for variant in ("What color is the circle?", "WHAT COLOUR IS THE CIRCLE?", "what colour is the circle?"):
+        assert pipe.chat(image, variant) == answer, variant  # the model was trained on one spelling and case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.generate("A Red Circle in the Center", seed=0)  # normalised: no unknown words

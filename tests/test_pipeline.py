@@ -274,11 +274,11 @@ def test_chat_stops_at_end_of_sequence(tiny_pipe, shapes_image, monkeypatch):
         return logits
 
     monkeypatch.setattr(model, "text_logits", scripted)
-    assert tiny_pipe.chat(shapes_image, "What is it?", max_new_tokens=20) == " a red circle"
+    assert tiny_pipe.chat(shapes_image, "What is it?", max_new_tokens=20) == "a red circle"  # no answer_prefix space
     n_answer = len(script) - 10
     assert len(calls) == n_answer  # nothing decoded after EOS
     calls.clear()
-    assert "".join(tiny_pipe.chat(shapes_image, "What is it?", stream=True, max_new_tokens=20)) == " a red circle"
+    assert "".join(tiny_pipe.chat(shapes_image, "What is it?", stream=True, max_new_tokens=20)) == "a red circle"
 
 
 # -- more bad input (from review) ----------------------------------------------------------
@@ -288,7 +288,7 @@ def test_chat_stops_at_end_of_sequence(tiny_pipe, shapes_image, monkeypatch):
     (lambda p: p.generate([]), "expected a prompt string"),
     (lambda p: p.generate("a red circle", num_images=2.0), "num_images must be a whole number"),
     (lambda p: p.generate("a red circle", batch_size=-1), "batch_size must be >= 1"),
-    (lambda p: p.generate("a red circle", guidance_scale=float("nan")), "guidance_scale must be >= 0"),
+    (lambda p: p.generate("a red circle", guidance_scale=float("nan")), "guidance_scale must be a finite number"),
     (lambda p: p.generate("a red circle", seed=2**70), r"seed must be in \[0, 2\*\*63\)"),
     (lambda p: p.chat(None, "q", history=["ab"]), "history turn 0 must be"),
     (lambda p: p.chat(None, "q", history=[{"question": "a"}]), "history turn 0 lacks answer"),
@@ -306,9 +306,39 @@ def test_streaming_checks_its_input_before_returning(tiny_pipe):
         tiny_pipe.chat(None, "", stream=True)  # raised at the call, not at the first next()
 
 
-def test_options_a_paradigm_does_not_use_are_ignored(tiny_pipe):
-    a = tiny_pipe.generate("a red circle", temperature=0, steps=0, shift=0, solver="rk4")
-    assert a[0].tobytes() == tiny_pipe.generate("a red circle", temperature=0)[0].tobytes()
+def test_options_a_paradigm_does_not_take_are_named_errors(tiny_pipe):
+    with pytest.raises(ValueError, match=r"solver does not apply to the autoregressive paradigm; its options: "
+                                         r"guidance_scale, temperature, top_k, top_p"):
+        tiny_pipe.generate("a red circle", solver="rk4")
+    with pytest.raises(ValueError, match=r"shift, steps do not apply to the autoregressive paradigm"):
+        tiny_pipe.generate("a red circle", steps=4, shift=2.0)
+    flow = unimm.load("tiny-flow")
+    with pytest.raises(ValueError, match=r"temperature does not apply to the flow paradigm"):
+        flow.generate("a red circle", temperature=0.5)
+    with pytest.raises(ValueError, match=r"do_sample does not apply to the flow paradigm"):
+        flow.generate("a red circle", do_sample=False)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"temperature": float("nan")}, "temperature must be a finite number, got nan"),
+    ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number, got inf"),
+    ({"temperature": "hot"}, "temperature must be a number, got 'hot'"),
+    ({"top_k": 1.5}, "top_k must be an integer, got 1.5"),
+    ({"top_k": "5"}, "top_k must be an integer, got '5'"),
+    ({"top_p": 0}, r"top_p must be in \(0, 1\], got 0"),
+])
+def test_option_types_and_finiteness_are_checked_by_their_owner(tiny_pipe, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        tiny_pipe.generate("a red circle", **kw)
+
+
+def test_progress_takes_a_bool_or_a_callback(tiny_pipe, capsys):
+    a = tiny_pipe.generate("a red circle", temperature=0, progress=True)
+    b = tiny_pipe.generate("a red circle", temperature=0, progress=False)
+    assert a[0].tobytes() == b[0].tobytes()
+    assert "generating" in capsys.readouterr().err  # the tqdm bar
+    with pytest.raises(ValueError, match="progress must be True, False or a callable"):
+        tiny_pipe.generate("a red circle", progress="yes")
 
 
 @pytest.mark.parametrize("image, msg", [
@@ -357,3 +387,15 @@ def test_pickled_weights_are_named_and_never_read(saved_tiny, tmp_path):
     (target / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(FileNotFoundError, match="found pytorch_model.bin: pickled weights are not read"):
         unimm.load(str(target))
+
+
+def test_generate_and_chat_use_the_current_cache_api(tiny_pipe, shapes_image):
+    """No deprecated keyword reaches transformers (its warning printed on every call)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_pipe.generate("a red circle", temperature=0)
+        tiny_pipe.chat(shapes_image, "What colour is the circle?")
+        unimm.load("tiny-masked").generate("a red circle", temperature=0, steps=2)
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]

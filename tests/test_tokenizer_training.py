@@ -6,7 +6,8 @@ import torch
 
 from unimm.cli import main
 from unimm.tokenizers import VAETokenizer, VQTokenizer
-from unimm.training.tokenizer import codebook_usage, load_train_config, train_tokenizer
+from unimm.tokenizers.vq import codebook_usage
+from unimm.training.tokenizer import load_train_config, train_tokenizer
 
 SMALL_VQ = {"type": "vq", "image_size": 16, "block_out_channels": [16, 16], "norm_num_groups": 8, "latent_channels": 16,
             "quantizer": {"codebook_size": 32, "dead_code_threshold": 1}}

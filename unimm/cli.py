@@ -22,24 +22,6 @@ def _load(args):
     return unimm.load(args.model, device=device, dtype=args.dtype)
 
 
-def _progress_bar(desc: str, unit: str):
-    from tqdm.auto import tqdm
-
-    bar = None
-
-    def update(step: int, total: int):
-        nonlocal bar
-        if bar is None or step == 1:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
-        bar.update(1)
-        if step == total:
-            bar.close()
-
-    return update
-
-
 def cmd_generate(args) -> int:
     from PIL import Image
 
@@ -50,8 +32,7 @@ def cmd_generate(args) -> int:
         args.prompt, num_images=args.num_images, guidance_scale=args.guidance_scale,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         batch_size=args.batch_size, steps=args.steps, solver=args.solver, shift=args.shift,
-        progress=None if args.quiet else _progress_bar(
-            "generating", "tok" if pipe.model.paradigm == "autoregressive" else "step"),
+        progress=not args.quiet,
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="rows decoded together (bounds memory)")
     g.add_argument("--steps", type=int, default=None, help="masked passes / flow ODE steps")
-    g.add_argument("--solver", choices=["euler", "heun"], default=None, help="flow ODE solver")
+    g.add_argument("--solver", default=None, help="flow ODE solver (euler or heun)")
     g.add_argument("--shift", type=float, default=None, help="flow timestep shift")
     g.add_argument("--upscale", type=int, default=1,
                    help="write each image N times larger, nearest neighbour (crisp pixels); default: the model's size")

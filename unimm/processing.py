@@ -6,6 +6,7 @@ sequence; the model only sees ids, pixels and masks.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,11 @@ class PromptConfig:
     # Strip whitespace at the very start and end of a turn's text (questions, answers and
     # the text-to-image prompt), as transformers' Janus-Pro chat template does.
     strip_text: bool = False
+    # Bring questions and text-to-image prompts to the form the training text had: lower
+    # case (questions: first letter capital) and British spelling ("color" -> "colour").
+    # For models trained on a closed vocabulary (the shapes world), whose tokenizer never
+    # saw "WHAT" or "color"; a model trained on open text should leave it off.
+    normalise: bool = False
 
     def __post_init__(self):
         if "{content}" not in self.user:
@@ -100,6 +106,8 @@ class Processor:
 
     def _user_content(self, question: str, num_images: int) -> str:
         """Expand <image> placeholders; images without one go first (Janus), laid out per prompt.image_layout."""
+        if self.prompt.normalise:
+            question = self.image_token.join(normalise_text(t, sentence=True) for t in question.split(self.image_token))
         written = question.count(self.image_token)
         if written > num_images:
             raise ValueError(f"the question has {written} {self.image_token} placeholders but {num_images} image(s) were given")
@@ -167,10 +175,24 @@ class Processor:
             raise ValueError("the prompt is empty; describe the image to generate")
         ids = [self.ids.bos] if self.prompt.add_bos and self.ids.bos is not None else []
         text = prompt.strip() if self.prompt.strip_text else prompt
+        text = normalise_text(text, sentence=False) if self.prompt.normalise else text
         return ids + self._encode(self.prompt.generation.format(prompt=text)) + [self.ids.boi]
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+# American spellings of the words a British-spelled training text uses.
+_BRITISH = {"color": "colour", "colors": "colours", "colored": "coloured", "gray": "grey", "center": "centre",
+            "centered": "centred"}
+
+
+def normalise_text(text: str, sentence: bool) -> str:
+    """Lower case with British spelling; `sentence`: the first letter capital ("What colour ...")."""
+    text = re.sub(r"[A-Za-z]+", lambda m: _BRITISH.get(m.group(0).lower(), m.group(0).lower()), text)
+    if sentence:
+        text = re.sub(r"^(\s*)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
+    return text
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

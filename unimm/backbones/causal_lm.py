@@ -6,6 +6,7 @@ their own embeddings and read their own heads.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 
@@ -80,9 +81,16 @@ class Backbone(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.lm.get_output_embeddings()
 
-    def decoder(self, inputs_embeds: torch.Tensor, **kwargs):
-        """Run the transformer stack without the LM head; returns the base model output."""
-        return self.lm.get_decoder()(inputs_embeds=inputs_embeds, use_cache=kwargs.pop("use_cache", True), **kwargs)
+    def decoder(self, inputs_embeds: torch.Tensor, cache=None, **kwargs):
+        """Run the transformer stack without the LM head; returns the base model output.
+
+        `cache` (a transformers Cache) goes in under the name this transformers version
+        takes: `cache` from 5.2x on, `past_key_values` before (deprecated since, removed in 5.40).
+        """
+        decoder = self.lm.get_decoder()
+        if cache is not None:
+            kwargs[_cache_keyword(type(decoder))] = cache
+        return decoder(inputs_embeds=inputs_embeds, use_cache=kwargs.pop("use_cache", True), **kwargs)
 
     def resolved_config(self) -> BackboneConfig:
         """The config that rebuilds this backbone without the original checkpoint."""
@@ -93,3 +101,9 @@ class Backbone(nn.Module):
             pretrained=None, model_type=cfg.model_type, config=full,
             attn_implementation=self.config.attn_implementation,
         )
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(decoder_class) -> str:
+    params = inspect.signature(decoder_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

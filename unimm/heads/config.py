@@ -4,13 +4,11 @@ from dataclasses import dataclass
 
 from ..projectors.base import check_activation
 
-PARADIGMS = ("autoregressive", "masked", "flow")
-
-
 @dataclass
 class GenerationConfig:
-    # autoregressive: next VQ token (Janus, LlamaGen); masked: MaskGIT-style parallel
-    # decoding of VQ tokens (Show-o); flow: rectified flow on VAE latents (JanusFlow, Transfusion).
+    # A registered generation family (unimm.generation): autoregressive (next VQ token: Janus,
+    # LlamaGen), masked (MaskGIT-style parallel decoding of VQ tokens: Show-o), flow (rectified
+    # flow on VAE latents: JanusFlow, Transfusion), or one registered by your own module.
     paradigm: str = "autoregressive"
     embed_dim: int | None = None  # discrete paradigms: image-token embedding width; None: the VQ code dim (Janus)
     aligner_depth: int = 2  # MLP from the image embedding (or latent patch) to the backbone width
@@ -26,8 +24,9 @@ class GenerationConfig:
     shift: float = 1.0
 
     def __post_init__(self):
-        if self.paradigm not in PARADIGMS:
-            raise ValueError(f"generation paradigm {self.paradigm!r} is not available; choose one of {', '.join(PARADIGMS)}")
+        from ..generation import get_family
+
+        get_family(self.paradigm)  # names the registered paradigms if it is not one of them
         if self.patch_size < 1 or self.shift <= 0 or self.logit_std <= 0:
             raise ValueError("patch_size must be >= 1, shift > 0 and logit_std > 0")
         check_activation(self.activation)

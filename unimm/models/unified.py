@@ -27,8 +27,9 @@ from torch import nn
 from ..backbones import Backbone, BackboneConfig
 from ..config import ConfigError, from_dict, to_dict, write_json
 from ..encoders import SiglipEncoder, SiglipEncoderConfig
-from ..heads import GenerationConfig, build_head
 from ..folders import atomic_directory
+from ..generation import get_family
+from ..heads import GenerationConfig
 from ..io import load_weights, save_weights
 from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
@@ -100,7 +101,7 @@ class UnifiedConfig:
             raise ValueError(f"config format_version {self.format_version} is not supported (expected {FORMAT_VERSION})")
         self.projector = normalise_projector_spec(self.projector)
         self.image_tokenizer = normalise_image_tokenizer_spec(self.image_tokenizer)
-        wants = "vae" if self.generation.paradigm == "flow" else "vq"
+        wants = get_family(self.generation.paradigm).tokenizer_type
         if self.image_tokenizer["type"] != wants:
             raise ConfigError(
                 f"the {self.generation.paradigm} paradigm needs a {wants!r} image tokenizer, "
@@ -135,7 +136,8 @@ class UnifiedModel(nn.Module):
         D = self.backbone.hidden_size
         self.projector = build_projector(config.projector, self.encoder.hidden_size, D, self.encoder.num_patches)
         self.image_tokenizer = build_image_tokenizer(config.image_tokenizer)
-        self.gen_head = build_head(config.generation, self.image_tokenizer, D)
+        self.family = get_family(config.generation.paradigm)  # owns head, loss, sampler and options
+        self.gen_head = self.family.build_head(config.generation, self.image_tokenizer, D)
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -150,7 +152,7 @@ class UnifiedModel(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         """Tokens one generated image takes (N)."""
-        return self.gen_head.num_tokens if self.paradigm == "flow" else self.image_tokenizer.num_tokens
+        return self.family.num_tokens(self)
 
     @property
     def device(self) -> torch.device:
@@ -205,9 +207,7 @@ class UnifiedModel(nn.Module):
     @torch.no_grad()
     def images_to_targets(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> generation targets: (B, N) VQ ids, or (B, C, h, w) VAE latents."""
-        if self.paradigm == "flow":
-            return self.image_tokenizer.encode(images)
-        return self.image_tokenizer.encode(images)[1]
+        return self.image_tokenizer.to_targets(images)
 
     def decode_images(self, targets: torch.Tensor) -> torch.Tensor:
         """VQ ids (B, N) or latents (B, C, h, w) -> images (B, 3, H, W) in about [-1, 1]."""
@@ -243,24 +243,8 @@ class UnifiedModel(nn.Module):
         return F.cross_entropy(logits.float(), targets[keep])
 
     def generation_loss(self, prompt_ids, prompt_mask, targets, generator=None) -> torch.Tensor:
-        """The paradigm's image loss for prompts (ending in BOI) and targets from `images_to_targets`."""
-        if self.paradigm == "masked":
-            corrupted, masked = self.gen_head.mask(targets, generator)
-            h = self.image_span_hidden(prompt_ids, prompt_mask, self.gen_head.embed(corrupted))
-            return self.gen_head.loss(h, targets, masked)
-        if self.paradigm == "flow":
-            x_t, t, velocity = self.gen_head.noise(targets, generator)
-            h = self.image_span_hidden(prompt_ids, prompt_mask, self.gen_head.embed(x_t, t))
-            return self.gen_head.loss(h, velocity)
-        return self._autoregressive_loss(prompt_ids, prompt_mask, targets)
-
-    def _autoregressive_loss(self, prompt_ids, prompt_mask, image_ids) -> torch.Tensor:
-        """The prompt predicts image_ids (B, N) one by one."""
-        L = prompt_ids.shape[1]
-        embeds = torch.cat([self.backbone.embed(prompt_ids), self.embed_image_tokens(image_ids[:, :-1])], 1)
-        mask = self.span_key_mask(prompt_mask, image_ids.shape[1] - 1)  # (B, L + N - 1)
-        h = self.hidden_states(embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
-        return self.gen_head.loss(h[:, L - 1:], image_ids)  # positions L-1 .. L+N-2 predict tokens 0 .. N-1
+        """The family's image loss for prompts (ending in BOI) and targets from `images_to_targets`."""
+        return self.family.loss(self, prompt_ids, prompt_mask, targets, generator)
 
     def forward(self, und: dict | None = None, gen: dict | None = None) -> dict[str, torch.Tensor]:
         """Losses for an understanding batch, a generation batch, or both (summed)."""

@@ -1,6 +1,7 @@
 """The public API: `pipe.generate(...)` makes images, `pipe.chat(...)` answers about them."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import random
@@ -15,10 +16,7 @@ from PIL import Image
 from ..images import to_pil
 from ..folders import reading
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
-from ..processing import Processor, left_pad
-from ..sampling.autoregressive import generate_image_tokens
-from ..sampling.flow import generate_latents
-from ..sampling.masked import generate_masked_tokens
+from ..processing import Processor, left_pad, normalise_text
 from ..sampling.logits import check_sampling_args, make_generator
 from ..sampling.text import generate_text
 from ..tokenizers.text import load_text_tokenizer
@@ -83,34 +81,38 @@ class UnimmPipeline:
             return
         known = set(known)
         for p in prompts:
-            unknown = sorted({w for w in re.findall(r"[a-z]+", p.lower()) if w not in known})
+            text = normalise_text(p, sentence=False) if self.config.prompt.normalise else p.lower()
+            unknown = sorted({w for w in re.findall(r"[a-z]+", text) if w not in known})
             if unknown:
                 warnings.warn(f"the prompt {p!r} has words this model never saw in training: {', '.join(unknown)} "
                               f"(it still draws, guided by the rest); the words it knows: {', '.join(sorted(known))}",
                               UnknownWordsWarning, stacklevel=3)
 
-
     def generate(self, prompt_or_prompts: str | list[str], num_images: int = 1, guidance_scale: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  do_sample: bool | None = None, seed: int | None = None, batch_size: int | None = None,
                  steps: int | None = None, solver: str | None = None, shift: float | None = None,
-                 progress=None) -> list[Image.Image]:
+                 progress=None, **options) -> list[Image.Image]:
         """Generate `num_images` images per prompt; returns them prompt by prompt.
 
-        The same call serves every paradigm. Unset options take the model's
-        shipped sampling defaults (config.sampling); options a paradigm does not
-        use are ignored by it.
+        The same call serves every generation family. Sampling options (the named
+        ones and any other a family defines, passed as keywords) are defaulted and
+        checked by the family's options dataclass (`sampling_options`); unset ones take
+        the model's shipped defaults (config.sampling). An option the model's family
+        does not take is an error naming it:
         - autoregressive / masked: temperature (0 or do_sample=False: greedy), top_k, top_p;
         - masked / flow: `steps` (decoding passes / ODE steps);
         - flow: `solver` ("euler" or "heun") and the timestep `shift`.
         `batch_size` caps the rows decoded together (CFG doubles them) to bound
         memory; the same seed and batch_size give the same images.
-        `progress(step, total)` follows the tokens or steps.
+        `progress`: True shows a progress bar, a callable is called as `progress(step, total)`.
         """
         prompts = _prompt_list(prompt_or_prompts)
         self._warn_unknown_words(prompts)
         num_images = _positive_int(num_images, "num_images")
-        opts = self._generation_options(guidance_scale, temperature, top_k, top_p, do_sample, steps, solver, shift)
+        opts = self.sampling_options(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, do_sample=do_sample, steps=steps, solver=solver, shift=shift,
+                                     **options)
         rows = [self.processor.generation_ids(p) for p in prompts for _ in range(num_images)]
         longest, limit = max(len(r) for r in rows), self.model.backbone.max_positions
         if limit is not None and longest + self.model.num_image_tokens > limit:
@@ -121,38 +123,30 @@ class UnimmPipeline:
         batch_size = len(rows) if batch_size is None else _positive_int(batch_size, "batch_size")
         self.last_seed = _seed(seed)
         generator = make_generator(self.last_seed, self.device)
-        sampler = SAMPLERS[self.model.paradigm]
+        family = self.model.family
         images: list[Image.Image] = []
-        for start in range(0, len(rows), batch_size):
-            ids, mask = left_pad(rows[start:start + batch_size], self.model.token_ids.pad)
-            targets = sampler(self.model, ids.to(self.device), mask.to(self.device), generator=generator,
-                              progress=progress, **opts)
-            with torch.inference_mode():
-                images += to_pil(self.model.decode_images(targets))
+        with _progress_callback(progress, family.progress_unit) as report:
+            for start in range(0, len(rows), batch_size):
+                ids, mask = left_pad(rows[start:start + batch_size], self.model.token_ids.pad)
+                targets = family.sample(self.model, ids.to(self.device), mask.to(self.device), opts,
+                                        generator=generator, progress=report)
+                with torch.inference_mode():
+                    images += to_pil(self.model.decode_images(targets))
         return images
 
-    def _generation_options(self, guidance_scale, temperature, top_k, top_p, do_sample, steps, solver, shift) -> dict:
-        """Fill unset options from config.sampling, check them, keep those the paradigm's sampler takes."""
-        d, paradigm = self.config.sampling, self.model.paradigm
-        guidance_scale = float(d.guidance_scale if guidance_scale is None else guidance_scale)
-        if not guidance_scale >= 0:  # also catches NaN
-            raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale}")
-        opts = {"guidance_scale": guidance_scale}
-        if paradigm in ("autoregressive", "masked"):
-            temperature = 0.0 if do_sample is False else d.temperature if temperature is None else temperature
-            top_k = d.top_k if top_k is None else top_k
-            top_p = d.top_p if top_p is None else top_p
-            check_sampling_args(temperature, top_k, top_p)
-            opts.update(temperature=temperature, top_k=top_k, top_p=top_p)
-        if paradigm in ("masked", "flow"):
-            default_steps = d.steps or (25 if paradigm == "flow" else 12)
-            opts["steps"] = _positive_int(default_steps if steps is None else steps, "steps")
-        if paradigm == "flow":
-            opts["solver"] = solver or d.solver
-            opts["shift"] = float(d.shift if shift is None else shift)
-            if not opts["shift"] > 0:
-                raise ValueError(f"shift must be > 0, got {opts['shift']}")
-        return opts
+    def sampling_options(self, do_sample: bool | None = None, **given):
+        """The family's options for one call: `given` (None = unset) over config.sampling, checked.
+
+        `do_sample=False` means temperature 0 (greedy) for families that sample tokens.
+        """
+        family = self.model.family
+        if do_sample is not None:
+            if "temperature" not in family.options.names():
+                raise ValueError(f"do_sample does not apply to the {family.name} paradigm; its options: "
+                                 f"{', '.join(family.options.names())}")
+            if do_sample is False:
+                given["temperature"] = 0.0
+        return family.options.resolve(given, self.config.sampling, family.name)
 
     # -- chat -------------------------------------------------------------------
     def _chat_inputs(self, images, question: str, history):
@@ -210,21 +204,28 @@ class UnimmPipeline:
         tokens = self._answer_tokens(image_or_images, question, history, max_new_tokens, temperature, top_k, top_p, seed)
         if stream:
             return self._stream_text(tokens)
-        return self.processor.decode(list(tokens))
+        return self._answer_text(list(tokens))
+
+    def _answer_text(self, ids: list[int]) -> str:
+        """Decoded answer without the prompt's answer prefix (the space after "Assistant:"), which
+        the model generates as part of its first token."""
+        text = self.processor.decode(ids)
+        prefix = self.config.prompt.answer_prefix
+        return text[len(prefix):] if prefix and text.startswith(prefix) else text
 
     def _stream_text(self, tokens) -> Iterator[str]:
         ids: list[int] = []
         emitted = ""
         for t in tokens:
             ids.append(t)
-            text = self.processor.decode(ids)
+            text = self._answer_text(ids)
             # Hold back a piece that ends inside a multi-byte character.
             if text.endswith("\ufffd") or not text.startswith(emitted):
                 continue
             if len(text) > len(emitted):
                 yield text[len(emitted):]
                 emitted = text
-        text = self.processor.decode(ids)
+        text = self._answer_text(ids)
         if len(text) > len(emitted) and text.startswith(emitted):
             yield text[len(emitted):]
 
@@ -234,7 +235,34 @@ class UnimmPipeline:
                 f"params={n / 1e6:.2f}M, device={self.device}, dtype={self.model.dtype})")
 
 
-SAMPLERS = {"autoregressive": generate_image_tokens, "masked": generate_masked_tokens, "flow": generate_latents}
+@contextlib.contextmanager
+def _progress_callback(progress, unit: str):
+    """`progress` as a (step, total) callback: None/False none, True a tqdm bar, a callable as it is."""
+    if progress is None or progress is False:
+        yield None
+        return
+    if callable(progress) and not isinstance(progress, bool):
+        yield progress
+        return
+    if progress is not True:
+        raise ValueError(f"progress must be True, False or a callable (step, total), got {progress!r}")
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(step: int, total: int):
+        nonlocal bar
+        if bar is None or step == 1:  # a new batch starts a new bar
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc="generating", unit=unit, leave=False)
+        bar.update(1)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _prompt_list(prompt_or_prompts) -> list[str]:

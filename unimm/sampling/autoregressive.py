@@ -42,7 +42,7 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
     for i in range(N):
         step_mask = key_mask[:, :seen] if mask4d is None else mask4d[:, :, seen - embeds.shape[1]:seen]
         h = model.hidden_states(embeds, attention_mask=step_mask, position_ids=pos,
-                                past_key_values=cache, cache_position=cache_pos)
+                                cache=cache, cache_position=cache_pos)
         logits = guide(model.image_logits(h[:, -1]).float(), B, guidance_scale)  # (B, K)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         out[:, i] = nxt

@@ -37,7 +37,7 @@ class ImageSpanDecoder:
         pos = positions(model.span_key_mask(prompt_mask, N))  # (rows, L + N)
         device = prompt_ids.device
         model.hidden_states(model.backbone.embed(prompt_ids), attention_mask=mask[:, :, :L, :L], position_ids=pos[:, :L],
-                            past_key_values=self.cache, cache_position=torch.arange(L, device=device))
+                            cache=self.cache, cache_position=torch.arange(L, device=device))
         self.span_mask, self.span_pos = mask[:, :, L:], pos[:, L:]
         self.span_cache_pos = torch.arange(L, L + N, device=device)
 
@@ -48,7 +48,7 @@ class ImageSpanDecoder:
         if not self.cache_prompt:
             return self.model.image_span_hidden(self.prompt_ids, self.prompt_mask, span_embeds)
         h = self.model.hidden_states(span_embeds, attention_mask=self.span_mask, position_ids=self.span_pos,
-                                     past_key_values=self.cache, cache_position=self.span_cache_pos)
+                                     cache=self.cache, cache_position=self.span_cache_pos)
         self.cache.crop(-self.n)  # back to the prompt alone for the next step
         return h
 

@@ -31,7 +31,7 @@ def generate_text(model: UnifiedModel, input_ids: torch.Tensor, attention_mask: 
     padded = not bool(mask.all())  # without padding the model's own causal mask is all that is needed
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
-        h = model.hidden_states(embeds, attention_mask=mask if padded else None, position_ids=pos, past_key_values=cache)
+        h = model.hidden_states(embeds, attention_mask=mask if padded else None, position_ids=pos, cache=cache)
         logits = model.text_logits(h[:, -1])  # (B, V)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, eos), nxt)

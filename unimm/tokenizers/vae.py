@@ -85,6 +85,10 @@ class VAETokenizer(SaveLoadMixin, nn.Module):
         z = dist.sample(generator) if sample else dist.mean
         return (z - self.shift_factor) * self.scaling_factor
 
+    def to_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tokenizer contract: images (B, 3, H, W) in [-1, 1] -> normalised latents (B, C, h, w)."""
+        return self.encode(images)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         z = latents / self.scaling_factor + self.shift_factor
         return self.vae.decode(z.to(self.vae.dtype)).sample  # (B, 3, H, W)
@@ -94,3 +98,23 @@ class VAETokenizer(SaveLoadMixin, nn.Module):
         dist = self.vae.encode(images).latent_dist
         recon = self.vae.decode(dist.sample(generator)).sample
         return recon, dist.kl().mean()
+
+    # -- the training contract (unimm.training.tokenizer) ---------------------------
+    decoder_prefixes = ("vae.decoder.", "vae.post_quant_conv.")  # what decoder-only fine-tuning trains
+
+    def training_forward(self, images: torch.Tensor):
+        """(reconstruction, {name: regulariser}) for one training step: the KL term."""
+        recon, kl = self(images)
+        return recon, {"kl": kl}
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+    def usage(self, images: torch.Tensor) -> dict[str, float]:
+        return {}  # a continuous latent has no codebook to report on
+
+    @torch.no_grad()
+    def calibrate(self, images: torch.Tensor) -> None:
+        """SD's recipe: shift and scale latents to zero mean, unit variance for the generator that reads them."""
+        z = self.vae.encode(images).latent_dist.mean
+        self.shift_factor, self.scaling_factor = float(z.mean()), float(1.0 / z.std().clamp_min(1e-6))

@@ -100,6 +100,38 @@ class VQTokenizer(SaveLoadMixin, nn.Module):
         codes = self.quantizer.codes_from_ids(ids.reshape(ids.shape[0], g, g))
         return self.decode_codes(codes.to(self.post_quant_conv.weight.dtype))
 
+    def to_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tokenizer contract: images (B, 3, H, W) in [-1, 1] -> what a generator learns (ids (B, N))."""
+        return self.encode(images)[1]
+
     def forward(self, images: torch.Tensor):
         codes, ids, aux = self.encode(images)
         return self.decode_codes(codes), ids, aux
+
+    # -- the training contract (unimm.training.tokenizer) ---------------------------
+    decoder_prefixes = ("decoder.", "post_quant_conv.")  # what decoder-only fine-tuning trains
+
+    def training_forward(self, images: torch.Tensor):
+        """(reconstruction, {name: regulariser}) for one training step: the quantizer's aux loss."""
+        recon, _, aux = self(images)
+        return recon, {"aux": aux}
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images)[0]
+
+    @torch.no_grad()
+    def usage(self, images: torch.Tensor) -> dict[str, float]:
+        """Codebook use on `images`: perplexity of the code histogram and unused codes."""
+        return codebook_usage(self.encode(images)[1], self.num_codes)
+
+    def calibrate(self, images: torch.Tensor) -> None:
+        """Nothing to fit after training: ids need no scaling."""
+
+
+def codebook_usage(ids: torch.Tensor, num_codes: int) -> dict[str, float]:
+    """Perplexity of the code histogram (num_codes = all used evenly) and unused codes."""
+    counts = torch.bincount(ids.flatten(), minlength=num_codes).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"perplexity": float(entropy.exp()), "unused_codes": int((counts == 0).sum()),
+            "used_fraction": float((counts > 0).float().mean())}

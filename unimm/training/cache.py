@@ -110,8 +110,8 @@ def _compute(source, model, image_size: int, batch_size: int, progress: bool):
     def flush():
         if pending:
             x = torch.stack(pending).to(device=param.device, dtype=param.dtype)
-            chunks.append(model.images_to_targets(x).float().cpu() if model.paradigm == "flow"
-                          else model.images_to_targets(x).to(torch.int32).cpu())
+            t = model.images_to_targets(x).cpu()  # ids (int) or latents (float), whatever the paradigm reads
+            chunks.append(t.float() if t.is_floating_point() else t.to(torch.int32))
             pending.clear()
 
     rows: list[int] = []  # index of each encoded item

@@ -84,24 +84,11 @@ class PerceptualLoss(torch.nn.Module):
         return self.weight * F.mse_loss(feats(recon), feats(target))
 
 
-def codebook_usage(ids: torch.Tensor, num_codes: int) -> dict[str, float]:
-    """Perplexity of the code histogram (num_codes = all used evenly) and unused codes."""
-    counts = torch.bincount(ids.flatten(), minlength=num_codes).float()
-    p = counts / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"perplexity": float(entropy.exp()), "unused_codes": int((counts == 0).sum()),
-            "used_fraction": float((counts > 0).float().mean())}
-
-
 def _losses(tok, images, cfg: TokenizerTrainConfig, perceptual):
-    if tok.type_name == "vq":
-        recon, _, aux = tok(images)
-        extra = cfg.aux_weight * aux
-    else:
-        recon, kl = tok(images)
-        extra = cfg.kl_weight * kl
+    recon, regularisers = tok.training_forward(images)
+    weights = {"aux": cfg.aux_weight, "kl": cfg.kl_weight}
     rec = F.l1_loss(recon, images) if cfg.recon_loss == "l1" else F.mse_loss(recon, images)
-    parts = {"recon": rec, "aux" if tok.type_name == "vq" else "kl": extra}
+    parts = {"recon": rec, **{k: weights.get(k, 1.0) * v for k, v in regularisers.items()}}
     if perceptual is not None:
         parts["perceptual"] = perceptual(recon, images)
     return sum(parts.values()), parts
@@ -115,14 +102,10 @@ def _codebook_ready(tok) -> bool:
     return initted is None or bool(initted)
 
 
-def _decoder_prefixes(tok) -> tuple[str, ...]:
-    return ("decoder.", "post_quant_conv.") if tok.type_name == "vq" else ("vae.decoder.", "vae.post_quant_conv.")
-
-
 def freeze_all_but_decoder(tok) -> None:
     """requires_grad only on the decoder side; the encoder side also goes to eval mode, so
     no EMA codebook update, dead-code replacement or dropout can move any image's codes."""
-    prefixes = _decoder_prefixes(tok)
+    prefixes = tok.decoder_prefixes
     for name, p in tok.named_parameters():
         p.requires_grad_(name.startswith(prefixes))
     tok.train()
@@ -144,12 +127,7 @@ def _restore(tok, modes: dict[str, bool]) -> None:
 def evaluate(tok, images: torch.Tensor) -> dict[str, float]:
     modes = _modes(tok)
     tok.eval()
-    if tok.type_name == "vq":
-        recon, ids, _ = tok(images)
-        out = codebook_usage(ids, tok.num_codes)
-    else:
-        recon = tok.decode(tok.encode(images))
-        out = {}
+    recon, out = tok.reconstruct(images), tok.usage(images)
     _restore(tok, modes)
     mse = F.mse_loss(recon.clamp(-1, 1), images).item()
     # PSNR over pixel values in [0, 1]: images span 2, so MSE/4.
@@ -163,7 +141,7 @@ def reconstruction_grid(tok, images: torch.Tensor, path: Path, n: int = 8) -> No
     with torch.no_grad():
         modes = _modes(tok)
         tok.eval()
-        recon = tok(images[:n])[0] if tok.type_name == "vq" else tok.decode(tok.encode(images[:n]))
+        recon = tok.reconstruct(images[:n])
         _restore(tok, modes)
     top, bottom = to_pil(images[:n]), to_pil(recon)
     s = top[0].size[0]
@@ -241,12 +219,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite:
                 break
     bar.close()
     final = acc.unwrap_model(tok)
-    if final.type_name == "vae" and not cfg.decoder_only:  # decoder_only keeps the latents, scaling included
-        # SD's recipe: scale latents to unit variance for the generator that reads them.
-        with torch.no_grad():
-            final.eval()
-            z = final.vae.encode(eval_images).latent_dist.mean
-            final.shift_factor, final.scaling_factor = float(z.mean()), float(1.0 / z.std().clamp_min(1e-6))
+    if not cfg.decoder_only:  # decoder_only keeps the latents, scaling included
+        final.eval()
+        final.calibrate(eval_images)  # e.g. a VAE's latent shift and scale
     if acc.is_main_process:
         final.save_pretrained(out / "tokenizer", overwrite=overwrite)
         reconstruction_grid(final, eval_images, out / "reconstructions.png")

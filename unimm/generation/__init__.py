@@ -1,0 +1,77 @@
+"""Generation families: one registered module per paradigm, one contract for all.
+
+A family owns everything that differs between ways of generating an image
+from the backbone: the head it builds, the image tokenizer type it reads
+(VQ ids or VAE latents), how many sequence positions an image takes, the
+training loss, the sampler, and its sampling options (a dataclass that
+defaults and checks them). The model, pipeline, CLI and app only ask the
+family; none of them names a paradigm. A new paradigm is one module that
+subclasses `GenerationFamily` and calls `register_family`, plus a model
+config that sets `generation: {paradigm: NAME}`.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from .options import SampleOptions, TokenSamplingOptions, check_value, option
+
+_FAMILIES: dict[str, "GenerationFamily"] = {}
+
+
+class GenerationFamily:
+    """The contract. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    tokenizer_type: ClassVar[str]  # the image tokenizer `type` it reads: "vq" (ids) or "vae" (latents)
+    options: ClassVar[type[SampleOptions]]
+    progress_unit: ClassVar[str] = "step"  # what `progress(step, total)` counts, for bars
+    summary: ClassVar[str] = ""
+
+    def build_head(self, config, image_tokenizer, hidden_size: int) -> torch.nn.Module:
+        """The trainable part between the backbone and the image tokenizer (model.gen_head)."""
+        raise NotImplementedError
+
+    def num_tokens(self, model) -> int:
+        """Sequence positions one generated image takes."""
+        return model.image_tokenizer.num_tokens
+
+    def loss(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, targets: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss for prompts (B, L) ending in BOI and the tokenizer's targets for their images."""
+        raise NotImplementedError
+
+    def sample(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, options: SampleOptions,
+               generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
+        """Targets (what `model.image_tokenizer.decode` takes) for left-padded prompts ending in BOI."""
+        raise NotImplementedError
+
+
+def register_family(family: GenerationFamily, replace: bool = False) -> GenerationFamily:
+    if not replace and family.name in _FAMILIES:
+        raise ValueError(f"a generation family named {family.name!r} is already registered")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> GenerationFamily:
+    _load_builtin()
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"generation paradigm {name!r} is not available; choose one of "
+                         f"{', '.join(family_names())}") from None
+
+
+def family_names() -> tuple[str, ...]:
+    _load_builtin()
+    return tuple(_FAMILIES)
+
+
+def _load_builtin() -> None:
+    from . import autoregressive, flow, masked  # noqa: F401 - each registers itself
+
+
+__all__ = ["GenerationFamily", "SampleOptions", "TokenSamplingOptions", "check_value", "family_names",
+           "get_family", "option", "register_family"]
