@@ -1,4 +1,4 @@
-"""The Gradio demo (apps/demo.py): its event handlers called directly, then the running app
+"""The Gradio demo (unimm/app.py): its event handlers called directly, then the running app
 driven through gradio_client's named endpoints (/generate, /chat)."""
 from __future__ import annotations
 
@@ -16,13 +16,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `apps` is a top-level folder, not part of the installed package
-    sys.path.insert(0, str(ROOT))
-
 gr = pytest.importorskip("gradio")
 from PIL import Image  # noqa: E402
 
-from apps import demo as app  # noqa: E402
+from unimm import app  # noqa: E402
 
 QUESTION = "What colour is the circle?"
 
@@ -238,10 +235,10 @@ def test_main_reports_a_missing_model(monkeypatch, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def served_url():
-    """`python -m apps.demo --model tiny` in a subprocess; the URL it prints."""
+    """`python -m unimm.app --model tiny` in a subprocess; the URL it prints."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "apps.demo", "--model", "tiny", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "unimm.app", "--model", "tiny", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

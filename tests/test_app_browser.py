@@ -27,9 +27,7 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwrig
                                      "(pip install playwright; its own browser download is not needed)")
 expect = playwright_api.expect
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-from apps import demo as app  # noqa: E402
+from unimm import app  # noqa: E402
 
 
 from app_helpers import GatedPipe, fill_queue  # noqa: E402

@@ -42,8 +42,7 @@ def test_load_with_no_argument_opens_it(monkeypatch):
 
 
 def test_the_app_opens_it_when_no_model_is_named(monkeypatch):
-    sys.path.insert(0, str(ROOT))
-    from apps import demo
+    from unimm import app as demo
 
     monkeypatch.delenv("UNIMM_MODEL", raising=False)
     seen = {}

@@ -86,12 +86,7 @@ def test_the_cli_and_the_app_handler_drive_a_new_family(toy, tmp_path):
                  "--steps", "3"]) == 2  # an option this family does not take
 
     pytest.importorskip("gradio")
-    from unimm.pipelines.load import REPO_ROOT
-
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT))
-    from apps import demo
+    from unimm import app as demo
 
     h = demo.Handlers(unimm.load(toy))
     assert (h.uses_temperature, h.uses_steps, h.default_steps()) == (False, False, None)

@@ -6,6 +6,7 @@ import unimm
 from unimm.encoders import SiglipEncoder, SiglipEncoderConfig
 from unimm.projectors import PROJECTORS, build_projector
 from unimm.tokenizers.quantizers import QuantizerConfig
+from unimm.data.corpus import corpus_lines
 from unimm.tokenizers.text import TextTokenizerConfig, build_text_tokenizer
 from unimm.tokenizers.vq import VQConfig, VQTokenizer
 
@@ -108,7 +109,7 @@ def test_encoder_rejects_sizes_that_do_not_fit_patches():
 
 # -- backbone and text tokenizer ------------------------------------------------------------
 def test_bpe_tokenizer_round_trips_any_text_and_keeps_special_tokens_whole():
-    tok = build_text_tokenizer(TextTokenizerConfig(vocab_size=400))
+    tok = build_text_tokenizer(TextTokenizerConfig(vocab_size=400), corpus_lines("shapes"))
     for text in ["a red circle on the left", "Ünïcödé ✓ 漢字", "tabs\tand\nnewlines"]:
         assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
     ids = tok.encode("<begin_of_image><image><end_of_image>", add_special_tokens=False)
@@ -120,7 +121,7 @@ def test_bpe_tokenizer_round_trips_any_text_and_keeps_special_tokens_whole():
 def test_pretrained_backbone_and_tokenizer_get_unimm_tokens(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = build_text_tokenizer(TextTokenizerConfig(vocab_size=400))
+    tok = build_text_tokenizer(TextTokenizerConfig(vocab_size=400), corpus_lines("shapes"))
     # A "real" checkpoint: a causal LM and a tokenizer without unimm's image tokens.
     from unimm.tokenizers.text import train_bpe_tokenizer
     from unimm.data.corpus import shapes_corpus

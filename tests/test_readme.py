@@ -112,8 +112,7 @@ def test_readme_accelerate_gpu_example_runs(tmp_path):
 def test_readme_demo_command_is_the_one_the_app_tests_launch():
     demo = [a for a in _cli_lines() if a[0] == "demo"]
     assert demo == [["demo", "--port", "7860"]]
-    sys.path.insert(0, str(README.parent))
-    from apps.demo import parse_args
+    from unimm.app import parse_args
 
     args = parse_args(demo[0][1:])
     assert (args.model, args.port) == (None, 7860)  # the default model (tests/test_default_model.py opens it)

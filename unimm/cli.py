@@ -90,12 +90,11 @@ def cmd_export(args) -> int:
 
 
 def _demo(args) -> int:
-    # The app lives in the repository's apps/ folder, beside the package.
-    from unimm.pipelines.load import REPO_ROOT
-
-    sys.path.insert(0, str(REPO_ROOT))
-    from apps.demo import main as demo_main
-
+    try:
+        from unimm.app import main as demo_main
+    except ImportError as e:
+        print(f"unimm demo: error: {e}", file=sys.stderr)
+        return 2
     return demo_main(args.args)
 
 

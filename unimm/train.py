@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError, ImportError) as e:
         print(f"unimm train: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -31,6 +31,15 @@ _TEMPLATES = (
 _QUESTIONS = ("What is in the image?", "Describe the picture.", "What do you see?", "Which colour?")
 
 
+def corpus_lines(name_or_path: str) -> list[str]:
+    """A text tokenizer's training corpus: "shapes" (this world's sentences) or a text file's lines."""
+    if name_or_path == "shapes":
+        return shapes_corpus()
+    from ..tokenizers.text import read_corpus
+
+    return read_corpus(name_or_path)
+
+
 def shapes_corpus(num_sentences: int = 4000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     out = []

@@ -526,7 +526,9 @@ class WebDatasetSource(Source):
 
 def _load_hf(spec: Any, split: str, cache_dir: str | None):
     """A local directory (imagefolder, or parquet files in it), parquet file(s)/glob, or a loaded Dataset."""
-    import datasets
+    from ..extras import require
+
+    datasets = require("datasets", "train", "the `hf` data format")
 
     if isinstance(spec, datasets.DatasetDict):
         return _pick_split(spec, split, "the DatasetDict")

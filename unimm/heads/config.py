@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..projectors.base import check_activation
+from ..layers import check_activation
 
 @dataclass
 class GenerationConfig:

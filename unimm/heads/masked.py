@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..projectors.base import activation, mlp
+from ..layers import activation, mlp
 from .config import GenerationConfig
 
 

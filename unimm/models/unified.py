@@ -109,12 +109,8 @@ class UnifiedConfig:
             )
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ConfigError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
-        if self.vocabulary == "shapes":
-            from ..data.shapes import caption_vocabulary
-
-            self.vocabulary = list(caption_vocabulary())
-        elif self.vocabulary is not None and not (isinstance(self.vocabulary, list)
-                                                  and all(isinstance(w, str) for w in self.vocabulary)):
+        if self.vocabulary is not None and self.vocabulary != "shapes" and not (
+                isinstance(self.vocabulary, list) and all(isinstance(w, str) for w in self.vocabulary)):
             raise ConfigError(f"vocabulary must be a list of words, 'shapes' or null, got {self.vocabulary!r}")
         if self.sampling.solver not in ("euler", "heun"):
             raise ConfigError(f"sampling.solver must be 'euler' or 'heun', got {self.sampling.solver!r}")
@@ -305,10 +301,14 @@ class UnifiedModel(nn.Module):
         return model.eval()
 
 
-def build_model(config: UnifiedConfig):
-    """Build a fresh (randomly initialised) model and its text tokenizer from a config."""
+def build_model(config: UnifiedConfig, corpus: list[str] | None = None):
+    """Build a fresh (randomly initialised) model and its text tokenizer from a config.
+
+    `corpus`: the lines a new text tokenizer trains on (the pipeline resolves config's
+    `text_tokenizer.corpus`, e.g. "shapes"); None reads it as a text file.
+    """
     config = dataclasses.replace(config)
-    tokenizer = build_text_tokenizer(config.text_tokenizer)
+    tokenizer = build_text_tokenizer(config.text_tokenizer, corpus)
     tc = config.text_tokenizer
     config.token_ids = TokenIds.from_tokenizer(tokenizer, tc.image_token, tc.boi_token, tc.eoi_token)
     return UnifiedModel(config), tokenizer

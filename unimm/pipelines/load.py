@@ -12,13 +12,30 @@ from ..folders import reading
 from ..models.unified import CONFIG_NAME, UnifiedConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Named configs: the repository's configs/models, then ./configs/models of the working directory.
-CONFIG_DIRS = [REPO_ROOT / "configs" / "models", Path("configs") / "models"]
-DEFAULT_MODEL_DIR = REPO_ROOT / "weights" / "default"
+
+
+def _package_folder(package: str, repo_folder: str) -> Path:
+    """Where the model configs / shipped weights are: in a clone, the repository's own folder (an
+    editable install points there too); in a wheel install, the package data unimm.configs /
+    unimm.weights (pyproject.toml maps the repository folders onto those packages)."""
+    here = REPO_ROOT / repo_folder
+    if here.is_dir() and (REPO_ROOT / "pyproject.toml").is_file():
+        return here
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else here
+
+
+# Named configs: the package's configs/models, then ./configs/models of the working directory.
+CONFIG_DIRS = [_package_folder("unimm.configs", "configs") / "models", Path("configs") / "models"]
+DEFAULT_MODEL_DIR = _package_folder("unimm.weights", "weights") / "default"
 
 
 def available_configs() -> list[str]:
-    return sorted(p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml"))
+    """Config names, each once (the working directory may be the repository itself)."""
+    return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
 
 
 def _find_named_config(name: str) -> Path | None:

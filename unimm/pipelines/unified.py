@@ -40,7 +40,10 @@ class UnimmPipeline:
     # -- construction -----------------------------------------------------------
     @classmethod
     def from_config(cls, config: UnifiedConfig) -> "UnimmPipeline":
-        model, tokenizer = build_model(config)
+        from ..data.corpus import corpus_lines
+
+        tc = config.text_tokenizer
+        model, tokenizer = build_model(config, None if tc.pretrained else corpus_lines(tc.corpus))
         return cls(model, tokenizer)
 
     @classmethod
@@ -79,6 +82,10 @@ class UnimmPipeline:
         known = self.config.vocabulary
         if not known:
             return
+        if known == "shapes":
+            from ..data.shapes import caption_vocabulary
+
+            known = caption_vocabulary()
         known = set(known)
         for p in prompts:
             text = normalise_text(p, sentence=False) if self.config.prompt.normalise else p.lower()

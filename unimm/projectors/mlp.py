@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Projector, check_activation, mlp
+from ..layers import check_activation, mlp
+from .base import Projector
 
 
 @dataclass

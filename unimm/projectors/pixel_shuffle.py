@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Projector, mlp
+from ..layers import mlp
+from .base import Projector
 
 
 @dataclass

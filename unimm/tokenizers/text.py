@@ -26,14 +26,12 @@ class TextTokenizerConfig:
             raise ValueError(f"tokenizer vocab_size must be >= 300 for a byte-level BPE, got {self.vocab_size}")
 
 
-def _corpus_lines(corpus: str) -> list[str]:
-    if corpus == "shapes":
-        from ..data.corpus import shapes_corpus
-
-        return shapes_corpus()
+def read_corpus(corpus: str) -> list[str]:
+    """The lines of a text file, the training corpus of a new BPE (named corpora such as
+    "shapes" are resolved by the caller, which knows the data: unimm.data.corpus.corpus_lines)."""
     path = Path(corpus)
     if not path.is_file():
-        raise ConfigError(f"tokenizer corpus {corpus!r} is neither 'shapes' nor a readable text file")
+        raise ConfigError(f"tokenizer corpus {corpus!r} is neither a named corpus ('shapes') nor a readable text file")
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -56,11 +54,12 @@ def train_bpe_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenize
     )
 
 
-def build_text_tokenizer(config: TextTokenizerConfig) -> PreTrainedTokenizerBase:
+def build_text_tokenizer(config: TextTokenizerConfig, corpus: list[str] | None = None) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, or a BPE trained on `corpus` (lines; default: config.corpus as a file)."""
     if config.pretrained:
         tok = AutoTokenizer.from_pretrained(config.pretrained)
     else:
-        tok = train_bpe_tokenizer(_corpus_lines(config.corpus), config.vocab_size)
+        tok = train_bpe_tokenizer(read_corpus(config.corpus) if corpus is None else corpus, config.vocab_size)
     return add_unimm_tokens(tok, config)
 
 

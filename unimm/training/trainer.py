@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..extras import require
 from ..folders import DestinationError, check_destination
 from ..pipelines.load import build_pipeline, resolve_config
 from ..pipelines.load import load as load_pipeline
@@ -88,16 +89,18 @@ def freeze_table(rows) -> str:
 
 
 def apply_lora(model, lora) -> None:
-    from peft import LoraConfig, get_peft_model
+    peft = require("peft", "train", "LoRA (lora: in the training config)")
 
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    cfg = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                      target_modules=list(lora.target_modules))
-    model.backbone.lm = get_peft_model(model.backbone.lm, cfg)
+    model.backbone.lm = peft.get_peft_model(model.backbone.lm, cfg)
 
 
 def merge_lora(model) -> None:
-    from peft import PeftModel
-
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return  # without peft no LoRA was applied
     if isinstance(model.backbone.lm, PeftModel):
         model.backbone.lm = model.backbone.lm.merge_and_unload()
 

@@ -1,7 +1,9 @@
 """The unimm Gradio demo: chat about images and generate images with one model.
 
-    python -m apps.demo --model tiny            # a random model: noise, but everything runs
-    python -m apps.demo                         # the shipped default model (weights/default)
+    unimm demo --model tiny                     # a random model: noise, but everything runs
+    python -m unimm.app                         # the same; the shipped default model (weights/default)
+
+Needs gradio: `pip install "unimm[app]"`.
 
 UI code only: every model call goes through unimm's public API
 (`unimm.load`, `pipe.generate`, `pipe.chat`, `pipe.last_seed`, `pipe.config`).
@@ -36,7 +38,9 @@ from pathlib import Path
 # Must be set before gradio is imported: gradio reads it at import and in Blocks().
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-import gradio as gr  # noqa: E402
+from unimm.extras import require  # noqa: E402
+
+gr = require("gradio", "app", "the unimm app")
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, UnidentifiedImageError  # noqa: E402
 

@@ -1,1 +1,0 @@
-"""User-facing apps built on unimm's public API (the Gradio demo: `python -m apps.demo`)."""
