@@ -82,6 +82,8 @@ def test_the_cli_and_the_app_handler_drive_a_new_family(toy, tmp_path):
     config.write_text(yaml.safe_dump(toy))
     assert main(["generate", "a red circle", "--model", str(config), "-o", str(tmp_path / "out.png"), "-q"]) == 0
     assert (tmp_path / "out.png").is_file()
+    assert main(["generate", "a red circle", "--model", str(config), "-o", str(tmp_path / "y.png"), "-q",
+                 "--set", "shift_ids=2"]) == 0  # the family's own option
     assert main(["generate", "a red circle", "--model", str(config), "-o", str(tmp_path / "x.png"),
                  "--steps", "3"]) == 2  # an option this family does not take
 

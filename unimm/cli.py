@@ -22,18 +22,50 @@ def _load(args):
     return unimm.load(args.model, device=device, dtype=args.dtype)
 
 
+# The built-in families' options, as flags: type and help come from each option's owner
+# (its family's options dataclass), which also checks the value and says which family takes it.
+def _option_flags(parser: argparse.ArgumentParser) -> None:
+    from unimm.generation import family_names, get_family
+
+    seen: dict[str, list[str]] = {}
+    for name in family_names():
+        for opt in get_family(name).options.names():
+            seen.setdefault(opt, []).append(name)
+    for opt, families in seen.items():
+        specs = {f: get_family(f).options.spec(opt) for f in families}
+        helps = {f: s["help"] + (f" ({' or '.join(s['choices'])})" if s.get("choices") else "") for f, s in specs.items()}
+        if len(set(helps.values())) == 1:  # one meaning: say which families take it
+            takes = "" if len(families) == len(family_names()) else f" [{', '.join(families)}]"
+            text = next(iter(helps.values())) + takes
+        else:
+            text = "; ".join(f"{f}: {h}" for f, h in helps.items())
+        parser.add_argument(f"--{opt.replace('_', '-')}", type=specs[families[0]]["type"], default=None, dest=opt,
+                            help=text)
+
+
+def _set_options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set takes NAME=VALUE, got {pair!r}")
+        import yaml
+
+        out[name.replace("-", "_")] = yaml.safe_load(value)  # 3 -> int, 0.5 -> float, euler -> str
+    return out
+
+
 def cmd_generate(args) -> int:
     from PIL import Image
 
     if args.upscale < 1:
         raise ValueError(f"--upscale must be >= 1, got {args.upscale}")
     pipe = _load(args)
-    images = pipe.generate(
-        args.prompt, num_images=args.num_images, guidance_scale=args.guidance_scale,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        batch_size=args.batch_size, steps=args.steps, solver=args.solver, shift=args.shift,
-        progress=not args.quiet,
-    )
+    from unimm.generation import family_names, get_family
+
+    flags = {o: getattr(args, o, None) for f in family_names() for o in get_family(f).options.names()}
+    images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
+                           progress=not args.quiet, **{**flags, **_set_options(args.options)})
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
@@ -106,15 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("-o", "--output", default="out.png", help="output file; with several images, NAME-0.png, NAME-1.png, ...")
     g.add_argument("-n", "--num-images", type=int, default=1)
-    g.add_argument("--guidance-scale", type=float, default=None)
-    g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
+    _option_flags(g)
+    g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
+                   help="any other sampling option of the model's generation family (repeatable)")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="rows decoded together (bounds memory)")
-    g.add_argument("--steps", type=int, default=None, help="masked passes / flow ODE steps")
-    g.add_argument("--solver", default=None, help="flow ODE solver (euler or heun)")
-    g.add_argument("--shift", type=float, default=None, help="flow timestep shift")
     g.add_argument("--upscale", type=int, default=1,
                    help="write each image N times larger, nearest neighbour (crisp pixels); default: the model's size")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

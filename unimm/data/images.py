@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import ConfigError
-from ..images import fit_square, load_image, to_tensor
+from ..images import load_image
+from ..tokenizers.transform import image_transform
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -64,8 +65,7 @@ class ImageDataset(Dataset):
             image = self.world.sample(i)["image"]
         else:
             image = self._read(i)
-        image = fit_square(image, self.image_size, self.resize_mode, (127, 127, 127))
-        return to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        return image_transform(image, self.image_size, self.resize_mode)  # what the tokenizer will read
 
     def _read(self, i: int):
         # A corrupt file is replaced by the next readable one and recorded.

@@ -103,7 +103,7 @@ class RoundTripPipe(OraclePipe):
                  batch_size: int | None = None, **_: object) -> list[Image.Image]:
         import torch
 
-        from ..images import to_pil, to_tensor
+        from ..images import to_pil
 
         truth = super().generate(prompt_or_prompts, num_images, seed)
         step = batch_size or len(truth)
@@ -111,7 +111,7 @@ class RoundTripPipe(OraclePipe):
         out = []
         with torch.no_grad():
             for i in range(0, len(truth), step):
-                x = torch.stack([to_tensor(im, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) for im in truth[i:i + step]])
+                x = torch.stack([self.model.image_tokenizer.preprocess(im) for im in truth[i:i + step]])
                 x = x.to(device=param.device, dtype=param.dtype)
                 out += to_pil(self.model.decode_images(self.model.images_to_targets(x)))
         return out

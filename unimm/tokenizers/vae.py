@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import check_keys
 from ..io import SaveLoadMixin
+from .transform import ImageTransformMixin
 
 
 def _autoencoder_keys() -> set[str]:
@@ -42,7 +43,7 @@ class VAEConfig:
             check_keys(self.autoencoder, _autoencoder_keys(), "image_tokenizer.autoencoder")
 
 
-class VAETokenizer(SaveLoadMixin, nn.Module):
+class VAETokenizer(ImageTransformMixin, SaveLoadMixin, nn.Module):
     config_class = VAEConfig
     type_name = "vae"
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..io import SaveLoadMixin
 from .quantizers import Quantizer, QuantizerConfig
+from .transform import ImageTransformMixin
 
 
 @dataclass
@@ -52,7 +53,7 @@ class VQConfig:
         return self.image_size // self.downsample
 
 
-class VQTokenizer(SaveLoadMixin, nn.Module):
+class VQTokenizer(ImageTransformMixin, SaveLoadMixin, nn.Module):
     config_class = VQConfig
     type_name = "vq"
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from ..config import to_dict
-from ..images import fit_square, to_tensor
 
 CACHE_VERSION = 1
 
@@ -57,14 +56,15 @@ class TargetCache:
         return {"task": "generation", "caption": self.captions[j], "targets": self.targets[j]}
 
     @classmethod
-    def build_or_load(cls, source, spec: dict, model, image_size: int, cache_dir, main_process: bool = True,
+    def build_or_load(cls, source, spec: dict, model, cache_dir, main_process: bool = True,
                       batch_size: int = 64, progress: bool = True) -> "TargetCache":
         """Load the cache for (source, tokenizer), building it first if absent (main process only)."""
+        image_size = model.image_tokenizer.config.image_size
         key = cache_key(spec, image_size, tokenizer_fingerprint(model.image_tokenizer))
         root = Path(cache_dir)
         tensors, meta = root / f"targets-{key}.safetensors", root / f"targets-{key}.json"
         if main_process and not (tensors.is_file() and meta.is_file()):
-            captions, targets, valid = _compute(source, model, image_size, batch_size, progress)
+            captions, targets, valid = _compute(source, model, batch_size, progress)
             root.mkdir(parents=True, exist_ok=True)
             _write_atomic(tensors, lambda p: _save_tensors(p, targets, valid))
             _write_atomic(meta, lambda p: p.write_text(json.dumps(
@@ -97,7 +97,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 @torch.no_grad()
-def _compute(source, model, image_size: int, batch_size: int, progress: bool):
+def _compute(source, model, batch_size: int, progress: bool):
     from tqdm.auto import tqdm
 
     tok = model.image_tokenizer
@@ -121,8 +121,7 @@ def _compute(source, model, image_size: int, batch_size: int, progress: bool):
             captions.append(None)
             continue
         captions.append(record["caption"])
-        image = fit_square(record["image"], image_size, "resize", (127, 127, 127))
-        pending.append(to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+        pending.append(tok.preprocess(record["image"]))  # the tokenizer's own transform
         rows.append(j)
         if len(pending) == batch_size:
             flush()

@@ -15,7 +15,6 @@ from collections import Counter
 import torch
 from torch.utils.data import Dataset
 
-from ..images import fit_square, to_tensor
 from ..processing import Processor, left_pad
 
 MAX_TRIES = 16  # bad items in a row before giving up on a source
@@ -27,7 +26,7 @@ def index_rng(seed: int, i: int) -> random.Random:
 
 
 class TrainingDataset(Dataset):
-    def __init__(self, sources: dict, ratios: dict, processor: Processor, gen_image_size: int, length: int,
+    def __init__(self, sources: dict, ratios: dict, processor: Processor, gen_transform, length: int,
                  seed: int = 0, prompt_dropout: float = 0.0, max_positions: int | None = None,
                  num_gen_tokens: int = 0, caches: dict | None = None):
         self.names = [n for n in sources if ratios[n] > 0]
@@ -35,7 +34,8 @@ class TrainingDataset(Dataset):
         # name -> TargetCache: generation items served with precomputed targets, not images
         self.caches = caches or {}
         self.weights = [float(ratios[n]) for n in self.names]
-        self.processor, self.gen_image_size = processor, gen_image_size
+        # gen_transform: the image tokenizer's own (image -> tensor), e.g. model.image_tokenizer.transform
+        self.processor, self.gen_transform = processor, gen_transform
         self.length, self.seed, self.prompt_dropout = length, seed, prompt_dropout
         self.max_positions, self.num_gen_tokens = max_positions, num_gen_tokens
         self.skipped: Counter = Counter()  # reasons found while tokenising (too long, ...)
@@ -91,9 +91,8 @@ class TrainingDataset(Dataset):
             if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
                 return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
                         "targets": record["targets"]}
-            image = fit_square(record["image"], self.gen_image_size, "resize", (127, 127, 127))
             return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
-                    "image": to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+                    "image": self.gen_transform(record["image"])}
         if task == "text":
             ids = ([p.ids.bos] if p.ids.bos is not None else []) + p.tokenizer.encode(
                 record["text"], add_special_tokens=False) + [p.ids.eos]

@@ -186,10 +186,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
 
     sources = {name: build_source(spec) for name, spec in cfg.data.sources.items()}
     total = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes
-    gen_size = model.config.image_tokenizer["image_size"]
-    caches = _target_caches(cfg, sources, model, gen_size, acc, progress)
+    caches = _target_caches(cfg, sources, model, acc, progress)
     dataset = TrainingDataset(
-        sources, cfg.data.ratios, pipe.processor, gen_size, total, seed=cfg.seed,
+        sources, cfg.data.ratios, pipe.processor, model.image_tokenizer.transform, total, seed=cfg.seed,
         prompt_dropout=cfg.data.prompt_dropout, max_positions=model.backbone.max_positions,
         num_gen_tokens=model.num_image_tokens, caches=caches,
     )
@@ -274,7 +273,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     return _export(acc, unwrapped, ema, pipe, out_dir, cfg, overwrite)
 
 
-def _target_caches(cfg: TrainConfig, sources: dict, model, gen_size: int, acc, progress: bool) -> dict:
+def _target_caches(cfg: TrainConfig, sources: dict, model, acc, progress: bool) -> dict:
     """With data.cache_dir: every generation source's targets, computed once by the frozen tokenizer."""
     if cfg.data.cache_dir is None:
         return {}
@@ -284,12 +283,12 @@ def _target_caches(cfg: TrainConfig, sources: dict, model, gen_size: int, acc, p
     caches = {}
     for name in names:  # the main process builds what is missing, then every process loads it
         if acc.is_main_process:
-            caches[name] = TargetCache.build_or_load(sources[name], cfg.data.sources[name], model, gen_size,
+            caches[name] = TargetCache.build_or_load(sources[name], cfg.data.sources[name], model,
                                                      cfg.data.cache_dir, progress=progress)
     acc.wait_for_everyone()
     for name in names:
         if name not in caches:
-            caches[name] = TargetCache.build_or_load(sources[name], cfg.data.sources[name], model, gen_size,
+            caches[name] = TargetCache.build_or_load(sources[name], cfg.data.sources[name], model,
                                                      cfg.data.cache_dir, main_process=False)
     return caches
 
