@@ -199,8 +199,7 @@ def test_a_manifest_that_lists_too_little_is_not_a_checkpoint(runs, tmp_path):
     (ckpt / ".unimm-manifest.json").write_text(json.dumps({"format": "unimm-manifest", "version": 1,
                                                            "kind": "checkpoint", "files": {}}))
     assert checkpoint_problem(ckpt, needs_ema=False) == (
-        "its manifest does not list trainer_state.json, model weights (model*.safetensors), "
-        "optimizer state (optimizer*.bin)")
+        "its manifest does not list trainer_state.json, model weights, optimizer state")
 
 
 def test_runs_never_write_over_another_runs_folder(runs, tmp_path, capsys):

@@ -5,7 +5,6 @@ BENCHMARKS.md (on far fewer items, so with a margin); the quality bars of the
 issue are reported there, not asserted here.
 """
 import json
-import sys
 from pathlib import Path
 
 import pytest

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import unimm
-from unimm.generation import GenerationFamily, SampleOptions, family_names, get_family, option, register_family
+from unimm.generation import (GenerationFamily, SampleOptions, family_names, get_family, option, register_family,
+                              unregister_family)
 
 
 @dataclass
@@ -49,7 +50,8 @@ class Constant(GenerationFamily):
 @pytest.fixture(scope="module")
 def toy():
     register_family(Constant(), replace=True)
-    return {"base": "tiny", "generation": {"paradigm": "constant-test"}}
+    yield {"base": "tiny", "generation": {"paradigm": "constant-test"}}
+    unregister_family("constant-test")
 
 
 def test_a_fourth_family_registered_outside_the_package_generates_through_the_api(toy):
@@ -66,14 +68,14 @@ def test_a_fourth_family_registered_outside_the_package_generates_through_the_ap
                                          r"guidance_scale, shift_ids"):
         pipe.generate("a red circle", temperature=0.5)
     # Its loss trains through the model's forward like any family's.
-    ids, mask = torch.tensor([pipe.processor.generation_ids("a red circle")]), None
+    ids = torch.tensor([pipe.processor.generation_ids("a red circle")])
     targets = torch.zeros(1, pipe.model.num_image_tokens, dtype=torch.long)
     loss = pipe.model(gen={"prompt_ids": ids, "prompt_mask": torch.ones_like(ids), "targets": targets})["loss"]
     loss.backward()
     assert pipe.model.gen_head.logits.grad is not None
 
 
-def test_the_cli_and_the_app_handler_drive_a_new_family(toy, tmp_path):
+def test_the_cli_and_the_app_handler_drive_a_new_family(toy, tmp_path, capsys):
     import yaml
 
     from unimm.cli import main
@@ -86,6 +88,15 @@ def test_the_cli_and_the_app_handler_drive_a_new_family(toy, tmp_path):
                  "--set", "shift_ids=2"]) == 0  # the family's own option
     assert main(["generate", "a red circle", "--model", str(config), "-o", str(tmp_path / "x.png"),
                  "--steps", "3"]) == 2  # an option this family does not take
+    assert "steps does not apply to the constant-test paradigm; its options: guidance_scale, shift_ids" \
+        in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--model", str(config), "-o", str(tmp_path / "z.png"),
+                 "--set", "shift_ids=two"]) == 2
+    assert "--set shift_ids: 'two' is not an integer" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--model", str(config), "-o", str(tmp_path / "z.png"),
+                 "--set", "seed=1"]) == 2
+    assert "--set seed: not a sampling option of this model; its options: guidance_scale, shift_ids" \
+        in capsys.readouterr().err
 
     pytest.importorskip("gradio")
     from unimm import app as demo

@@ -375,7 +375,8 @@ def test_config_values_are_checked_when_loaded():
         unimm.load({"sampling": {"top_p": 2}})
     with pytest.raises(ValueError, match="prompt.generation must contain {prompt}"):
         unimm.load({"prompt": {"generation": "draw it"}})
-    assert unimm.load({"base": "tiny", "sampling": None}).config.sampling.guidance_scale == 5.0  # null = defaults
+    pipe = unimm.load({"base": "tiny", "sampling": None})  # null: the family's own defaults
+    assert pipe.config.sampling.guidance_scale is None and pipe.sampling_options().guidance_scale == 5.0
 
 
 def test_pickled_weights_are_named_and_never_read(saved_tiny, tmp_path):

@@ -133,8 +133,13 @@ def test_a_save_killed_midway_leaves_no_temporary_behind_for_long(tiny_pipe, tmp
     alive.mkdir()
     elsewhere = tmp_path / ".m.tmp-000000-999999999-abc"
     elsewhere.mkdir()
+    fresh = tmp_path / f".m.tmp-{host}-999999998-abc"  # a dead-looking PID, but touched just now
+    fresh.mkdir()
+    old = __import__("time").time() - 3600
+    for p in (stale, alive, elsewhere):
+        os.utime(p, (old, old))
     tiny_pipe.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", alive.name, elsewhere.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", alive.name, elsewhere.name, fresh.name])
 
 
 def test_race_reader_and_second_writer_held_inside_a_save(tiny_pipe, tmp_path, monkeypatch):

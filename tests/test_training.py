@@ -225,8 +225,6 @@ def test_default_model_recipe_configs_parse():
 @pytest.mark.parametrize("model", ["tiny", "tiny-flow"])
 def test_cached_targets_train_exactly_as_encoding_every_step(tmp_path, model):
     """data.cache_dir: the frozen tokenizer's targets are computed once and give the same run."""
-    from unimm.training.cache import TargetCache
-
     over = ["data.sources.t2i.num_samples=48", f"model={model}", "steps=3", "save_every=3"]
     plain = train(_cfg(1, tmp_path / "plain", *over), progress=False)
     cache = tmp_path / "cache"
@@ -261,3 +259,15 @@ def test_cached_targets_train_exactly_as_encoding_every_step(tmp_path, model):
 def test_a_target_cache_needs_a_frozen_image_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="data.cache_dir keeps the frozen image tokenizer's targets"):
         _cfg(1, tmp_path, "data.cache_dir=x", "freeze.image_tokenizer=false")
+
+
+def test_a_changed_source_file_gets_another_target_cache(tmp_path):
+    from unimm.training.cache import cache_key, source_fingerprint
+
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"image": "a.png", "caption": "a red circle"}\n')
+    spec = {"format": "captions", "path": str(captions)}
+    before = cache_key(spec, 32, "tok", source_fingerprint(spec, 1))
+    captions.write_text('{"image": "a.png", "caption": "a blue square"}\n{"image": "b.png", "caption": "x"}\n')
+    assert cache_key(spec, 32, "tok", source_fingerprint(spec, 2)) != before
+    assert cache_key(spec, 32, "tok", source_fingerprint(spec, 1)) != before  # same length, other contents

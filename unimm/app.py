@@ -217,6 +217,12 @@ class Handlers:
     def uses_steps(self) -> bool:
         return "steps" in self.family.options.names()
 
+    def default(self, name: str, otherwise=None):
+        """What an unset option runs for this model (`otherwise` where its family takes no such option)."""
+        if name not in self.family.options.names():
+            return otherwise
+        return self.family.options.default(name, self.pipe.config.sampling)
+
     def default_steps(self) -> int | None:
         """What an unset `steps` runs for this model (None: the family takes no steps)."""
         if not self.uses_steps:
@@ -346,16 +352,17 @@ def _chat_tab(h: Handlers, pipe):
 
 
 def _image_tab(h: Handlers, pipe):
-    d, lim = pipe.config.sampling, h.limits
+    lim = h.limits
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
                                 placeholder=f"Describe the picture, e.g. “{EXAMPLE_PROMPTS[0]}”")
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
             num_images = gr.Slider(1, lim.max_images, value=min(4, lim.max_images), step=1, label="Number of images")
-            guidance = gr.Slider(0, lim.max_guidance, value=d.guidance_scale, step=0.5, label="Guidance scale",
+            guidance = gr.Slider(0, lim.max_guidance, value=h.default("guidance_scale"), step=0.5, label="Guidance scale",
                                  info="How closely images follow the prompt (1 = no guidance)")
-            temperature = gr.Slider(0, lim.max_temperature, value=d.temperature, step=0.05, label="Temperature",
+            temperature = gr.Slider(0, lim.max_temperature, value=h.default("temperature", 1.0), step=0.05,
+                                    label="Temperature",
                                     visible=h.uses_temperature, info="0 = greedy", elem_id="gen-temperature")
             steps = gr.Slider(1, lim.max_steps, value=h.default_steps() or 1, step=1, label="Steps",
                               visible=h.uses_steps, info="Decoding passes (masked) or ODE steps (flow)",

@@ -43,15 +43,22 @@ def _option_flags(parser: argparse.ArgumentParser) -> None:
                             help=text)
 
 
-def _set_options(pairs: list[str]) -> dict:
+def _set_options(pairs: list[str], options) -> dict:
+    """--set NAME=VALUE pairs as the family's options, each converted to its option's type."""
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
+        name = name.strip().replace("-", "_")
         if not sep or not name:
             raise ValueError(f"--set takes NAME=VALUE, got {pair!r}")
-        import yaml
-
-        out[name.replace("-", "_")] = yaml.safe_load(value)  # 3 -> int, 0.5 -> float, euler -> str
+        if name not in options.names():
+            raise ValueError(f"--set {name}: not a sampling option of this model; its options: "
+                             f"{', '.join(options.names())}")
+        kind = options.spec(name)["type"]
+        try:
+            out[name] = kind(value) if kind is str else kind(float(value)) if kind is float else int(value)
+        except ValueError:
+            raise ValueError(f"--set {name}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
     return out
 
 
@@ -65,7 +72,7 @@ def cmd_generate(args) -> int:
 
     flags = {o: getattr(args, o, None) for f in family_names() for o in get_family(f).options.names()}
     images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
-                           progress=not args.quiet, **{**flags, **_set_options(args.options)})
+                           progress=not args.quiet, **{**flags, **_set_options(args.options, pipe.model.family.options)})
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
@@ -226,8 +233,16 @@ def _plain_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.formatwarning = _plain_warning
-    argv = sys.argv[1:] if argv is None else list(argv)
+    shown, warnings.formatwarning = warnings.formatwarning, _plain_warning
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        warnings.formatwarning = shown
+
+
+def _main(argv: list[str]) -> int:
+    from unimm.folders import SaveError
+
     # argparse's REMAINDER drops a leading "--option", so these go straight to their parsers.
     run = _delegated(argv[0]) if argv else None
     if run is not None:
@@ -235,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: say what is wrong, without a traceback.
+    except (ValueError, FileNotFoundError, SaveError) as e:
+        # Bad input, or a save the disk refused: say what is wrong, without a traceback.
         print(f"unimm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

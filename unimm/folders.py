@@ -36,6 +36,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path, PurePosixPath
 
 MANIFEST_NAME = ".unimm-manifest.json"
@@ -338,6 +339,11 @@ def _sweep_stale(target: Path) -> None:
     for p in target.parent.glob(f".{glob.escape(target.name)}.*-*-*-*"):
         m = _TMP.match(p.name)
         if not m or m["name"] != target.name or m["host"] != _HOST or int(m["pid"]) == os.getpid():
+            continue
+        try:  # untouched for a minute too: a PID from another PID namespace may look dead
+            if time.time() - p.stat().st_mtime < 60:
+                continue
+        except OSError:
             continue
         try:
             os.kill(int(m["pid"]), 0)

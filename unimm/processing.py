@@ -107,7 +107,9 @@ class Processor:
     def _user_content(self, question: str, num_images: int) -> str:
         """Expand <image> placeholders; images without one go first (Janus), laid out per prompt.image_layout."""
         if self.prompt.normalise:
-            question = self.image_token.join(normalise_text(t, sentence=True) for t in question.split(self.image_token))
+            pieces = question.split(self.image_token)
+            first = next((i for i, t in enumerate(pieces) if t.strip()), 0)  # the sentence starts here
+            question = self.image_token.join(normalise_text(t, sentence=i == first) for i, t in enumerate(pieces))
         written = question.count(self.image_token)
         if written > num_images:
             raise ValueError(f"the question has {written} {self.image_token} placeholders but {num_images} image(s) were given")

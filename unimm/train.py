@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .folders import SaveError
     from .training.checkpoints import CheckpointError
     from .training.config import load_train_config
     from .training.trainer import train
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError, SaveError, ImportError) as e:
         print(f"unimm train: error: {e}", file=sys.stderr)
         return 2
     return 0

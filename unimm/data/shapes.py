@@ -19,7 +19,6 @@ contains it, so spacing checks on circles hold for every shape.
 """
 from __future__ import annotations
 
-import functools
 
 import contextlib
 import hashlib

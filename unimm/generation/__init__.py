@@ -55,6 +55,11 @@ def register_family(family: GenerationFamily, replace: bool = False) -> Generati
     return family
 
 
+def unregister_family(name: str) -> None:
+    """Remove a family registered by `register_family` (e.g. a test's)."""
+    _FAMILIES.pop(name, None)
+
+
 def get_family(name: str) -> GenerationFamily:
     _load_builtin()
     try:
@@ -74,4 +79,4 @@ def _load_builtin() -> None:
 
 
 __all__ = ["GenerationFamily", "SampleOptions", "TokenSamplingOptions", "check_value", "family_names",
-           "get_family", "option", "register_family"]
+           "get_family", "option", "register_family", "unregister_family"]

@@ -110,7 +110,8 @@ def build_pipeline(config: UnifiedConfig, seed: int = 0):
     the global RNG is left as it was."""
     from .unified import UnimmPipeline
 
-    with torch.random.fork_rng(devices=[]):
+    devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         return UnimmPipeline.from_config(config)
 

@@ -8,7 +8,6 @@ import random
 import re
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from PIL import Image

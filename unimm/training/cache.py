@@ -35,9 +35,30 @@ def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(spec: dict, image_size: int, fingerprint: str) -> str:
+def source_fingerprint(spec: dict, length: int) -> dict:
+    """What identifies a source's contents beyond its spec: its length, and the size and
+    modification time of every file or folder the spec names (an edited caption file, a new
+    shard or a changed image folder gives another key)."""
+    import glob
+
+    files = {}
+    for key in ("path", "shards", "image_root"):
+        value = spec.get(key)
+        if not isinstance(value, (str, os.PathLike)):
+            continue
+        for name in sorted(glob.glob(str(value))) or [str(value)]:
+            p = Path(name).resolve()
+            try:
+                st = p.stat()
+                files[str(p)] = [st.st_size, st.st_mtime_ns] + ([len(os.listdir(p))] if p.is_dir() else [])
+            except OSError:
+                files[str(p)] = None
+    return {"length": length, "files": files}
+
+
+def cache_key(spec: dict, image_size: int, fingerprint: str, source: dict | None = None) -> str:
     payload = json.dumps({"version": CACHE_VERSION, "source": spec, "image_size": image_size,
-                          "tokenizer": fingerprint}, sort_keys=True, default=str)
+                          "tokenizer": fingerprint, "contents": source}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -60,7 +81,8 @@ class TargetCache:
                       batch_size: int = 64, progress: bool = True) -> "TargetCache":
         """Load the cache for (source, tokenizer), building it first if absent (main process only)."""
         image_size = model.image_tokenizer.config.image_size
-        key = cache_key(spec, image_size, tokenizer_fingerprint(model.image_tokenizer))
+        key = cache_key(spec, image_size, tokenizer_fingerprint(model.image_tokenizer),
+                        source_fingerprint(spec, len(source)))
         root = Path(cache_dir)
         tensors, meta = root / f"targets-{key}.safetensors", root / f"targets-{key}.json"
         if main_process and not (tensors.is_file() and meta.is_file()):
@@ -70,14 +92,22 @@ class TargetCache:
             _write_atomic(meta, lambda p: p.write_text(json.dumps(
                 {"version": CACHE_VERSION, "source": spec, "image_size": image_size, "items": len(captions),
                  "valid": int(valid.sum()), "captions": captions}, default=str)))
-        return cls.load(tensors, meta)
+        cache = cls.load(tensors, meta)
+        if len(cache) != len(source):  # the key covers this; a hand-copied cache might not
+            raise ValueError(f"the target cache {tensors} holds {len(cache)} items but the source has {len(source)}; "
+                             f"delete it to rebuild")
+        return cache
 
     @classmethod
     def load(cls, tensors: Path, meta: Path) -> "TargetCache":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        data = load_file(str(tensors))
-        info = json.loads(meta.read_text())
+        try:
+            data = load_file(str(tensors))
+            info = json.loads(meta.read_text())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"the target cache {tensors} is damaged ({e}); delete it to rebuild") from None
         return cls(info["captions"], data["targets"], data["valid"].bool(), info["source"].get("format", "source"))
 
 

@@ -23,6 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from ..folders import (DamagedError, apply_umask, exchange_paths, manifest_problems, read_manifest, write_errors,
                        write_failure, write_manifest)
 
@@ -159,10 +161,12 @@ def checkpoint_problem(ckpt: Path, needs_ema: bool) -> str | None:
     if problems:
         return "; ".join(problems)
     files = manifest["files"]
+    # Weights and optimizer state take other names and layouts under FSDP (folders of .distcp
+    # shards) or DeepSpeed; whatever the layout, a checkpoint is more than its state file.
     lacking = [name for name, present in (
-        (STATE_FILE, STATE_FILE in files), ("model weights (model*.safetensors)", any(
-            f.startswith("model") and f.endswith(".safetensors") for f in files)),
-        ("optimizer state (optimizer*.bin)", any(f.startswith("optimizer") for f in files))) if not present]
+        (STATE_FILE, STATE_FILE in files),
+        ("model weights", any(f.startswith(("model", "pytorch_model")) for f in files)),
+        ("optimizer state", any(f.startswith(("optimizer", "pytorch_model")) for f in files))) if not present]
     if lacking:
         return f"its manifest does not list {', '.join(lacking)}"
     if needs_ema and EMA_FILE not in manifest["files"]:
@@ -193,6 +197,8 @@ def restore_checkpoint(accelerator, output_dir, ema=None) -> tuple[Path, dict]:
                 if ema is not None:
                     ema.load(ckpt / EMA_FILE)
                 return ckpt, read_state(ckpt)
+            except (torch.OutOfMemoryError, MemoryError):
+                raise  # the machine's trouble, not the checkpoint's
             except Exception as e:  # noqa: BLE001 - whatever a file holds, name it and fall back
                 problem = (f"it does not load into this run (damaged, or written by another configuration): "
                            f"{write_failure(e)}")

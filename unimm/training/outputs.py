@@ -17,8 +17,13 @@ CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 
 
-def claim_output_dir(out_dir: Path, config: dict, resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse an output folder that belongs to another run, then record this run's config there."""
+def claim_output_dir(out_dir: Path, config: dict, resume: bool = False, overwrite: bool = False,
+                     record: bool = True) -> None:
+    """Refuse an output folder that belongs to another run, then (`record`) write this run's config there.
+
+    A trainer checks before its set-up and records once the set-up has worked (and, on
+    resume, a checkpoint was found), so a failed start leaves the folder as it was.
+    """
     out_dir = Path(out_dir)
     config = json.loads(json.dumps(config, default=str))  # as it reads back (tuples become lists)
     if out_dir.exists() and not out_dir.is_dir():
@@ -42,6 +47,8 @@ def claim_output_dir(out_dir: Path, config: dict, resume: bool = False, overwrit
         elif (out_dir / METRICS_FILE).is_file():
             raise DestinationError(f"{out_dir} holds another run's {METRICS_FILE}; choose another output_dir, "
                                    "or pass --overwrite to replace that run's files")
+    if not record:
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{CONFIG_FILE}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(config, indent=2))

@@ -216,6 +216,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     acc.wait_for_everyone()
     batches = acc.skip_first_batches(loader, step * cfg.grad_accum) if step else loader
 
+    if acc.is_main_process:  # the set-up worked (and a resume found its checkpoint): this folder is the run's
+        claim_output_dir(out_dir, _jsonable(cfg), resume=True, overwrite=overwrite)
     log = _Logger(out_dir, acc.is_main_process, resume_step=step if resume else None)
     model.train()
     _set_frozen_eval(unwrapped, cfg.freeze)
@@ -280,6 +282,7 @@ def _target_caches(cfg: TrainConfig, sources: dict, model, acc, progress: bool) 
     from .cache import TargetCache
 
     names = [n for n, src in sources.items() if src.task == "generation" and cfg.data.ratios[n] > 0]
+    model.image_tokenizer.to(acc.device)  # encode on the GPU where there is one (prepare moves the rest)
     caches = {}
     for name in names:  # the main process builds what is missing, then every process loads it
         if acc.is_main_process:
@@ -308,7 +311,7 @@ def _check_output(out_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool
             "that run, or --overwrite to start over (its checkpoints are removed, its metrics rewritten)"
         )
     if main:
-        claim_output_dir(out_dir, _jsonable(cfg), resume=resume or bool(found), overwrite=overwrite)
+        claim_output_dir(out_dir, _jsonable(cfg), resume=resume or bool(found), overwrite=overwrite, record=False)
 
 
 def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig, overwrite: bool = False) -> Path:

@@ -228,6 +228,8 @@ def janus_parts(uc, tokenizer) -> dict:
         problems.append(f"VQ norm_num_groups={it.get('norm_num_groups')} (Janus uses {JANUS_GROUPS})")
     if not it.get("attention_at_lowest", False):
         problems.append("VQ attention_at_lowest=false (Janus's VQ has attention there)")
+    if it.get("patch_size", 1) != 1:
+        problems.append(f"VQ patch_size={it.get('patch_size')} (Janus's VQ convolves raw pixels)")
     grid = native // patch
     vq_grid = it.get("image_size", 0) // 2 ** (len(boc) - 1) if boc else 0
     if vq_grid != grid:

@@ -15,6 +15,7 @@ import torch
 
 from ...config import ConfigError, to_dict, write_json
 from ...folders import atomic_directory, check_destination
+from ...generation import get_family
 from ...io import read_weights
 from ...models.unified import CONFIG_NAME, STORAGE_DTYPES, UnifiedConfig, UnifiedModel
 from .configs import ConversionError, janus_parts, unified_config_dict
@@ -267,9 +268,9 @@ def export_janus(src, dst, overwrite: bool = False) -> Path:
     bad = prompt_mismatches(processor, unimm_processor_for(tokenizer, uc.prompt, ids, parts["num_image_tokens"]))
     if bad:
         raise ConversionError("the exported processor would build other prompts than unimm: " + "; ".join(bad))
-    s = uc.sampling
+    shipped = get_family(uc.generation.paradigm).options.resolve({}, uc.sampling, uc.generation.paradigm)
     generation = GenerationConfig(bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad,
-                                  guidance_scale=s.guidance_scale, temperature=s.temperature or 1.0,
+                                  guidance_scale=shipped.guidance_scale, temperature=shipped.temperature or 1.0,
                                   generation_kwargs={"boi_token_id": ids.boi})
     with atomic_directory(dst, overwrite=overwrite, sources=[src], kind="janus") as tmp:
         jc.save_pretrained(tmp)
