@@ -283,3 +283,11 @@ def test_tokenizer_round_trip_ceiling(tiny_pipe, monkeypatch, tmp_path, capsys):
     tok = json.loads(out.read_text())["tokenizer"]
     assert tok["num_images"] == 8 and tok["accuracy"] <= 0.25
     assert "tokenizer round trip: 8 ground-truth images at 32x32 px" in capsys.readouterr().out
+
+
+def test_eval_takes_the_same_sampling_flags_as_generate(capsys):
+    from unimm.cli import main
+
+    # A flow-only flag on an autoregressive model is the family's named error, as in `unimm generate`.
+    assert main(["eval", "--model", "tiny", "--task", "generation", "--n", "4", "-q", "--solver", "heun"]) == 2
+    assert "solver does not apply to the autoregressive paradigm" in capsys.readouterr().err

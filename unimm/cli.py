@@ -24,7 +24,7 @@ def _load(args):
 
 # The built-in families' options, as flags: type and help come from each option's owner
 # (its family's options dataclass), which also checks the value and says which family takes it.
-def _option_flags(parser: argparse.ArgumentParser) -> None:
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     from unimm.generation import family_names, get_family
 
     seen: dict[str, list[str]] = {}
@@ -41,9 +41,11 @@ def _option_flags(parser: argparse.ArgumentParser) -> None:
             text = "; ".join(f"{f}: {h}" for f, h in helps.items())
         parser.add_argument(f"--{opt.replace('_', '-')}", type=specs[families[0]]["type"], default=None, dest=opt,
                             help=text)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
+                        help="any other sampling option of the model's generation family (repeatable)")
 
 
-def _set_options(pairs: list[str], options) -> dict:
+def set_options(pairs: list[str], options) -> dict:
     """--set NAME=VALUE pairs as the family's options, each converted to its option's type."""
     out = {}
     for pair in pairs:
@@ -62,17 +64,23 @@ def _set_options(pairs: list[str], options) -> dict:
     return out
 
 
+def sampling_kwargs(args: argparse.Namespace, pipe) -> dict:
+    """The sampling options given on the command line (flags and --set), for `pipe.generate`."""
+    from unimm.generation import family_names, get_family
+
+    flags = {o: getattr(args, o, None) for f in family_names() for o in get_family(f).options.names()}
+    given = {**flags, **set_options(args.options, pipe.model.family.options)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def cmd_generate(args) -> int:
     from PIL import Image
 
     if args.upscale < 1:
         raise ValueError(f"--upscale must be >= 1, got {args.upscale}")
     pipe = _load(args)
-    from unimm.generation import family_names, get_family
-
-    flags = {o: getattr(args, o, None) for f in family_names() for o in get_family(f).options.names()}
     images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
-                           progress=not args.quiet, **{**flags, **_set_options(args.options, pipe.model.family.options)})
+                           progress=not args.quiet, **sampling_kwargs(args, pipe))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
@@ -145,9 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("-o", "--output", default="out.png", help="output file; with several images, NAME-0.png, NAME-1.png, ...")
     g.add_argument("-n", "--num-images", type=int, default=1)
-    _option_flags(g)
-    g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
-                   help="any other sampling option of the model's generation family (repeatable)")
+    add_sampling_flags(g)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="rows decoded together (bounds memory)")
     g.add_argument("--upscale", type=int, default=1,

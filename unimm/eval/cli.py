@@ -21,6 +21,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..cli import add_sampling_flags  # one set of sampling flags for every command
     p = argparse.ArgumentParser(
         prog="unimm eval",
         description="Score a model on shapes-world text-to-image (checked by a model-free detector) and VQA.")
@@ -38,11 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images generated per call")
     p.add_argument("--images-per-prompt", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=8, help="VQA answer length cap")
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None, help="masked passes / flow ODE steps")
+    add_sampling_flags(p)  # the generation families' options, as `unimm generate` has them
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--check", nargs=2, metavar=("IMAGE", "PROMPT"), default=None,
                    help="check one image against a prompt with the detector (no model is loaded); "
@@ -142,13 +139,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    given = {"guidance_scale": args.guidance_scale, "temperature": args.temperature, "top_k": args.top_k,
-             "top_p": args.top_p, "steps": args.steps}
-    return {k: v for k, v in given.items() if v is not None}
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..cli import sampling_kwargs
     from .generation import evaluate_generation
     from .vqa import evaluate_vqa
 
@@ -161,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"using {per_category} prompts per category", file=sys.stderr)
         report["generation"] = evaluate_generation(
             pipe, n_per_category=per_category, seed=args.seed, images_per_prompt=args.images_per_prompt,
-            batch_size=args.batch_size, grid=args.grid, progress=not args.quiet, **_sample_kwargs(args))
+            batch_size=args.batch_size, grid=args.grid, progress=not args.quiet, **sampling_kwargs(args, pipe))
     if args.task == "tokenizer":
         from .oracle import RoundTripPipe
 
