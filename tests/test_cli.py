@@ -70,3 +70,9 @@ def test_answers_have_no_leading_space_and_questions_are_normalised_for_the_defa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipe.generate("A Red Circle in the Center", seed=0)  # normalised: no unknown words
+
+
+def test_compile_flag_reaches_the_family_and_is_refused_where_it_has_no_compiled_step(tmp_path, capsys):
+    out = str(tmp_path / "m.png")
+    assert main(["generate", "a red circle", "--model", "tiny-masked", "-o", out, "--compile", "-q"]) == 2
+    assert "compile is not available for the masked paradigm" in capsys.readouterr().err

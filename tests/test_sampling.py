@@ -5,7 +5,7 @@ import torch
 from unimm.models.unified import positions
 from unimm.processing import left_pad
 from unimm.sampling.autoregressive import generate_image_tokens
-from unimm.sampling.logits import check_sampling_args, make_generator, sample_next
+from unimm.sampling.logits import check_sampling_args, make_generator, sample_next, sample_with_noise
 from unimm.sampling.text import generate_text
 
 
@@ -33,6 +33,16 @@ def test_sampling_follows_the_distribution():
     ids = sample_next(logits, 1.0, generator=make_generator(1, "cpu"))
     freq = torch.bincount(ids, minlength=3).float() / len(ids)
     assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02)
+
+
+def test_the_exponential_race_follows_the_distribution_and_its_filters():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).repeat(20000, 1)
+    noise = torch.empty(logits.shape).exponential_(generator=make_generator(1, "cpu"))
+    freq = torch.bincount(sample_with_noise(logits, noise), minlength=3).float() / len(logits)
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02)
+    assert set(sample_with_noise(logits, noise, top_p=0.8).tolist()) == {0, 1}  # the same filters as sample_next
+    assert set(sample_with_noise(logits, noise, top_k=1).tolist()) == {0}
+    assert torch.equal(sample_with_noise(logits[:3], None, temperature=0), torch.zeros(3, dtype=torch.long))
 
 
 @pytest.mark.parametrize("args, msg", [((-1, 0, 1.0), "temperature"), ((1, -2, 1.0), "top_k"), ((1, 0, 0.0), "top_p")])
@@ -121,3 +131,38 @@ def test_eager_attention_decodes_like_sdpa(tiny_pipe, saved_tiny):
     a = tiny_pipe.generate(prompts, temperature=0)
     b = eager.generate(prompts, temperature=0)
     assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def _compile_works() -> bool:
+    try:
+        torch.compile(lambda x: x + 1)(torch.zeros(1))
+        return True
+    except Exception:  # no C++ compiler, or a platform torch.compile does not support
+        return False
+
+
+@pytest.mark.skipif(not _compile_works(), reason="torch.compile is not available here")
+def test_compiled_decode_step_gives_the_eager_greedy_ids(tiny_pipe):
+    """The compiled decode step (static shapes, exponential-race sampling) changes no greedy id;
+    seeded sampling through it is reproducible and goes through the pipeline."""
+    model, proc = tiny_pipe.model, tiny_pipe.processor
+    ids, mask = left_pad([proc.generation_ids(p) for p in ["a red circle", "two small blue squares on the left"]],
+                         model.token_ids.pad)
+    eager = generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0)
+    assert torch.equal(generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0, compile=True), eager)
+    sampled = [generate_image_tokens(model, ids, mask, 3.0, 1.0, top_k=20, generator=make_generator(4, "cpu"),
+                                     compile=True) for _ in range(2)]
+    assert torch.equal(*sampled) and not torch.equal(sampled[0], eager)
+    images = [tiny_pipe.generate("a red circle", seed=2, compile=True) for _ in range(2)]
+    assert images[0][0].tobytes() == images[1][0].tobytes()
+
+
+def test_compile_is_refused_where_the_family_has_no_compiled_step(tiny_pipe):
+    import unimm
+
+    with pytest.warns(unimm.UntrainedModelWarning):
+        masked = unimm.load("tiny-masked")
+    with pytest.raises(ValueError, match="compile is not available for the masked paradigm"):
+        masked.generate("a red circle", compile=True)
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        tiny_pipe.generate("a red circle", compile="yes")

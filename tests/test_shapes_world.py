@@ -198,7 +198,11 @@ def test_every_answer_is_a_vocabulary_word_that_is_true_of_the_scene(scenes):
     seen_types = set()
     for s in scenes:
         assert len({q.question for q in s.qa}) == len(s.qa)
+        described = [q for q in s.qa if q.type == "caption"]
+        assert len(described) == 1 and described[0].answer == s.caption, s.qa  # "Describe the image." etc.
         for q in s.qa:
+            if q.type == "caption":
+                continue
             seen_types.add(q.type)
             assert q.type in QA_TYPES and q.answer in VOCAB[q.type], q
             matched = _matching(s.objects, q.question)
@@ -208,6 +212,18 @@ def test_every_answer_is_a_vocabulary_word_that_is_true_of_the_scene(scenes):
             else:
                 assert {getattr(o, q.type) for o in matched} == {q.answer}, (q, s.caption)
     assert seen_types == set(QA_TYPES)
+    assert len({next(i for i, q in enumerate(s.qa) if q.type == "caption") for s in scenes}) > 3  # not always first
+
+
+def test_the_description_request_left_every_other_question_as_it_was():
+    """Captions and the other questions (order included) of seed 0's first 100 scenes, hashed
+    before the "Describe the image." request was added: that addition changed nothing else."""
+    import hashlib
+
+    w = ShapesWorld(seed=0, num_samples=100)
+    text = "\n".join(f"{s.caption}|" + "|".join(f"{q.question}={q.answer}" for q in s.qa if q.type != "caption")
+                     for s in (w[i] for i in range(100)))
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "8385fbaaac63e340"
 
 
 def test_specific_question_forms(world):

@@ -46,6 +46,27 @@ def test_vq_tokenizer_trains_reports_usage_and_saves(tmp_path):
     assert (tmp_path / "run" / "reconstructions.png").is_file()
 
 
+def test_cosine_schedule_and_saves_along_the_way(tmp_path, monkeypatch):
+    from unimm.training import tokenizer as trainer
+
+    cfg = _cfg(tmp_path, SMALL_VQ, schedule="cosine", min_lr_ratio=0.1, warmup_steps=4, steps=24, save_every=10)
+    factors = [trainer.lr_factor(cfg, s) for s in range(24)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]  # linear warm-up, then down to 0.1 at the last step
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:])) and factors[-1] == pytest.approx(0.1, abs=0.01)
+    assert trainer.lr_factor(_cfg(tmp_path, SMALL_VQ, warmup_steps=4), 20) == 1.0  # "constant" is the default
+    saved = []
+    real = trainer._save
+    monkeypatch.setattr(trainer, "_save", lambda tok, path, *a, **kw: (saved.append(kw["overwrite"]),
+                                                                       real(tok, path, *a, **kw)))
+    train_tokenizer(cfg, progress=False)
+    assert saved == [False, True, True]  # steps 10 and 20, then the end, each replacing its own earlier save
+    assert VQTokenizer.from_pretrained(tmp_path / "run" / "tokenizer").num_codes == 32
+    for bad, msg in [({"schedule": "linear"}, "schedule must be"), ({"min_lr_ratio": 2}, "min_lr_ratio"),
+                     ({"save_every": -1}, "save_every")]:
+        with pytest.raises(ValueError, match=msg):
+            _cfg(tmp_path, SMALL_VQ, **bad)
+
+
 def test_kmeans_codebook_is_initialised_from_training_data_not_the_held_out_images(tmp_path, monkeypatch):
     from unimm.training import tokenizer as trainer
 

@@ -80,7 +80,7 @@ def cmd_generate(args) -> int:
         raise ValueError(f"--upscale must be >= 1, got {args.upscale}")
     pipe = _load(args)
     images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
-                           progress=not args.quiet, **sampling_kwargs(args, pipe))
+                           progress=not args.quiet, compile=args.compile, **sampling_kwargs(args, pipe))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="rows decoded together (bounds memory)")
     g.add_argument("--upscale", type=int, default=1,
                    help="write each image N times larger, nearest neighbour (crisp pixels); default: the model's size")
+    g.add_argument("--compile", action="store_true",
+                   help="run the decode step through torch.compile (autoregressive; the first call compiles)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_args(g)
     g.set_defaults(func=cmd_generate)

@@ -115,8 +115,8 @@ class Obj:
 
 class QA(NamedTuple):
     question: str
-    answer: str  # a single vocabulary word
-    type: str  # one of QA_TYPES
+    answer: str  # a single vocabulary word; for type "caption", the scene's caption
+    type: str  # one of QA_TYPES, or "caption" (a request to describe the image)
 
 
 @dataclass
@@ -342,6 +342,12 @@ _QUESTIONS = {
 }
 
 
+# Requests for a description; the answer is the scene's caption (type "caption", not one of
+# QA_TYPES: the VQA evaluator scores single-word answers).
+_DESCRIBE = ("Describe the image.", "Describe the picture.", "What is in the image?", "What do you see?",
+             "What does the picture show?")
+
+
 def _a_an(text: str) -> str:
     """'a orange circle' -> 'an orange circle'."""
     return re.sub(r"\ba(?= [aeiou])", "an", text)
@@ -409,7 +415,11 @@ def make_scene(cfg: ShapesWorldConfig, index: int) -> Scene:
     kind = rng.choices(kinds, weights=[cfg.mix[k] for k in kinds])[0]
     comps = cfg.compositions()
     objects = _place(rng, _object_specs(rng, kind, cfg, comps, _pairable(comps)))
-    return Scene(kind, objects, _caption(rng, kind, objects), _questions(rng, kind, objects))
+    caption = _caption(rng, kind, objects)
+    qa = _questions(rng, kind, objects)
+    # Drawn after the other questions, so adding it left every earlier question as it was.
+    qa.insert(rng.randrange(len(qa) + 1), QA(rng.choice(_DESCRIBE), caption, "caption"))
+    return Scene(kind, objects, caption, qa)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -28,6 +28,7 @@ class GenerationFamily:
     options: ClassVar[type[SampleOptions]]
     progress_unit: ClassVar[str] = "step"  # what `progress(step, total)` counts, for bars
     summary: ClassVar[str] = ""
+    compilable: ClassVar[bool] = False  # sample() takes compile=True (a torch.compile'd decode step)
 
     def build_head(self, config, image_tokenizer, hidden_size: int) -> torch.nn.Module:
         """The trainable part between the backbone and the image tokenizer (model.gen_head)."""
@@ -43,8 +44,11 @@ class GenerationFamily:
         raise NotImplementedError
 
     def sample(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, options: SampleOptions,
-               generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
-        """Targets (what `model.image_tokenizer.decode` takes) for left-padded prompts ending in BOI."""
+               generator: torch.Generator | None = None, progress=None, **kwargs) -> torch.Tensor:
+        """Targets (what `model.image_tokenizer.decode` takes) for left-padded prompts ending in BOI.
+
+        A family with `compilable = True` also takes `compile=True`; the pipeline passes it only then.
+        """
         raise NotImplementedError
 
 

@@ -20,6 +20,7 @@ class Autoregressive(GenerationFamily):
     options = AutoregressiveOptions
     progress_unit = "token"
     summary = "next-token prediction over VQ ids with a static KV cache"
+    compilable = True
 
     def build_head(self, config, image_tokenizer, hidden_size: int):
         from ..heads.autoregressive import ARImageHead
@@ -36,11 +37,12 @@ class Autoregressive(GenerationFamily):
         h = model.hidden_states(embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
         return model.gen_head.loss(h[:, L - 1:], targets)  # positions L-1 .. L+N-2 predict tokens 0 .. N-1
 
-    def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None) -> torch.Tensor:
+    def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None,
+               compile: bool = False) -> torch.Tensor:
         from ..sampling.autoregressive import generate_image_tokens
 
         return generate_image_tokens(model, prompt_ids, prompt_mask, generator=generator, progress=progress,
-                                     **options.as_kwargs())
+                                     compile=compile, **options.as_kwargs())
 
 
 register_family(Autoregressive())

@@ -98,7 +98,7 @@ class UnimmPipeline:
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  do_sample: bool | None = None, seed: int | None = None, batch_size: int | None = None,
                  steps: int | None = None, solver: str | None = None, shift: float | None = None,
-                 progress=None, **options) -> list[Image.Image]:
+                 progress=None, compile: bool = False, **options) -> list[Image.Image]:
         """Generate `num_images` images per prompt; returns them prompt by prompt.
 
         The same call serves every generation family. Sampling options (the named
@@ -112,6 +112,8 @@ class UnimmPipeline:
         `batch_size` caps the rows decoded together (CFG doubles them) to bound
         memory; the same seed and batch_size give the same images.
         `progress`: True shows a progress bar, a callable is called as `progress(step, total)`.
+        `compile=True` runs the family's decode step through torch.compile (autoregressive:
+        greedy ids unchanged, seeded samples drawn another way; the first call compiles).
         """
         prompts = _prompt_list(prompt_or_prompts)
         self._warn_unknown_words(prompts)
@@ -130,12 +132,17 @@ class UnimmPipeline:
         self.last_seed = _seed(seed)
         generator = make_generator(self.last_seed, self.device)
         family = self.model.family
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        if compile and not family.compilable:
+            raise ValueError(f"compile is not available for the {family.name} paradigm")
+        extra = {"compile": True} if compile else {}
         images: list[Image.Image] = []
         with _progress_callback(progress, family.progress_unit) as report:
             for start in range(0, len(rows), batch_size):
                 ids, mask = left_pad(rows[start:start + batch_size], self.model.token_ids.pad)
                 targets = family.sample(self.model, ids.to(self.device), mask.to(self.device), opts,
-                                        generator=generator, progress=report)
+                                        generator=generator, progress=report, **extra)
                 with torch.inference_mode():
                     images += to_pil(self.model.decode_images(targets))
         return images

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class TokenizerTrainConfig:
     batch_size: int = 32
     lr: float = 3e-4
     warmup_steps: int = 50
+    # "constant" after warm-up, or "cosine": decay to min_lr_ratio * lr by the last step.
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+    save_every: int = 0  # also save the tokenizer every N steps (0: only at the end)
     recon_loss: str = "l1"  # "l1" (sharper, VQGAN) or "l2"
     # Optional perceptual loss: {"encoder": DIR of a SigLIP checkpoint, "weight": 0.1, "layer": -2}.
     perceptual: dict | None = None
@@ -55,6 +60,12 @@ class TokenizerTrainConfig:
     def __post_init__(self):
         if self.recon_loss not in ("l1", "l2"):
             raise ValueError(f"recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if self.decoder_only and "checkpoint" not in self.tokenizer:
@@ -154,6 +165,26 @@ def reconstruction_grid(tok, images: torch.Tensor, path: Path, n: int = 8) -> No
     grid.save(path)
 
 
+def _save(tok, path: Path, cfg: TokenizerTrainConfig, eval_images: torch.Tensor, overwrite: bool = True) -> None:
+    """Calibrate (e.g. a VAE's latent shift and scale) and save; training mode is restored."""
+    modes = _modes(tok)
+    if not cfg.decoder_only:  # decoder_only keeps the latents, scaling included
+        tok.eval()
+        tok.calibrate(eval_images)
+    tok.save_pretrained(path, overwrite=overwrite)
+    _restore(tok, modes)
+
+
+def lr_factor(cfg: TokenizerTrainConfig, step: int) -> float:
+    """The learning rate at `step` as a fraction of cfg.lr: linear warm-up, then the schedule."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite: bool = False) -> dict[str, float]:
     """Train, save and return the final held-out metrics."""
     from accelerate import Accelerator
@@ -178,7 +209,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite:
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.9))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, cfg))
     perceptual = PerceptualLoss(**cfg.perceptual) if cfg.perceptual else None
     tok, opt, loader, sched = acc.prepare(tok, opt, loader, sched)
     if perceptual is not None:
@@ -190,7 +221,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite:
     claim_output_dir(out, to_dict(cfg), overwrite=overwrite)
     log = (out / "metrics.jsonl").open("w") if acc.is_main_process else None
     bar = tqdm(total=cfg.steps, desc="tokenizer", disable=not (progress and acc.is_main_process))
-    step, metrics = 0, {}
+    step, metrics, saved = 0, {}, False
     if _codebook_ready(acc.unwrap_model(tok)):  # the untrained baseline
         metrics = {"step": 0, **evaluate(acc.unwrap_model(tok), eval_images)}
         if log:
@@ -215,15 +246,15 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite:
                 if log:
                     log.write(json.dumps(metrics) + "\n")
                     log.flush()
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps and acc.is_main_process:
+                _save(acc.unwrap_model(tok), out / "tokenizer", cfg, eval_images, overwrite=overwrite or saved)
+                saved = True
             if step >= cfg.steps:
                 break
     bar.close()
     final = acc.unwrap_model(tok)
-    if not cfg.decoder_only:  # decoder_only keeps the latents, scaling included
-        final.eval()
-        final.calibrate(eval_images)  # e.g. a VAE's latent shift and scale
     if acc.is_main_process:
-        final.save_pretrained(out / "tokenizer", overwrite=overwrite)
+        _save(final, out / "tokenizer", cfg, eval_images, overwrite=overwrite or saved)
         reconstruction_grid(final, eval_images, out / "reconstructions.png")
         log.close()
     if data.skipped:
