@@ -262,10 +262,10 @@ def test_cli_check_scores_one_image(tmp_path, capsys):
     assert main(["--check", str(good), "draw me something nice"]) == 2
     assert "cannot score 'draw me something nice'" in capsys.readouterr().err
     assert main(["--check", str(tmp_path / "missing.png"), "a red circle"]) == 2
-    assert "no image at" in capsys.readouterr().err
+    assert "image file not found" in capsys.readouterr().err
     (tmp_path / "text.png").write_text("not an image")
     assert main(["--check", str(tmp_path / "text.png"), "a red circle"]) == 2
-    assert "is not an image file" in capsys.readouterr().err
+    assert "not an image file PIL can open" in capsys.readouterr().err
 
 
 def test_tokenizer_round_trip_ceiling(tiny_pipe, monkeypatch, tmp_path, capsys):

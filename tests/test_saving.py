@@ -45,13 +45,13 @@ def test_overwrite_replaces_only_the_models_own_files(tiny_pipe, saved_tiny, tmp
     tiny_pipe.save_pretrained(target, overwrite=True)
     assert _intact(target)  # other files and folders untouched
     again = unimm.load(str(target))  # config.json is the model's own name: replaced
-    assert again.generate("a red circle", temperature=0) == tiny_pipe.generate("a red circle", temperature=0)
+    assert again.generate("a red circle", temperature=0, seed=0) == tiny_pipe.generate("a red circle", temperature=0, seed=0)
     # Saving again (bf16, then sharded) replaces the earlier save's files, still keeping the rest.
     tiny_pipe.save_pretrained(target, overwrite=True, max_shard_size="300KB")
     assert not (target / "model.safetensors").exists()  # the earlier save's single file is gone
     assert sorted(p.name for p in target.glob("model-*.safetensors"))
     assert _intact(target)
-    assert unimm.load(str(target)).generate("a red circle", temperature=0) == tiny_pipe.generate("a red circle", temperature=0)
+    assert unimm.load(str(target)).generate("a red circle", temperature=0, seed=0) == tiny_pipe.generate("a red circle", temperature=0, seed=0)
 
 
 def test_saving_again_over_an_earlier_save_needs_no_overwrite(tiny_pipe, tmp_path):
@@ -249,7 +249,7 @@ def test_saving_into_the_working_directory_or_through_a_link(tiny_pipe, tmp_path
     tiny_pipe.save_pretrained(".")
     tiny_pipe.save_pretrained(".")  # again: the files are replaced in place, the folder stays this process's cwd
     assert Path.cwd() == here and (here / "model.safetensors").is_file()
-    assert unimm.load(".").generate("a red circle", temperature=0) == tiny_pipe.generate("a red circle", temperature=0)
+    assert unimm.load(".").generate("a red circle", temperature=0, seed=0) == tiny_pipe.generate("a red circle", temperature=0, seed=0)
     link = tmp_path / "link"
     link.symlink_to(here)
     tiny_pipe.save_pretrained(link)

@@ -6,13 +6,13 @@
 Needs gradio: `pip install "unimm[app]"`.
 
 UI code only: every model call goes through unimm's public API
-(`unimm.load`, `pipe.generate`, `pipe.chat`, `pipe.last_seed`, `pipe.config`).
+(`unimm.load`, `pipe.generate`, `pipe.chat`, `pipe.config`).
 
 Decisions recorded here:
 - One model is shared by every visitor, so both model events (generate, chat)
   share one concurrency slot (`concurrency_id="model"`, limit 1): a chat and a
-  generation never run on the model at the same time, which also makes
-  `pipe.last_seed` safe to read right after `generate`. Waiting requests queue
+  generation never run on the model at the same time. The seed shown is the
+  one each image carries (`image.info["seed"]`). Waiting requests queue
   (`max_size` = --max-queue); past that Gradio refuses the request and the
   page shows its "This application is currently busy. Please try again." toast.
 - Every bad input raises `gr.Error` with a sentence a visitor understands; the
@@ -25,7 +25,6 @@ Decisions recorded here:
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -146,8 +145,11 @@ def open_upload(path: str, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise user_error(f"“{name}” is {width}×{height} pixels; the limit is {max_pixels / 1e6:.1f} megapixels. "
                          "Please upload a smaller image.")
-    with friendly_errors():
+    try:
         return load_image(path)
+    except (ValueError, OSError):  # e.g. truncated after a readable header; the server's path stays private
+        raise user_error(f"“{name}” is damaged or not an image this app can read; please upload it again or "
+                         "upload another picture.") from None
 
 
 # --------------------------------------------------------------------------- chat history
@@ -254,7 +256,7 @@ class Handlers:
         progress(0, desc="Starting")
         with friendly_errors():
             images = self.pipe.generate(prompt, progress=report, **options)
-        return images, self.pipe.last_seed
+        return images, images[0].info["seed"]
 
     def chat(self, message, history, temperature, top_p, max_new_tokens):
         """Stream the answer to `message` ({"text", "files"}) given the Chatbot `history`.
@@ -411,12 +413,14 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bo
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="unimm demo", description="Chat about images and generate them in a browser.")
+    from unimm.console import Parser
+
+    p = Parser(prog="unimm demo", description="Chat about images and generate them in a browser.")
     p.add_argument("--model", default=None,
                    help="model directory, config file or config name (tiny, tiny-masked, tiny-flow, ...); "
                         "default: the shipped default model (weights/default, or $UNIMM_MODEL)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="0-65535 (0: any free port)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, ...")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
@@ -427,19 +431,28 @@ def parse_args(argv):
     args = p.parse_args(argv)
     for name in ("max_queue", "max_images", "max_image_pixels"):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be in 0-65535, got {args.port}")
     return args
 
 
 def main(argv=None) -> int:
+    from unimm.console import guarded
+
+    return guarded("unimm demo", _main, argv)
+
+
+def _main(argv) -> int:
+    from unimm.console import one_line
+
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         pipe = unimm.load(args.model, device=args.device, dtype=args.dtype)
     except (FileNotFoundError, ValueError) as e:
-        print(f"unimm demo: {e}", file=sys.stderr)
-        if args.model is None:
-            print("unimm demo: the default model lives in weights/default (README: The default model); "
-                  "`--model tiny` opens a random model", file=sys.stderr)
+        hint = ("; the default model lives in weights/default (README: The default model), "
+                "`--model tiny` opens a random model") if args.model is None else ""
+        print(f"unimm demo: error: {one_line(e)}{hint}", file=sys.stderr)
         return 2
     limits = Limits(max_images=args.max_images, max_image_pixels=args.max_image_pixels)
     name = args.model or os.environ.get("UNIMM_MODEL") or "default (weights/default)"

@@ -76,21 +76,57 @@ def sampling_kwargs(args: argparse.Namespace, pipe) -> dict:
 def cmd_generate(args) -> int:
     from PIL import Image
 
+    from unimm.console import check_output_file
+
     if args.upscale < 1:
         raise ValueError(f"--upscale must be >= 1, got {args.upscale}")
+    out = check_output_file(args.output, "-o")  # before the model runs, not after
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"-o {out}: {out.suffix or 'no extension'} is not an image format; use .png, .jpg, ...")
     pipe = _load(args)
     images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
                            progress=not args.quiet, compile=args.compile, **sampling_kwargs(args, pipe))
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
-    for im, path in zip(images, paths):
-        if args.upscale > 1:  # nearest neighbour: every model pixel becomes a crisp N x N block
-            im = im.resize((im.width * args.upscale, im.height * args.upscale), Image.Resampling.NEAREST)
-        im.save(path)
+    written: list[Path] = []
+    try:
+        for im, path in zip(images, paths):
+            if args.upscale > 1:  # nearest neighbour: every model pixel becomes a crisp N x N block
+                im = im.resize((im.width * args.upscale, im.height * args.upscale), Image.Resampling.NEAREST)
+            _save_image(im, path)
+            written.append(path)
+    except BaseException:
+        for path in written:  # a run that stops half way (e.g. a full disk) leaves none of its images
+            path.unlink(missing_ok=True)
+        raise
+    for path in written:
         print(path)
-    print(f"seed: {pipe.last_seed}", file=sys.stderr)
+    print(f"seed: {images[0].info['seed']}", file=sys.stderr)
     return 0
+
+
+def _save_image(image, path: Path) -> None:
+    """Write through a temporary file in the same folder, so a failed write leaves no half image."""
+    import os
+    import tempfile
+
+    from unimm.folders import umask
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=_image_format(path))
+        os.chmod(tmp, 0o666 & ~umask())  # the mode a plain open() gives (mkstemp makes it 0600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _image_format(path: Path) -> str:
+    from PIL import Image
+
+    return Image.registered_extensions()[path.suffix.lower()]
 
 
 def cmd_chat(args) -> int:
@@ -146,7 +182,9 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unimm", description="Unified multimodal models: chat about images and generate them.")
+    from unimm.console import Parser
+
+    parser = Parser(prog="unimm", description="Unified multimodal models: chat about images and generate them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="text-to-image")
@@ -249,19 +287,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from unimm.folders import SaveError
+    from unimm.console import guarded
 
     # argparse's REMAINDER drops a leading "--option", so these go straight to their parsers.
     run = _delegated(argv[0]) if argv else None
     if run is not None:
         return run(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, SaveError) as e:
-        # Bad input, or a save the disk refused: say what is wrong, without a traceback.
-        print(f"unimm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    # Bad input, an unwritable path, a full disk or a damaged file: one line, no traceback.
+    return guarded(f"unimm {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

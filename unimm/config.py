@@ -60,6 +60,7 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
                 raise ConfigError(f"bad value in {where}: {name} must be a number, got {value!r}") from None
         else:
             _check_type(value, hint, f"{where}.{name}")
+            _check_sizes(name, value, where)
             kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -67,6 +68,31 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value in {where}: {e}") from e
+
+
+# Counts and sizes that must be >= 1 wherever they appear: in our configs and in the
+# transformers / diffusers keyword dicts they carry (backbone.config, encoder.siglip, ...).
+# Checked when a config is read, so a 0-layer model or a negative image size is refused
+# naming the key, not built and broken later.
+POSITIVE_KEYS = frozenset({
+    "image_size", "patch_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "max_position_embeddings", "vocab_size", "head_dim", "num_channels", "latent_channels",
+    "norm_num_groups", "layers_per_block", "block_out_channels", "levels", "num_codes", "codebook_size",
+    "embed_dim", "head_hidden", "num_queries", "num_latents", "steps", "batch_size", "text_length", "scale",
+    "num_samples", "grad_accum", "eval_size", "chat_max_new_tokens",
+})
+
+
+def _check_sizes(name: str, value, where: str) -> None:
+    """Raise ConfigError for a count or size below 1 under `name` (recursing into dicts and lists)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_sizes(str(k), v, f"{where}.{name}")
+    elif isinstance(value, list) and name in POSITIVE_KEYS:
+        for v in value:
+            _check_sizes(name, v, where)
+    elif name in POSITIVE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
+        raise ConfigError(f"{where}.{name} must be >= 1, got {value}")
 
 
 _SIMPLE = (bool, int, float, str)
@@ -111,6 +137,14 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+def _parse_problem(error: Exception) -> str:
+    """A YAML / JSON parse error in one line: what is wrong, and the line and column."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if problem and mark is not None:  # yaml's marks count from 0
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
 def read_config_file(path: str | os.PathLike) -> dict:
     """Read a JSON or YAML file into a dict, with errors that name the file."""
     path = Path(path)
@@ -125,7 +159,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         else:
             data = json.loads(text)
     except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
-        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+        raise ConfigError(f"cannot parse config file {path}: {_parse_problem(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

@@ -313,7 +313,8 @@ def exchange_paths(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask, read without changing it where /proc allows."""
     try:  # read without changing it (os.umask would race with other threads)
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -327,7 +328,7 @@ def _umask() -> int:
 
 def apply_umask(root: Path) -> None:
     """Give a finished folder the modes a plain mkdir / open would (mkdtemp makes it 0700)."""
-    mask = _umask()
+    mask = umask()
     for dirpath, _, names in os.walk(root):
         os.chmod(dirpath, 0o777 & ~mask)
         for n in names:

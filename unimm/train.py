@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unimm train", description="Train a unified model (one stage) with accelerate.")
+    from .console import Parser
+
+    p = Parser(prog="unimm train", description="Train a unified model (one stage) with accelerate.")
     p.add_argument("config", help="a stage config, e.g. configs/train/tiny-stage1.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=200 optim.lr=3e-4")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in output_dir")
@@ -18,18 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .folders import SaveError
-    from .training.checkpoints import CheckpointError
+    from .console import guarded
+
+    return guarded("unimm train", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from .training.config import load_train_config
     from .training.trainer import train
 
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError, SaveError, ImportError) as e:
-        print(f"unimm train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config, args.overrides)
+    train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     return 0
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..console import check_output_file
 from .prompts import CATEGORIES
 
 __all__ = ["build_parser", "main"]
@@ -22,7 +23,9 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     from ..cli import add_sampling_flags  # one set of sampling flags for every command
-    p = argparse.ArgumentParser(
+    from ..console import Parser
+
+    p = Parser(
         prog="unimm eval",
         description="Score a model on shapes-world text-to-image (checked by a model-free detector) and VQA.")
     p.add_argument("--model", default=None,
@@ -49,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_image(image_path: str, prompt_text: str) -> tuple[bool, str]:
     """(passes, report line) for one image file against an evaluator-style prompt."""
-    from PIL import Image, UnidentifiedImageError
-
+    from ..images import load_image
     from .detector import describe, detect
     from .generation import score
     from .prompts import parse_prompt
@@ -59,13 +61,7 @@ def check_image(image_path: str, prompt_text: str) -> tuple[bool, str]:
     if prompt is None:
         raise ValueError(f"cannot score {prompt_text!r}: the evaluator reads prompts like 'a red circle', "
                          "'a red circle on the left', 'two red circles' or 'a red circle and a blue square'")
-    try:
-        with Image.open(image_path) as im:
-            image = im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no image at {image_path}") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"{image_path} is not an image file") from None
+    image = load_image(image_path)  # a missing, unreadable, truncated or oversized file is named
     found = detect(image)
     ok, why = score(prompt, found)
     verdict = "PASS" if ok else f"FAIL ({why})"
@@ -89,8 +85,11 @@ def _check(args: argparse.Namespace) -> str | None:
     if args.grid is not None and args.task == "vqa":
         return "--grid shows generated images; it needs --task generation, all or tokenizer"
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
-        if path is not None and Path(path).is_dir():
-            return f"{flag} {path} is a directory; give a file name"
+        if path is not None:  # checked before minutes of evaluation, not after
+            try:
+                check_output_file(path, flag)
+            except ValueError as e:
+                return str(e)
     return None
 
 
@@ -167,6 +166,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..console import guarded
+
+    return guarded("unimm eval", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # a wrapper may pass "eval -- ARGS" to keep its own parser off our options
@@ -176,22 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed the usage error (or the help)
         return int(e.code or 0)
     if args.check is not None:
-        try:
-            ok, line = check_image(*args.check)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"unimm eval: error: {e}", file=sys.stderr)
-            return 2
+        ok, line = check_image(*args.check)
         print(line)
         return 0 if ok else 1
     if problem := _check(args):
-        parser.print_usage(sys.stderr)
-        print(f"unimm eval: error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        report = run(args)
-    except (ValueError, FileNotFoundError) as e:  # a bad model name, option or file: no traceback
-        print(f"unimm eval: error: {e}", file=sys.stderr)
-        return 2
+        parser.error(problem)
+    report = run(args)  # a bad model name, option or file: one line from `guarded`
     print(format_report(report))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

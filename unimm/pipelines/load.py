@@ -126,8 +126,9 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
       (an UntrainedModelWarning says so);
     - nothing: the default model shipped under weights/default.
     """
-    from .unified import UnimmPipeline
+    from .unified import UnimmPipeline, check_device
 
+    check_device(device)  # a device this machine lacks is named before the model is read
     if path_or_config is None:
         path_or_config = os.environ.get("UNIMM_MODEL") or DEFAULT_MODEL_DIR
         if not Path(path_or_config).is_dir():

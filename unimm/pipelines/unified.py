@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
+import os
 import random
 import re
 import warnings
@@ -65,7 +66,7 @@ class UnimmPipeline:
             if not isinstance(getattr(torch, name, None), torch.dtype):
                 raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
             dtype = getattr(torch, name)
-        self.model.to(device=device, dtype=dtype)
+        self.model.to(device=check_device(device), dtype=dtype)
         return self
 
     @property
@@ -75,6 +76,11 @@ class UnimmPipeline:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images generate() returns, in pixels."""
+        return self.model.image_tokenizer.config.image_size
 
     # -- generation -------------------------------------------------------------
     def _warn_unknown_words(self, prompts: list[str]) -> None:
@@ -110,14 +116,21 @@ class UnimmPipeline:
         - masked / flow: `steps` (decoding passes / ODE steps);
         - flow: `solver` ("euler" or "heun") and the timestep `shift`.
         `batch_size` caps the rows decoded together (CFG doubles them) to bound
-        memory; the same seed and batch_size give the same images.
+        memory (default DEFAULT_BATCH_SIZE); the same seed and batch_size give the same
+        images. A request whose images alone would take more than half the memory
+        available now is refused before any work, with the largest count that fits.
+        Each image's `info` holds the call's "seed" and its "index" in the call (with the
+        same prompts, num_images, batch_size and options, that seed remakes it);
+        `last_seed` repeats the seed for single-threaded convenience.
         `progress`: True shows a progress bar, a callable is called as `progress(step, total)`.
         `compile=True` runs the family's decode step through torch.compile (autoregressive:
         greedy ids unchanged, seeded samples drawn another way; the first call compiles).
         """
         prompts = _prompt_list(prompt_or_prompts)
-        self._warn_unknown_words(prompts)
         num_images = _positive_int(num_images, "num_images")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _positive_int(batch_size, "batch_size")
+        check_output_fits(len(prompts) * num_images, self.image_size)
+        self._warn_unknown_words(prompts)
         opts = self.sampling_options(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                      top_p=top_p, do_sample=do_sample, steps=steps, solver=solver, shift=shift,
                                      **options)
@@ -128,9 +141,9 @@ class UnimmPipeline:
                 f"the prompt is {longest} tokens; with {self.model.num_image_tokens} image tokens that needs "
                 f"{longest + self.model.num_image_tokens} positions but the backbone holds {limit}: shorten the prompt"
             )
-        batch_size = len(rows) if batch_size is None else _positive_int(batch_size, "batch_size")
-        self.last_seed = _seed(seed)
-        generator = make_generator(self.last_seed, self.device)
+        seed = _seed(seed)
+        self.last_seed = seed  # shared state: threads read the seed from each image's info
+        generator = make_generator(seed, self.device)
         family = self.model.family
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
@@ -145,6 +158,8 @@ class UnimmPipeline:
                                         generator=generator, progress=report, **extra)
                 with torch.inference_mode():
                     images += to_pil(self.model.decode_images(targets))
+        for k, im in enumerate(images):
+            im.info.update(seed=seed, index=k, prompt=prompts[k // num_images])
         return images
 
     def sampling_options(self, do_sample: bool | None = None, **given):
@@ -184,7 +199,7 @@ class UnimmPipeline:
         temperature = d.chat_temperature if temperature is None else temperature
         top_k = 0 if top_k is None else top_k
         top_p = 1.0 if top_p is None else top_p
-        check_sampling_args(temperature, top_k, top_p)
+        temperature, top_k, top_p = check_sampling_args(temperature, top_k, top_p)
         max_new = _positive_int(d.chat_max_new_tokens if max_new_tokens is None else max_new_tokens, "max_new_tokens")
         ids, pixels = self._chat_inputs(images, question, history)
         limit = self.model.backbone.max_positions
@@ -286,6 +301,62 @@ def _prompt_list(prompt_or_prompts) -> list[str]:
         if not isinstance(p, str):
             raise ValueError(f"prompt {i} must be a string, got {type(p).__name__}")
     return list(prompts)
+
+
+def check_device(device) -> torch.device | None:
+    """`device` as a torch.device this machine has, or a ValueError that says why not (None passes)."""
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:1, mps, ...") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            build = " (this torch is a CPU build)" if torch.version.cuda is None else ""
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine{build}")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    return d
+
+
+DEFAULT_BATCH_SIZE = 16  # rows generate() decodes together unless told otherwise (CFG doubles them)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations now (Linux / POSIX), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_output_fits(count: int, image_size: int, available: int | None = None) -> None:
+    """Refuse `count` RGB images of `image_size` px whose pixels alone would take more than half
+    the available memory, naming the largest count that fits."""
+    available = available_memory() if available is None else available
+    per_image = 3 * image_size * image_size
+    if available is None or count * per_image <= available // 2:
+        return
+    raise ValueError(f"{count:,} images of {image_size}x{image_size} px would take {_bytes(count * per_image)}, "
+                     f"more than half of the {_bytes(available)} of memory available; ask for at most "
+                     f"{max(1, available // 2 // per_image):,} per call")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def _positive_int(value, name: str) -> int:

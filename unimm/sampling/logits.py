@@ -42,13 +42,12 @@ def filtered(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: fl
     return logits
 
 
-def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+def check_sampling_args(temperature: float, top_k: int, top_p: float) -> tuple[float, int, float]:
+    """The three values checked (type, finiteness, range) by their owner, TokenSamplingOptions."""
+    from ..generation.options import TokenSamplingOptions, check_value
+
+    values = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    return tuple(check_value(n, v, (spec := TokenSamplingOptions.spec(n))["type"], spec) for n, v in values.items())
 
 
 def make_generator(seed: int | None, device) -> torch.Generator | None:
