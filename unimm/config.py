@@ -78,7 +78,7 @@ POSITIVE_KEYS = frozenset({
     "image_size", "patch_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "max_position_embeddings", "vocab_size", "head_dim", "num_channels", "latent_channels",
     "norm_num_groups", "layers_per_block", "block_out_channels", "levels", "num_codes", "codebook_size",
-    "embed_dim", "head_hidden", "num_queries", "num_latents", "steps", "batch_size", "text_length", "scale",
+    "embed_dim", "head_hidden", "num_queries", "num_latents", "max_prompt_tokens", "connector_heads", "steps", "batch_size", "text_length", "scale",
     "num_samples", "grad_accum", "eval_size", "chat_max_new_tokens",
 })
 

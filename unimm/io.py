@@ -21,15 +21,16 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 
 def save_weights(module: torch.nn.Module, directory: str | os.PathLike, max_shard_size: str = "5GB",
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, exclude: tuple[str, ...] = ()) -> None:
     """Write `module`'s state dict as (possibly sharded) safetensors; tied tensors are stored once.
 
     `dtype` stores the floating-point tensors in that type (e.g. bfloat16 to halve a
-    shipped checkpoint); integer buffers keep theirs.
+    shipped checkpoint); integer buffers keep theirs. Keys starting with a prefix in
+    `exclude` are left out (parts saved in their own library's layout).
     """
     from huggingface_hub import save_torch_state_dict
 
-    state = module.state_dict()
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith(exclude)}
     if dtype is not None:
         # Cast once per storage, so tensors that were tied stay tied (and stored once).
         cast: dict[int, torch.Tensor] = {}
@@ -68,17 +69,18 @@ def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(module: torch.nn.Module, directory: str | os.PathLike) -> None:
+def load_weights(module: torch.nn.Module, directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> None:
     """Load safetensors weights into `module`, failing loudly on any mismatch.
 
     Keys absent from the files are allowed only when they alias a stored tensor
-    (tied embeddings), since those were deduplicated when saving.
+    (tied embeddings), since those were deduplicated when saving, or when they start
+    with a prefix in `skip` (parts loaded from their own subfolders).
     """
     directory = Path(directory)
     check_weights_files(directory)
     state = read_weights(directory)
 
-    expected = module.state_dict(keep_vars=True)
+    expected = {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.startswith(skip)}
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise ConfigError(
@@ -106,6 +108,38 @@ def load_weights(module: torch.nn.Module, directory: str | os.PathLike) -> None:
     if missing:
         raise ConfigError(f"checkpoint {directory} lacks weights for: {preview(sorted(missing))}")
     module.load_state_dict(state, strict=False)
+
+
+LIBRARY_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' file name for a model's weights
+
+
+def save_library_part(part: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """A diffusers model in its own layout (config.json + safetensors), its weights stored in `dtype`."""
+    import copy
+
+    stored = part if next(part.parameters()).dtype == dtype else copy.deepcopy(part).to(dtype)
+    stored.save_pretrained(folder, safe_serialization=True)
+
+
+def load_library_part(part: torch.nn.Module, folder: Path) -> None:
+    """Load weights saved by `save_library_part` into `part`, built from the model's config;
+    the folder's config.json must describe the same model. Never unpickles."""
+    config_file, weights = folder / "config.json", folder / LIBRARY_WEIGHTS
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"{folder.parent} lacks {folder.name}/{f.name}")
+    saved = json.loads(config_file.read_text())
+    differ = sorted(k for k, v in part.config.items() if not k.startswith("_") and k in saved
+                    and json.loads(json.dumps(v)) != saved[k])
+    if differ:
+        raise ConfigError(f"{config_file} does not match the model's config: {preview(differ)}")
+    state = load_file(str(weights))
+    expected = part.state_dict()
+    problems = sorted(set(state) ^ set(expected)) + [k for k in state if k in expected
+                                                     and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if problems:
+        raise ConfigError(f"{weights} does not match the model's config: {preview(problems)}")
+    part.load_state_dict(state)
 
 
 class SaveLoadMixin:

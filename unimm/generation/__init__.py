@@ -30,6 +30,17 @@ class GenerationFamily:
     summary: ClassVar[str] = ""
     compilable: ClassVar[bool] = False  # sample() takes compile=True (a torch.compile'd decode step)
 
+    def check_config(self, generation_config) -> None:
+        """Check the family's own settings (`generation.generator`) when a config is read."""
+        if generation_config.generator:
+            raise ValueError(f"generation.generator configures a separate generator; the {self.name} "
+                             f"paradigm builds none")
+
+    def library_parts(self, model) -> dict[str, torch.nn.Module]:
+        """Submodules saved in their library's own layout, each in a subfolder of the model
+        directory named by its key (e.g. {"transformer": a diffusers model}), not in model.safetensors."""
+        return {}
+
     def build_head(self, config, image_tokenizer, hidden_size: int) -> torch.nn.Module:
         """The trainable part between the backbone and the image tokenizer (model.gen_head)."""
         raise NotImplementedError
@@ -79,7 +90,7 @@ def family_names() -> tuple[str, ...]:
 
 
 def _load_builtin() -> None:
-    from . import autoregressive, flow, masked  # noqa: F401 - each registers itself
+    from . import autoregressive, dit, flow, masked  # noqa: F401 - each registers itself
 
 
 __all__ = ["GenerationFamily", "SampleOptions", "TokenSamplingOptions", "check_value", "family_names",

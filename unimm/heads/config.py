@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..layers import check_activation
 
@@ -22,11 +22,14 @@ class GenerationConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0
+    # The family's own settings for a generator it builds beside the backbone (the dit
+    # family's diffusers transformer and connector: unimm.heads.dit.DiTGeneratorConfig).
+    generator: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from ..generation import get_family
 
-        get_family(self.paradigm)  # names the registered paradigms if it is not one of them
+        get_family(self.paradigm).check_config(self)  # names the registered paradigms if it is not one
         if self.patch_size < 1 or self.shift <= 0 or self.logit_std <= 0:
             raise ValueError("patch_size must be >= 1, shift > 0 and logit_std > 0")
         check_activation(self.activation)

@@ -30,7 +30,7 @@ from ..encoders import SiglipEncoder, SiglipEncoderConfig
 from ..folders import atomic_directory
 from ..generation import get_family
 from ..heads import GenerationConfig
-from ..io import load_weights, save_weights
+from ..io import load_library_part, load_weights, save_library_part, save_weights
 from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
@@ -283,7 +283,11 @@ class UnifiedModel(nn.Module):
         config = dataclasses.replace(self.resolved_config(), storage_dtype=name)
         with atomic_directory(directory, overwrite=overwrite) as tmp:
             write_json(to_dict(config), Path(tmp) / CONFIG_NAME)
-            save_weights(self, tmp, max_shard_size=max_shard_size, dtype=getattr(torch, name))
+            parts = self._library_parts()
+            save_weights(self, tmp, max_shard_size=max_shard_size, dtype=getattr(torch, name),
+                         exclude=tuple(parts))
+            for prefix, (folder, part) in parts.items():
+                save_library_part(part, Path(tmp) / folder, getattr(torch, name))
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
 
@@ -298,8 +302,16 @@ class UnifiedModel(nn.Module):
         except json.JSONDecodeError as e:
             raise ConfigError(f"cannot parse {cfg_path}: {e}") from e
         model = cls(UnifiedConfig.from_dict(data))
-        load_weights(model, directory)
+        parts = model._library_parts()
+        load_weights(model, directory, skip=tuple(parts))
+        for folder, part in parts.values():
+            load_library_part(part, directory / folder)
         return model.eval()
+
+    def _library_parts(self) -> dict[str, tuple[str, nn.Module]]:
+        """{state-dict prefix: (subfolder, module)} for the family's parts saved in their own layout."""
+        names = {id(m): n for n, m in self.named_modules()}
+        return {f"{names[id(m)]}.": (folder, m) for folder, m in self.family.library_parts(self).items()}
 
 
 def build_model(config: UnifiedConfig, corpus: list[str] | None = None):

@@ -1,0 +1,60 @@
+"""Diffusion transformers from diffusers (SD3's MMDiT, PixArt), conditioned by the unified backbone.
+
+The backbone understands the prompt once; a diffusers transformer draws the
+image latents by flow matching (MetaQuery, BLIP3-o, OmniGen2). The generator
+saves in diffusers' own layout, a `transformer/` folder inside the model
+directory that `SD3Transformer2DModel.from_pretrained` opens as it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import GenerationFamily, register_family
+from .flow import FlowOptions
+
+
+@dataclass
+class DiTOptions(FlowOptions):
+    pass
+
+
+class DiT(GenerationFamily):
+    name = "dit"
+    tokenizer_type = "vae"
+    options = DiTOptions
+    summary = "a diffusers diffusion transformer (MMDiT, PixArt) drawing VAE latents from the backbone's states"
+
+    def generator_config(self, generation_config):
+        from ..config import from_dict
+        from ..heads.dit import DiTGeneratorConfig
+
+        return from_dict(DiTGeneratorConfig, generation_config.generator, "generation.generator")
+
+    def check_config(self, generation_config) -> None:
+        self.generator_config(generation_config)
+
+    def build_head(self, config, image_tokenizer, hidden_size: int):
+        from ..heads.dit import DiTHead
+
+        return DiTHead(self.generator_config(config), image_tokenizer.latent_channels, image_tokenizer.grid,
+                       hidden_size)
+
+    def num_tokens(self, model) -> int:
+        return model.gen_head.num_tokens  # queries after the prompt (0 when reading the prompt's states)
+
+    def library_parts(self, model) -> dict[str, torch.nn.Module]:
+        return {"transformer": model.gen_head.transformer}
+
+    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None) -> torch.Tensor:
+        return model.gen_head.loss(model, prompt_ids, prompt_mask, targets, generator)
+
+    def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None) -> torch.Tensor:
+        from ..sampling.dit import generate_dit_latents
+
+        return generate_dit_latents(model, prompt_ids, prompt_mask, generator=generator, progress=progress,
+                                    **options.as_kwargs())
+
+
+register_family(DiT())
