@@ -188,3 +188,24 @@ def test_the_cli_the_app_and_chat_work_unchanged_on_a_dit_model(dit_pipe, tmp_pa
     assert (h.uses_temperature, h.uses_steps, h.default_steps()) == (False, True, 8)
     images, seed = h.generate("a red circle", 2, 2.0, 1.0, 3, 7, False, progress=lambda *a, **k: None)
     assert len(images) == 2 and seed == 7 and images[0].size == (32, 32)
+
+
+def test_the_two_dit_stages_train_frozen_then_with_lora(tmp_path):
+    """Stage 1 trains the generator side only; stage 2 adds LoRA on the backbone, merged on export."""
+    from unimm.training.config import load_train_config
+    from unimm.training.trainer import train
+
+    one = tmp_path / "one"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = unimm.load("tiny-dit").model.state_dict()
+        train(load_train_config("configs/train/tiny-dit-stage1.yaml",
+                                [f"output_dir={one}", "steps=2", "batch_size=2"]), progress=False)
+        after_one = unimm.load(str(one / "final")).model.state_dict()
+        train(load_train_config("configs/train/tiny-dit-stage2.yaml",
+                                [f"init_from={one / 'final'}", f"output_dir={tmp_path / 'two'}", "steps=2",
+                                 "batch_size=2"]), progress=False)
+    after_two = unimm.load(str(tmp_path / "two" / "final")).model.state_dict()
+    changed = lambda a, b, prefix: any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix))  # noqa: E731
+    assert changed(start, after_one, "gen_head.") and not changed(start, after_one, "backbone.")
+    assert changed(after_one, after_two, "backbone.") and set(after_two) == set(after_one)  # LoRA merged away
