@@ -84,8 +84,14 @@ def cmd_generate(args) -> int:
     if out.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"-o {out}: {out.suffix or 'no extension'} is not an image format; use .png, .jpg, ...")
     pipe = _load(args)
+    control = {}
+    if args.control:
+        control = {"control_image": args.control, "control_type": args.control_type or None,
+                   "control_scale": args.control_scale or None, "control_is_map": args.control_is_map}
+    elif args.control_type or args.control_scale or args.control_is_map:
+        raise ValueError("--control-type, --control-scale and --control-is-map need --control IMAGE")
     images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
-                           progress=not args.quiet, compile=args.compile, **sampling_kwargs(args, pipe))
+                           progress=not args.quiet, compile=args.compile, **control, **sampling_kwargs(args, pipe))
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
     written: list[Path] = []
@@ -196,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="rows decoded together (bounds memory)")
     g.add_argument("--upscale", type=int, default=1,
                    help="write each image N times larger, nearest neighbour (crisp pixels); default: the model's size")
+    g.add_argument("--control", action="append", default=[], metavar="IMAGE",
+                   help="a picture whose control map steers a dit model's ControlNet (repeat for several)")
+    g.add_argument("--control-type", action="append", default=[], choices=["edges", "segmentation"],
+                   help="the map each --control makes (default: the model's only ControlNet)")
+    g.add_argument("--control-scale", action="append", default=[], type=float, metavar="S",
+                   help="weight of each control (default 1)")
+    g.add_argument("--control-is-map", action="store_true", help="the --control images are maps already")
     g.add_argument("--compile", action="store_true",
                    help="run the decode step through torch.compile (autoregressive; the first call compiles)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -687,6 +687,37 @@ class ShapesSource(Source):
         return _understanding([s["image"]], turns)
 
 
+class ControlMapSource(Source):
+    """Another generation source's items with ControlNet maps of their images (unimm.data.control):
+    record["control"] = {control type: map}, made by the code that makes the maps of user images."""
+
+    def __init__(self, source: Source, kinds) -> None:
+        from .control import check_control_type
+
+        super().__init__()
+        if source.task != "generation":
+            raise ConfigError(f"control maps go with generation data, not {source.task!r} ({source.name})")
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        if not kinds:
+            raise ConfigError("control names no control type")
+        self.kinds = [check_control_type(k) for k in kinds]
+        self.source, self.task = source, source.task
+        self.name = f"{source.name} + {', '.join(self.kinds)} maps"
+        self.skipped, self.skipped_items = source.skipped, source.skipped_items
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, i: int) -> dict | None:
+        from .control import control_map
+
+        record = self.source.get(i)
+        if record is not None:
+            image = record["image"].convert("RGB")
+            record = {**record, "control": {k: control_map(image, k) for k in self.kinds}}
+        return record
+
+
 # --------------------------------------------------------------------------- from a config mapping
 
 
@@ -712,12 +743,19 @@ def build_source(spec: dict) -> Source:
     """A source from a config mapping, e.g. {"format": "llava", "path": ..., "image_root": ...},
     {"format": "captions", "path": ..., "task": "text"}, {"format": "webdataset", "shards": ..., "task": ...},
     {"format": "hf", "path": ..., "caption_column": ...}, {"format": "shapes", "task": ..., "num_samples": ...}.
+    Any generation source may add "control": [edges, segmentation] for ControlNet maps of its images.
 
     Unknown formats, unknown keys and missing required keys raise ConfigError naming them.
     """
     if not isinstance(spec, dict):
         raise ConfigError(f"a data source spec must be a mapping, got {type(spec).__name__}")
     options = dict(spec)
+    control = options.pop("control", None)  # any generation source: ControlNet maps of its images
+    if control is not None:
+        try:
+            return ControlMapSource(build_source(options), control)
+        except ValueError as e:
+            raise ConfigError(f"bad data source control: {e}") from None
     fmt = options.pop("format", None)
     if fmt not in _FORMATS:
         raise ConfigError(f"unknown data source format {fmt!r}; choose one of {', '.join(_FORMATS)}")

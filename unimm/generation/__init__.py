@@ -29,6 +29,7 @@ class GenerationFamily:
     progress_unit: ClassVar[str] = "step"  # what `progress(step, total)` counts, for bars
     summary: ClassVar[str] = ""
     compilable: ClassVar[bool] = False  # sample() takes compile=True (a torch.compile'd decode step)
+    controllable: ClassVar[bool] = False  # sample() and loss() take ControlNet maps (control=...)
 
     def check_config(self, generation_config) -> None:
         """Check the family's own settings (`generation.generator`) when a config is read."""

@@ -44,17 +44,23 @@ class DiT(GenerationFamily):
     def num_tokens(self, model) -> int:
         return model.gen_head.num_tokens  # queries after the prompt (0 when reading the prompt's states)
 
+    controllable = True  # sample() and loss() take ControlNet maps (`control`)
+
     def library_parts(self, model) -> dict[str, torch.nn.Module]:
-        return {"transformer": model.gen_head.transformer}
+        head = model.gen_head
+        return {"transformer": head.transformer, **{f"controlnet_{k}": net for k, net in head.controlnets.items()}}
 
-    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None) -> torch.Tensor:
-        return model.gen_head.loss(model, prompt_ids, prompt_mask, targets, generator)
+    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None) -> torch.Tensor:
+        """`control`: {control type: latents of the targets' control maps (B, C, h, w)}."""
+        return model.gen_head.loss(model, prompt_ids, prompt_mask, targets, generator, control)
 
-    def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None) -> torch.Tensor:
+    def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None,
+               control=None) -> torch.Tensor:
+        """`control`: [(control type, its map's latents (1 or B, C, h, w), scale), ...]."""
         from ..sampling.dit import generate_dit_latents
 
         return generate_dit_latents(model, prompt_ids, prompt_mask, generator=generator, progress=progress,
-                                    **options.as_kwargs())
+                                    control=control, **options.as_kwargs())
 
 
 register_family(DiT())

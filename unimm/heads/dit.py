@@ -53,6 +53,12 @@ class DiTGeneratorConfig:
     layer: int = -1  # "prompt_states": which backbone hidden state (-1 the last)
     connector_layers: int = 2  # bidirectional transformer layers between backbone and generator
     connector_heads: int = 4
+    # ControlNets (SD3ControlNetModel, MMDiT only): {control type: number of layers}, e.g.
+    # {edges: 2, segmentation: 2}; built from the generator's weights with zero-initialised
+    # outputs, so an untrained ControlNet leaves the generator's output as it was. Several
+    # are used at once by summing their residuals (as SD3MultiControlNetModel does), so they
+    # share one layer count.
+    controlnets: dict = field(default_factory=dict)
     # Training: sigma ~ sigmoid(N(logit_mean, logit_std)) (logit-normal, SD3), then the shift.
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -65,6 +71,16 @@ class DiTGeneratorConfig:
             raise ConfigError(f"generation.generator.conditioning must be one of {', '.join(CONDITIONING)}, "
                               f"got {self.conditioning!r}")
         check_keys(self.config, _generator_keys(self.cls), f"generation.generator.config ({self.cls})")
+        from ..data.control import check_control_type
+
+        for kind, layers in self.controlnets.items():
+            check_control_type(kind)
+            if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+                raise ConfigError(f"generation.generator.controlnets.{kind} must be a layer count >= 1, got {layers!r}")
+        if self.controlnets and self.cls != "SD3Transformer2DModel":
+            raise ConfigError(f"generation.generator.controlnets need SD3Transformer2DModel, not {self.cls}")
+        if len(set(self.controlnets.values())) > 1:
+            raise ConfigError("generation.generator.controlnets must share one layer count (their residuals are summed)")
         if self.connector_layers < 0 or self.shift <= 0 or self.logit_std <= 0:
             raise ConfigError("generation.generator: connector_layers must be >= 0, shift > 0 and logit_std > 0")
 
@@ -141,6 +157,8 @@ class DiTHead(nn.Module):
         self.connector = Connector(hidden_size, cond_dim, config.connector_layers, config.connector_heads)
         self.pool = (nn.Linear(cond_dim, self.transformer.config["pooled_projection_dim"])
                      if self.has_pooled else None)
+        self.controlnets = nn.ModuleDict({kind: controlnet_from(self.transformer, layers)
+                                          for kind, layers in config.controlnets.items()})
         if config.conditioning == "queries":
             self.queries = nn.Parameter(torch.randn(config.num_queries, hidden_size) / math.sqrt(hidden_size))
 
@@ -176,15 +194,30 @@ class DiTHead(nn.Module):
         return kwargs
 
     # -- the generator --------------------------------------------------------
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: dict) -> torch.Tensor:
-        """Latents (B, C, h, w) at noise levels sigma (B,) -> predicted velocity noise - x_0."""
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: dict, control=None) -> torch.Tensor:
+        """Latents (B, C, h, w) at noise levels sigma (B,) -> predicted velocity noise - x_0.
+
+        `control`: [(control type, its map's latents (B, C, h, w), scale), ...] for the ControlNets;
+        the same call serves training and sampling, so both feed them the same pooled projection.
+        """
         dtype = next(self.transformer.parameters()).dtype
-        out = self.transformer(hidden_states=x.to(dtype), timestep=sigma * 1000, return_dict=False, **condition)[0]
+        x, t = x.to(dtype), sigma * 1000
+        residuals = None
+        for kind, latents, scale in control or ():
+            if kind not in self.controlnets:
+                raise ValueError(f"this model has no {kind!r} ControlNet; it has: "
+                                 f"{', '.join(self.controlnets) or 'none'}")
+            out = self.controlnets[kind](hidden_states=x, controlnet_cond=latents.to(dtype), conditioning_scale=scale,
+                                         timestep=t, return_dict=False, **condition)[0]
+            residuals = out if residuals is None else [a + b for a, b in zip(residuals, out)]
+        if residuals is not None:
+            condition = {**condition, "block_controlnet_hidden_states": residuals}
+        out = self.transformer(hidden_states=x, timestep=t, return_dict=False, **condition)[0]
         if out.shape[1] != self.c:  # PixArt-style learned sigma: the first C channels are the prediction
             out = out[:, :self.c]
         return out.float()
 
-    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None) -> torch.Tensor:
+    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None) -> torch.Tensor:
         B = targets.shape[0]
         cfg = self.config
         u = torch.randn(B, device=targets.device, generator=generator) * cfg.logit_std + cfg.logit_mean
@@ -193,8 +226,28 @@ class DiTHead(nn.Module):
         noise = torch.randn(targets.shape, device=targets.device, generator=generator)
         s = sigma[:, None, None, None]
         x = (1 - s) * targets.float() + s * noise
-        v = self.velocity(x, sigma, self.condition(model, prompt_ids, prompt_mask))
+        control = [(kind, latents, 1.0) for kind, latents in (control or {}).items()]
+        v = self.velocity(x, sigma, self.condition(model, prompt_ids, prompt_mask), control)
         return F.mse_loss(v, noise - targets.float())
+
+
+def controlnet_from(transformer, num_layers: int):
+    """An SD3ControlNetModel built from `transformer`'s weights, as diffusers' `from_transformer`
+    builds it, but on a copy of its config (from_transformer writes into the source's config)
+    and with the control map entering as latents of the same channels (no extra channels)."""
+    from diffusers import SD3ControlNetModel
+
+    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    config.update(num_layers=num_layers, extra_conditioning_channels=0,
+                  force_zeros_for_pooled_projection=False)  # the real pooled projection, in training and sampling
+    net = SD3ControlNetModel.from_config(config)
+    net.pos_embed.load_state_dict(transformer.pos_embed.state_dict())
+    net.time_text_embed.load_state_dict(transformer.time_text_embed.state_dict())
+    net.context_embedder.load_state_dict(transformer.context_embedder.state_dict())
+    net.transformer_blocks.load_state_dict(transformer.transformer_blocks.state_dict(), strict=False)
+    for p in net.pos_embed_input.parameters():  # the map enters through zeros (its output blocks start at zero too)
+        nn.init.zeros_(p)
+    return net
 
 
 def _fixed_length(states: torch.Tensor, mask: torch.Tensor, length: int):

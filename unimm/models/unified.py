@@ -239,8 +239,14 @@ class UnifiedModel(nn.Module):
         logits = self.text_logits(h[:, :-1][keep])  # (n_answer, V)
         return F.cross_entropy(logits.float(), targets[keep])
 
-    def generation_loss(self, prompt_ids, prompt_mask, targets, generator=None) -> torch.Tensor:
-        """The family's image loss for prompts (ending in BOI) and targets from `images_to_targets`."""
+    def generation_loss(self, prompt_ids, prompt_mask, targets, generator=None, control=None) -> torch.Tensor:
+        """The family's image loss for prompts (ending in BOI) and targets from `images_to_targets`;
+        `control` ({control type: map latents}) goes to families with ControlNets."""
+        if control is not None:
+            if not self.family.controllable:
+                raise ValueError(f"the training data has control maps but the {self.family.name} paradigm "
+                                 "takes none")
+            return self.family.loss(self, prompt_ids, prompt_mask, targets, generator, control=control)
         return self.family.loss(self, prompt_ids, prompt_mask, targets, generator)
 
     def forward(self, und: dict | None = None, gen: dict | None = None) -> dict[str, torch.Tensor]:

@@ -104,7 +104,8 @@ class UnimmPipeline:
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  do_sample: bool | None = None, seed: int | None = None, batch_size: int | None = None,
                  steps: int | None = None, solver: str | None = None, shift: float | None = None,
-                 progress=None, compile: bool = False, **options) -> list[Image.Image]:
+                 progress=None, compile: bool = False, control_image=None, control_type=None,
+                 control_scale=None, control_is_map: bool = False, **options) -> list[Image.Image]:
         """Generate `num_images` images per prompt; returns them prompt by prompt.
 
         The same call serves every generation family. Sampling options (the named
@@ -125,6 +126,11 @@ class UnimmPipeline:
         `progress`: True shows a progress bar, a callable is called as `progress(step, total)`.
         `compile=True` runs the family's decode step through torch.compile (autoregressive:
         greedy ids unchanged, seeded samples drawn another way; the first call compiles).
+        ControlNet (dit models that have one): `control_image` (a picture, or a list for several
+        controls at once) is turned into the map `control_type` names ("edges", "segmentation";
+        default: the model's only ControlNet) by the code that made the training maps, or taken
+        as the map itself with `control_is_map=True`; `control_scale` (default 1.0, one or one
+        per image) weights it. The maps used are in each image's info["control_maps"].
         """
         prompts = _prompt_list(prompt_or_prompts)
         num_images = _positive_int(num_images, "num_images")
@@ -150,6 +156,9 @@ class UnimmPipeline:
         if compile and not family.compilable:
             raise ValueError(f"compile is not available for the {family.name} paradigm")
         extra = {"compile": True} if compile else {}
+        control, maps = self._control(control_image, control_type, control_scale, control_is_map)
+        if control:
+            extra["control"] = control
         images: list[Image.Image] = []
         with _progress_callback(progress, family.progress_unit) as report:
             for start in range(0, len(rows), batch_size):
@@ -160,7 +169,57 @@ class UnimmPipeline:
                     images += to_pil(self.model.decode_images(targets))
         for k, im in enumerate(images):
             im.info.update(seed=seed, index=k, prompt=prompts[k // num_images])
+            if maps:
+                im.info["control_maps"] = maps
         return images
+
+    def _control(self, images, types, scales, is_map: bool):
+        """([(control type, map latents (1, C, h, w), scale)], {type: map image}) for generate()."""
+        if images is None:
+            if types is not None or scales is not None:
+                raise ValueError("control_type and control_scale need a control_image")
+            return [], {}
+        family = self.model.family
+        nets = list(getattr(self.model.gen_head, "controlnets", {})) if family.controllable else []
+        if not nets:
+            raise ValueError(f"control_image needs a model with a ControlNet; this {family.name} model has none")
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if types is None:
+            if len(nets) > 1:
+                raise ValueError(f"control_type is needed: this model has ControlNets for {', '.join(nets)}")
+            types = nets * len(images)
+        types = list(types) if isinstance(types, (list, tuple)) else [types] * len(images)
+        scales = [1.0] * len(images) if scales is None else (
+            list(scales) if isinstance(scales, (list, tuple)) else [scales] * len(images))
+        if not len(images) == len(types) == len(scales):
+            raise ValueError(f"{len(images)} control image(s) but {len(types)} control type(s) and "
+                             f"{len(scales)} scale(s)")
+        from ..data.control import control_map
+        from ..generation.options import check_value
+        from ..images import load_image
+
+        size, tok = self.image_size, self.model.image_tokenizer
+        control, maps = [], {}
+        for image, kind, scale in zip(images, types, scales):
+            if kind not in nets:
+                raise ValueError(f"this model has no {kind!r} ControlNet; it has: {', '.join(nets)}")
+            if kind in maps:
+                raise ValueError(f"control_type {kind!r} is given twice")
+            scale = check_value("control_scale", scale, float, {"low": 0})
+            picture = load_image(image)
+            if is_map:
+                if picture.size != (size, size):
+                    raise ValueError(f"the {kind} control map is {picture.width}x{picture.height} px; this model "
+                                     f"draws {size}x{size}: pass a map of that size, or a picture without "
+                                     "control_is_map")
+                cmap = picture
+            else:  # as the training maps were made: from the picture at the model's size
+                cmap = control_map(picture.resize((size, size), Image.Resampling.BICUBIC), kind)
+            with torch.inference_mode():
+                pixels = tok.preprocess(cmap)[None].to(self.device, self.model.dtype)
+                control.append((kind, self.model.images_to_targets(pixels), scale))
+            maps[kind] = cmap
+        return control, maps
 
     def sampling_options(self, do_sample: bool | None = None, **given):
         """The family's options for one call: `given` (None = unset) over config.sampling, checked.

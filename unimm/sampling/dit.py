@@ -18,8 +18,12 @@ from .cfg import guide, with_unconditional
 @torch.inference_mode()
 def generate_dit_latents(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, steps: int = 25,
                          guidance_scale: float = 5.0, solver: str = "euler", shift: float = 1.0,
-                         generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
-    """prompt_ids (B, L) left-padded, each ending in BOI -> latents (B, C, h, w)."""
+                         generator: torch.Generator | None = None, progress=None, control=None) -> torch.Tensor:
+    """prompt_ids (B, L) left-padded, each ending in BOI -> latents (B, C, h, w).
+
+    `control`: [(control type, map latents (1 or B, C, h, w), scale), ...] for the model's
+    ControlNets; both guidance halves see the same maps.
+    """
     if solver not in ("euler", "heun"):
         raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
     head = model.gen_head
@@ -28,10 +32,12 @@ def generate_dit_latents(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     condition = head.condition(model, ids, mask)  # the one backbone pass
     rows = ids.shape[0]
     sigmas = shifted_sigmas(steps, shift).to(device)
+    control = [(kind, latents.to(device).expand(B, -1, -1, -1).repeat(rows // B, 1, 1, 1), scale)
+               for kind, latents, scale in control or ()]
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         both = x if rows == B else torch.cat([x, x])
-        return guide(head.velocity(both, sigma.expand(rows), condition), B, guidance_scale)
+        return guide(head.velocity(both, sigma.expand(rows), condition, control), B, guidance_scale)
 
     x = torch.randn(B, head.c, head.grid, head.grid, device=device, generator=generator)
     for i in range(steps):

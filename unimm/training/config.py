@@ -86,9 +86,10 @@ class TrainConfig:
     def __post_init__(self):
         if (self.model is None) == (self.init_from is None):
             raise ValueError("set exactly one of 'model' (a fresh model) and 'init_from' (a saved model directory)")
-        unknown = set(self.freeze) - set(PARTS)
+        unknown = {k for k in self.freeze if k.split(".")[0] not in PARTS}
         if unknown:
-            raise ValueError(f"unknown part(s) {sorted(unknown)} in freeze; parts: {', '.join(PARTS)}")
+            raise ValueError(f"unknown part(s) {sorted(unknown)} in freeze; parts: {', '.join(PARTS)} "
+                             "(or a submodule of one, e.g. gen_head.controlnets)")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1 or self.keep_last < 1:
             raise ValueError("steps, batch_size, grad_accum, save_every and keep_last must be >= 1")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):

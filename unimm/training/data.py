@@ -88,11 +88,12 @@ class TrainingDataset(Dataset):
             ids = p.generation_ids(caption)
             if self._too_long(len(ids) + self.num_gen_tokens):
                 return None
+            control = {k: self.gen_transform(m) for k, m in record.get("control", {}).items()}
             if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
                 return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
-                        "targets": record["targets"]}
+                        "targets": record["targets"], "control": control}
             return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
-                    "image": self.gen_transform(record["image"])}
+                    "image": self.gen_transform(record["image"]), "control": control}
         if task == "text":
             ids = ([p.ids.bos] if p.ids.bos is not None else []) + p.tokenizer.encode(
                 record["text"], add_special_tokens=False) + [p.ids.eos]
@@ -139,6 +140,12 @@ class Collator:
                 out["gen"]["targets"] = torch.stack([s["targets"] for s in gen])
             else:
                 out["gen"]["images"] = torch.stack([s["image"] for s in gen])
+            kinds = {tuple(sorted(s.get("control", {}))) for s in gen}
+            if len(kinds) > 1:
+                raise ValueError(f"a batch mixes generation items with different control maps {sorted(kinds)}: "
+                                 "give every generation source the same `control`")
+            if kinds and next(iter(kinds)):
+                out["gen"]["control_images"] = {k: torch.stack([s["control"][k] for s in gen]) for k in next(iter(kinds))}
             out["n_tokens"] += int(mask.sum())  # the trainer adds the image tokens, which it knows
         return out
 

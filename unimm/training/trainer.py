@@ -68,11 +68,17 @@ class EMA:
 
 
 def apply_freeze(model, freeze: dict) -> list[tuple[str, int, int]]:
-    """requires_grad per part; returns (part, trainable, frozen) parameter counts."""
+    """requires_grad per part, then per submodule named under a part (`gen_head.controlnets`:
+    the more specific name wins); returns (part, trainable, frozen) parameter counts."""
     rows = []
     for part in PARTS:
         module = getattr(model, part)
         module.requires_grad_(not freeze.get(part, False))
+    for name in sorted((k for k in freeze if "." in k), key=lambda k: k.count(".")):
+        try:
+            model.get_submodule(name).requires_grad_(not freeze[name])
+        except AttributeError:
+            raise ValueError(f"freeze names {name!r}, which this model does not have") from None
     for part in PARTS:
         params = list(getattr(model, part).parameters())
         trainable = sum(p.numel() for p in params if p.requires_grad)
@@ -123,6 +129,8 @@ def _set_frozen_eval(model, freeze: dict) -> None:
     for part in PARTS:
         if freeze.get(part, False):
             getattr(model, part).eval()
+    for name in sorted((k for k in freeze if "." in k), key=lambda k: k.count(".")):
+        model.get_submodule(name).train(not freeze[name])
 
 
 def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -133,7 +141,12 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.T
         else:
             with torch.no_grad():
                 targets = unwrapped.images_to_targets(gen["images"].to(unwrapped.dtype))
-        gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets}
+        extra = {}
+        if "control_images" in gen:  # ControlNet maps, encoded exactly as the targets are
+            with torch.no_grad():
+                extra["control"] = {k: unwrapped.images_to_targets(m.to(unwrapped.dtype))
+                                    for k, m in gen["control_images"].items()}
+        gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets, **extra}
     if und is not None and und["pixel_values"] is not None:
         und = {**und, "pixel_values": und["pixel_values"].to(unwrapped.dtype)}
     out = model(und=und, gen=gen)
@@ -282,6 +295,10 @@ def _target_caches(cfg: TrainConfig, sources: dict, model, acc, progress: bool) 
     from .cache import TargetCache
 
     names = [n for n, src in sources.items() if src.task == "generation" and cfg.data.ratios[n] > 0]
+    with_maps = [n for n in names if "control" in cfg.data.sources[n]]
+    if with_maps:
+        raise ValueError(f"data.cache_dir keeps targets only, not control maps: drop cache_dir or `control` "
+                         f"from source(s) {', '.join(with_maps)}")
     model.image_tokenizer.to(acc.device)  # encode on the GPU where there is one (prepare moves the rest)
     caches = {}
     for name in names:  # the main process builds what is missing, then every process loads it

@@ -1,0 +1,105 @@
+"""ControlNets on the dit family: maps, zero start, training with the generator frozen, API, saving."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import unimm
+from unimm.data.control import CONTROL_TYPES, control_map
+from unimm.data.shapes import ShapesWorld
+from unimm.pipelines.load import resolve_config
+
+
+@pytest.fixture(scope="module")
+def scene_image():
+    return ShapesWorld(seed=3, num_samples=5, image_size=32).sample(1)["image"]
+
+
+@pytest.fixture(scope="module")
+def control_pipe():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        return unimm.load("tiny-dit-control")
+
+
+def test_control_maps_come_from_the_picture(scene_image):
+    from unimm.eval.detector import detect
+
+    edges = np.asarray(control_map(scene_image, "edges"))
+    assert edges.shape == (32, 32, 3) and set(np.unique(edges)) == {0, 255}
+    seg = control_map(scene_image.resize((64, 64)), "segmentation")  # the layout: shape colour, place, size
+    found = detect(scene_image.resize((64, 64)))
+    assert len({tuple(c) for c in np.asarray(seg).reshape(-1, 3)} - {(0, 0, 0)}) == len({d.shape for d in found})
+    with pytest.raises(ValueError, match="control_type must be one of edges, segmentation, got 'depth'"):
+        control_map(scene_image, "depth")
+
+
+def test_an_untrained_controlnet_leaves_the_generator_as_it_was(control_pipe, scene_image):
+    head = control_pipe.model.gen_head
+    assert set(head.controlnets) == set(CONTROL_TYPES)
+    assert head.transformer.config.num_layers == 2  # building the ControlNets left the generator's config alone
+    plain = control_pipe.generate("a red circle", seed=1, steps=3)
+    both = control_pipe.generate("a red circle", seed=1, steps=3, control_image=[scene_image, scene_image],
+                                 control_type=["edges", "segmentation"], control_scale=[1.0, 0.5])
+    assert plain[0].tobytes() == both[0].tobytes()  # zero-initialised: training starts from the base model
+    assert sorted(both[0].info["control_maps"]) == ["edges", "segmentation"]
+
+
+def test_the_controlnet_stage_trains_only_the_controlnets_and_saves_in_diffusers_layout(tmp_path, scene_image):
+    from diffusers import SD3ControlNetModel
+
+    from unimm.training.config import load_train_config
+    from unimm.training.trainer import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = unimm.load("tiny-dit-control").model.state_dict()
+        train(load_train_config("configs/train/tiny-dit-controlnet.yaml",
+                                [f"output_dir={tmp_path / 'run'}", "steps=3", "batch_size=2", "optim.lr=0.05"]),
+              progress=False)
+    pipe = unimm.load(str(tmp_path / "run" / "final"))
+    after = pipe.model.state_dict()
+    moved = {k.split(".")[1] for k in after if not torch.equal(start[k], after[k])}
+    assert moved == {"controlnets"}  # the generator, connector, queries and backbone stayed frozen
+
+    plain = pipe.generate("a red circle", seed=2, steps=3)
+    edged = pipe.generate("a red circle", seed=2, steps=3, control_image=scene_image, control_type="edges")
+    assert plain[0].tobytes() != edged[0].tobytes()  # the trained branch now steers the generator
+    pipe.save_pretrained(tmp_path / "saved")
+    again = unimm.load(str(tmp_path / "saved"))
+    same = again.generate("a red circle", seed=2, steps=3, control_image=scene_image, control_type="edges")
+    assert same[0].tobytes() == edged[0].tobytes()
+    net = SD3ControlNetModel.from_pretrained(tmp_path / "saved" / "controlnet_edges")  # diffusers opens it
+    assert net.config.num_layers == 1 and net.config.extra_conditioning_channels == 0
+
+
+def test_bad_control_inputs_are_named(control_pipe, scene_image, tiny_pipe):
+    with pytest.raises(ValueError, match="control_type is needed: this model has ControlNets for edges, segmentation"):
+        control_pipe.generate("a red circle", control_image=scene_image)
+    with pytest.raises(ValueError, match="the edges control map is 64x64 px; this model draws 32x32"):
+        control_pipe.generate("a red circle", control_image=scene_image.resize((64, 64)), control_type="edges",
+                              control_is_map=True)
+    with pytest.raises(ValueError, match="control_scale must be >= 0"):
+        control_pipe.generate("a red circle", control_image=scene_image, control_type="edges", control_scale=-1)
+    with pytest.raises(ValueError, match="control_type and control_scale need a control_image"):
+        control_pipe.generate("a red circle", control_type="edges")
+    with pytest.raises(ValueError, match="control_image needs a model with a ControlNet; this autoregressive"):
+        tiny_pipe.generate("a red circle", control_image=scene_image)
+    with pytest.raises(ValueError, match="controlnets need SD3Transformer2DModel"):
+        resolve_config({"base": "tiny-dit-pixart",
+                       "generation": {"generator": {"controlnets": {"edges": 1}}}})
+
+
+def test_the_cli_takes_control_images(tmp_path, scene_image, capsys):
+    from unimm.cli import main
+
+    scene_image.save(tmp_path / "scene.png")
+    out = tmp_path / "c.png"
+    assert main(["generate", "a red circle", "--model", "tiny-dit-control", "-o", str(out), "-q", "--steps", "2",
+                 "--control", str(tmp_path / "scene.png"), "--control-type", "segmentation",
+                 "--control-scale", "0.8"]) == 0
+    assert out.is_file()
+    assert main(["generate", "a red circle", "--model", "tiny-dit-control", "-o", str(out), "-q",
+                 "--control-type", "edges"]) == 2
+    assert "--control-type, --control-scale and --control-is-map need --control IMAGE" in capsys.readouterr().err
