@@ -238,23 +238,49 @@ def test_cli_census_every_bad_input_is_one_line_and_exit_2(bad, saved_tiny, caps
     assert not (bad / "r1").exists() and not (bad / "r2").exists()  # refused before any folder was made
 
 
-def test_generate_onto_a_full_disk_removes_the_images_it_wrote(saved_tiny, tmp_path, monkeypatch, capsys):
+def test_generate_onto_a_full_disk_leaves_no_file_of_its_own_and_keeps_the_old_ones(saved_tiny, tmp_path,
+                                                                                   monkeypatch, capsys):
     from unimm import cli
 
     (tmp_path / "out-9.png").write_text("not ours")  # another file in the folder stays
-    real, calls = cli._save_image, []
+    (tmp_path / "out-0.png").write_text("an earlier run's image")  # replaced only if the whole run is written
+    real, calls = cli._write_temp, []
 
-    def save(image, path):
+    def write(image, path):
         calls.append(path)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(image, path)
+        return real(image, path)
 
-    monkeypatch.setattr(cli, "_save_image", save)
+    monkeypatch.setattr(cli, "_write_temp", write)
     code = main(["generate", "a red circle", "--model", str(saved_tiny), "-n", "4", "-q", "-o", str(tmp_path / "out.png")])
     assert code == 2
     assert "the disk is full" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-9.png"]  # out-0, out-1 removed; no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-0.png", "out-9.png"]  # no temp files, nothing new
+    assert (tmp_path / "out-0.png").read_text() == "an earlier run's image"
+
+
+def test_output_formats_are_checked_before_any_work(saved_tiny, tmp_path, capsys):
+    from unimm.eval.cli import main as eval_main
+
+    for ext in (".psd", ".xyz", ""):  # .psd: PIL reads it but cannot write it
+        assert main(["generate", "x", "--model", str(saved_tiny), "-q", "-o", str(tmp_path / f"o{ext}")]) == 2
+        assert "is not an image format unimm can write" in capsys.readouterr().err
+        assert eval_main(["--model", str(saved_tiny), "--n", "4", "-q", "--out", str(tmp_path / "r.json"),
+                          "--grid", str(tmp_path / f"g{ext}")]) == 2
+        assert "is not an image format unimm can write" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    assert main(["generate", "x", "--model", str(saved_tiny), "-q", "-o", str(tmp_path / "u.png"),
+                 "--upscale", "1000000"]) == 2
+    assert "ask for at most" in capsys.readouterr().err
+
+
+def test_a_list_for_a_tuple_field_is_checked_too():
+    from unimm.config import from_dict
+    from unimm.tokenizers.quantizers import QuantizerConfig
+
+    with pytest.raises(ValueError, match="levels must be >= 1, got 0"):
+        from_dict(QuantizerConfig, {"type": "fsq", "levels": [8, 0, 5]})
 
 
 def test_generated_files_are_written_whole_with_the_usual_mode(saved_tiny, tmp_path):

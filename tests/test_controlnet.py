@@ -86,6 +86,8 @@ def test_bad_control_inputs_are_named(control_pipe, scene_image, tiny_pipe):
         control_pipe.generate("a red circle", control_type="edges")
     with pytest.raises(ValueError, match="control_image needs a model with a ControlNet; this autoregressive"):
         tiny_pipe.generate("a red circle", control_image=scene_image)
+    with pytest.raises(ValueError, match="may have at most num_layers - 1 = 1 layers"):
+        unimm.load({"base": "tiny-dit", "generation": {"generator": {"controlnets": {"edges": 2}}}})
     with pytest.raises(ValueError, match="controlnets need SD3Transformer2DModel"):
         resolve_config({"base": "tiny-dit-pixart",
                        "generation": {"generator": {"controlnets": {"edges": 1}}}})
@@ -103,3 +105,23 @@ def test_the_cli_takes_control_images(tmp_path, scene_image, capsys):
     assert main(["generate", "a red circle", "--model", "tiny-dit-control", "-o", str(out), "-q",
                  "--control-type", "edges"]) == 2
     assert "--control-type, --control-scale and --control-is-map need --control IMAGE" in capsys.readouterr().err
+
+
+def test_training_maps_are_made_at_the_models_size_as_generate_makes_them(tmp_path):
+    """A 64 px source for a 32 px model: the trainer's map equals the one generate() makes from that picture."""
+    from unimm.data.control import map_for_model
+    from unimm.data.formats import build_source
+    from unimm.training.data import TrainingDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = unimm.load("tiny-dit-control")
+    src = build_source({"format": "shapes", "task": "generation", "image_size": 64, "num_samples": 8, "seed": 4,
+                        "control": ["edges"]})
+    tok = pipe.model.image_tokenizer
+    data = TrainingDataset({"t2i": src}, {"t2i": 1}, pipe.processor, tok.transform, 4, gen_size=32)
+    item = data[0]
+    record = next(src.get(i) for i in range(8) if torch.equal(tok.transform(src.get(i)["image"]), item["image"]))
+    expected = tok.transform(map_for_model(record["image"], "edges", 32))
+    assert torch.equal(item["control"]["edges"], expected)
+    assert set(torch.unique(item["control"]["edges"]).tolist()) <= {-1.0, 1.0}  # a clean binary map, not blurred

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -76,63 +77,60 @@ def sampling_kwargs(args: argparse.Namespace, pipe) -> dict:
 def cmd_generate(args) -> int:
     from PIL import Image
 
-    from unimm.console import check_output_file
+    from unimm.console import check_image_format, check_output_file
+    from unimm.pipelines.unified import check_output_fits
 
     if args.upscale < 1:
         raise ValueError(f"--upscale must be >= 1, got {args.upscale}")
     out = check_output_file(args.output, "-o")  # before the model runs, not after
-    if out.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"-o {out}: {out.suffix or 'no extension'} is not an image format; use .png, .jpg, ...")
-    pipe = _load(args)
+    check_image_format(out, "-o")
     control = {}
     if args.control:
         control = {"control_image": args.control, "control_type": args.control_type or None,
                    "control_scale": args.control_scale or None, "control_is_map": args.control_is_map}
     elif args.control_type or args.control_scale or args.control_is_map:
         raise ValueError("--control-type, --control-scale and --control-is-map need --control IMAGE")
+    pipe = _load(args)
+    if args.upscale > 1:  # the upscaled copies must fit as well
+        check_output_fits(max(1, args.num_images) * args.upscale ** 2, pipe.image_size)
     images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
                            progress=not args.quiet, compile=args.compile, **control, **sampling_kwargs(args, pipe))
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
-    written: list[Path] = []
-    try:
+    temps: list[Path] = []
+    try:  # every image to a temporary file first; files already there are replaced only once all are written
         for im, path in zip(images, paths):
             if args.upscale > 1:  # nearest neighbour: every model pixel becomes a crisp N x N block
                 im = im.resize((im.width * args.upscale, im.height * args.upscale), Image.Resampling.NEAREST)
-            _save_image(im, path)
-            written.append(path)
+            temps.append(_write_temp(im, path))
     except BaseException:
-        for path in written:  # a run that stops half way (e.g. a full disk) leaves none of its images
-            path.unlink(missing_ok=True)
+        for tmp in temps:  # a run that stops half way (e.g. a full disk) leaves nothing of its own behind
+            tmp.unlink(missing_ok=True)
         raise
-    for path in written:
+    for tmp, path in zip(temps, paths):
+        os.replace(tmp, path)
         print(path)
     print(f"seed: {images[0].info['seed']}", file=sys.stderr)
     return 0
 
 
-def _save_image(image, path: Path) -> None:
-    """Write through a temporary file in the same folder, so a failed write leaves no half image."""
-    import os
+def _write_temp(image, path: Path) -> Path:
+    """`image` written whole to a temporary file beside `path` (removed again if writing fails)."""
     import tempfile
+
+    from PIL import Image
 
     from unimm.folders import umask
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format=_image_format(path))
+            image.save(f, format=Image.registered_extensions()[path.suffix.lower()])
         os.chmod(tmp, 0o666 & ~umask())  # the mode a plain open() gives (mkstemp makes it 0600)
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _image_format(path: Path) -> str:
-    from PIL import Image
-
-    return Image.registered_extensions()[path.suffix.lower()]
+    return Path(tmp)
 
 
 def cmd_chat(args) -> int:

@@ -51,6 +51,7 @@ def from_dict(cls: type[T], data: dict | T | None, where: str | None = None) -> 
             # `section: null` means "the defaults" unless the field itself may be None.
             kwargs[name] = None if value is None and optional else from_dict(sub, value, f"{where}.{name}")
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
+            _check_sizes(name, value, where)
             kwargs[name] = tuple(value)
         elif isinstance(value, str) and float in (hint, *typing.get_args(hint)):
             # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it means.

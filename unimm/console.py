@@ -54,6 +54,16 @@ def guarded(command: str, fn, *args) -> int:
         return 2
 
 
+def check_image_format(path: Path, what: str) -> None:
+    """A ValueError unless PIL can write `path`'s extension (not every format it reads)."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"{what} {path}: {path.suffix or 'no extension'} is not an image format unimm can write; "
+                         "use .png, .jpg, .webp, ...")
+
+
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     """`path` as a Path if a file can be written there, else a ValueError naming the problem.
 

@@ -113,19 +113,21 @@ def load_weights(module: torch.nn.Module, directory: str | os.PathLike, skip: tu
 LIBRARY_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' file name for a model's weights
 
 
-def save_library_part(part: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
-    """A diffusers model in its own layout (config.json + safetensors), its weights stored in `dtype`."""
+def save_library_part(part: torch.nn.Module, folder: Path, dtype: torch.dtype, max_shard_size: str = "5GB") -> None:
+    """A diffusers model in its own layout (config.json + safetensors, sharded past
+    `max_shard_size`), its weights stored in `dtype`."""
     import copy
 
     stored = part if next(part.parameters()).dtype == dtype else copy.deepcopy(part).to(dtype)
-    stored.save_pretrained(folder, safe_serialization=True)
+    stored.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
 
 
 def load_library_part(part: torch.nn.Module, folder: Path) -> None:
     """Load weights saved by `save_library_part` into `part`, built from the model's config;
     the folder's config.json must describe the same model. Never unpickles."""
     config_file, weights = folder / "config.json", folder / LIBRARY_WEIGHTS
-    for f in (config_file, weights):
+    index = folder / (LIBRARY_WEIGHTS + ".index.json")
+    for f in (config_file, weights if not index.is_file() else index):
         if not f.is_file():
             raise FileNotFoundError(f"{folder.parent} lacks {folder.name}/{f.name}")
     saved = json.loads(config_file.read_text())
@@ -133,7 +135,15 @@ def load_library_part(part: torch.nn.Module, folder: Path) -> None:
                     and json.loads(json.dumps(v)) != saved[k])
     if differ:
         raise ConfigError(f"{config_file} does not match the model's config: {preview(differ)}")
-    state = load_file(str(weights))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise FileNotFoundError(f"{folder.parent} lacks {folder.name}/{shard}")
+            state.update(load_file(str(folder / shard)))
+    else:
+        state = load_file(str(weights))
     expected = part.state_dict()
     problems = sorted(set(state) ^ set(expected)) + [k for k in state if k in expected
                                                      and tuple(state[k].shape) != tuple(expected[k].shape)]

@@ -31,6 +31,12 @@ def check_control_type(kind: str) -> str:
     return kind
 
 
+def map_for_model(picture: Image.Image, kind: str, size: int) -> Image.Image:
+    """The `kind` map a size x size model is steered by: the picture resized to the model's size
+    (bicubic), then mapped. Training data and user pictures both go through here."""
+    return control_map(picture.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), kind)
+
+
 def control_map(image: Image.Image, kind: str) -> Image.Image:
     """The `kind` control map of `image` (an RGB picture), the same size."""
     check_control_type(kind)

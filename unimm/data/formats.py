@@ -688,8 +688,9 @@ class ShapesSource(Source):
 
 
 class ControlMapSource(Source):
-    """Another generation source's items with ControlNet maps of their images (unimm.data.control):
-    record["control"] = {control type: map}, made by the code that makes the maps of user images."""
+    """Another generation source's items, marked for ControlNet maps of their images:
+    record["control"] = (control type, ...). The trainer makes the maps at the model's size
+    with `unimm.data.control.map_for_model`, the code that makes the maps of user pictures."""
 
     def __init__(self, source: Source, kinds) -> None:
         from .control import check_control_type
@@ -709,13 +710,8 @@ class ControlMapSource(Source):
         return len(self.source)
 
     def get(self, i: int) -> dict | None:
-        from .control import control_map
-
         record = self.source.get(i)
-        if record is not None:
-            image = record["image"].convert("RGB")
-            record = {**record, "control": {k: control_map(image, k) for k in self.kinds}}
-        return record
+        return None if record is None else {**record, "control": tuple(self.kinds)}
 
 
 # --------------------------------------------------------------------------- from a config mapping

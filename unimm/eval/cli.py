@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..console import check_output_file
+from ..console import check_image_format, check_output_file
 from .prompts import CATEGORIES
 
 __all__ = ["build_parser", "main"]
@@ -88,6 +88,8 @@ def _check(args: argparse.Namespace) -> str | None:
         if path is not None:  # checked before minutes of evaluation, not after
             try:
                 check_output_file(path, flag)
+                if flag == "--grid":
+                    check_image_format(Path(path), flag)
             except ValueError as e:
                 return str(e)
     return None

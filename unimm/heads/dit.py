@@ -145,13 +145,24 @@ class DiTHead(nn.Module):
         if kwargs["in_channels"] != latent_channels or kwargs["sample_size"] != latent_grid:
             raise ConfigError(f"the generator's in_channels / sample_size must match the latents "
                               f"({latent_channels} channels, {latent_grid} x {latent_grid})")
+        patch = kwargs.get("patch_size", 2)
+        if not isinstance(patch, int) or latent_grid % patch:
+            raise ConfigError(f"the latent grid {latent_grid} is not divisible by the generator's patch_size {patch!r}")
         width_key = GENERATORS[config.cls]
         kwargs.setdefault(width_key, hidden_size)
         if config.cls == "PixArtTransformer2DModel":
             kwargs.setdefault("cross_attention_dim", kwargs["num_attention_heads"] * kwargs["attention_head_dim"]
                               if "num_attention_heads" in kwargs and "attention_head_dim" in kwargs else None)
             kwargs.setdefault("norm_num_groups", 1)
-        self.transformer = _generator_class(config.cls)(**kwargs)
+        try:
+            self.transformer = _generator_class(config.cls)(**kwargs)
+        except (TypeError, ValueError) as e:  # a value of the wrong type or out of range for diffusers
+            raise ConfigError(f"generation.generator.config: {config.cls} cannot be built: {e}") from None
+        too_deep = {k: n for k, n in config.controlnets.items() if n >= self.transformer.config.num_layers}
+        if too_deep:
+            raise ConfigError(f"generation.generator.controlnets: {too_deep} — a ControlNet copies the generator's "
+                              f"first blocks and may have at most num_layers - 1 = "
+                              f"{self.transformer.config.num_layers - 1} layers")
         cond_dim = self.transformer.config[width_key]
         self.has_pooled = "pooled_projection_dim" in self.transformer.config
         self.connector = Connector(hidden_size, cond_dim, config.connector_layers, config.connector_heads)
@@ -182,6 +193,13 @@ class DiTHead(nn.Module):
                                          position_ids=positions(prompt_mask), use_cache=False,
                                          output_hidden_states=self.config.layer != -1)
             states = out.last_hidden_state if self.config.layer == -1 else out.hidden_states[self.config.layer]
+            longest = int(prompt_mask.sum(1).max())
+            if longest > self.config.max_prompt_tokens:
+                import warnings
+
+                warnings.warn(f"a prompt of {longest} tokens is longer than generation.generator.max_prompt_tokens="
+                              f"{self.config.max_prompt_tokens}: the generator reads only its last "
+                              f"{self.config.max_prompt_tokens}", stacklevel=2)
             states, mask = _fixed_length(states, prompt_mask, self.config.max_prompt_tokens)
         cond, pooled = self.connector(states.to(self.connector.proj.weight.dtype), mask)
         kwargs = {"encoder_hidden_states": cond}
@@ -197,8 +215,9 @@ class DiTHead(nn.Module):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: dict, control=None) -> torch.Tensor:
         """Latents (B, C, h, w) at noise levels sigma (B,) -> predicted velocity noise - x_0.
 
-        `control`: [(control type, its map's latents (B, C, h, w), scale), ...] for the ControlNets;
-        the same call serves training and sampling, so both feed them the same pooled projection.
+        `control`: [(control type, its map's latents (B, C, h, w), scale), ...] for the ControlNets,
+        a scale being a number or one per row (B,); the same call serves training and sampling,
+        so both feed them the same pooled projection.
         """
         dtype = next(self.transformer.parameters()).dtype
         x, t = x.to(dtype), sigma * 1000
@@ -207,8 +226,12 @@ class DiTHead(nn.Module):
             if kind not in self.controlnets:
                 raise ValueError(f"this model has no {kind!r} ControlNet; it has: "
                                  f"{', '.join(self.controlnets) or 'none'}")
-            out = self.controlnets[kind](hidden_states=x, controlnet_cond=latents.to(dtype), conditioning_scale=scale,
-                                         timestep=t, return_dict=False, **condition)[0]
+            per_row = torch.is_tensor(scale)
+            out = self.controlnets[kind](hidden_states=x, controlnet_cond=latents.to(dtype),
+                                         conditioning_scale=1.0 if per_row else scale, timestep=t, return_dict=False,
+                                         **condition)[0]
+            if per_row:
+                out = [o * scale.to(o.dtype)[:, None, None] for o in out]
             residuals = out if residuals is None else [a + b for a, b in zip(residuals, out)]
         if residuals is not None:
             condition = {**condition, "block_controlnet_hidden_states": residuals}
@@ -226,7 +249,12 @@ class DiTHead(nn.Module):
         noise = torch.randn(targets.shape, device=targets.device, generator=generator)
         s = sigma[:, None, None, None]
         x = (1 - s) * targets.float() + s * noise
-        control = [(kind, latents, 1.0) for kind, latents in (control or {}).items()]
+        control = list((control or {}).items())
+        if len(control) > 1:  # several maps: each is kept or dropped per item, so each also learns alone
+            keep = (torch.rand(len(control), B, device=targets.device, generator=generator) < 0.5).float()
+            control = [(k, lat, keep[i]) for i, (k, lat) in enumerate(control)]
+        else:
+            control = [(k, lat, 1.0) for k, lat in control]
         v = self.velocity(x, sigma, self.condition(model, prompt_ids, prompt_mask), control)
         return F.mse_loss(v, noise - targets.float())
 

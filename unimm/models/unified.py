@@ -293,7 +293,7 @@ class UnifiedModel(nn.Module):
             save_weights(self, tmp, max_shard_size=max_shard_size, dtype=getattr(torch, name),
                          exclude=tuple(parts))
             for prefix, (folder, part) in parts.items():
-                save_library_part(part, Path(tmp) / folder, getattr(torch, name))
+                save_library_part(part, Path(tmp) / folder, getattr(torch, name), max_shard_size)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
 

@@ -194,7 +194,7 @@ class UnimmPipeline:
         if not len(images) == len(types) == len(scales):
             raise ValueError(f"{len(images)} control image(s) but {len(types)} control type(s) and "
                              f"{len(scales)} scale(s)")
-        from ..data.control import control_map
+        from ..data.control import map_for_model
         from ..generation.options import check_value
         from ..images import load_image
 
@@ -214,7 +214,7 @@ class UnimmPipeline:
                                      "control_is_map")
                 cmap = picture
             else:  # as the training maps were made: from the picture at the model's size
-                cmap = control_map(picture.resize((size, size), Image.Resampling.BICUBIC), kind)
+                cmap = map_for_model(picture, kind, size)
             with torch.inference_mode():
                 pixels = tok.preprocess(cmap)[None].to(self.device, self.model.dtype)
                 control.append((kind, self.model.images_to_targets(pixels), scale))

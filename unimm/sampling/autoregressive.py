@@ -87,9 +87,11 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
             return None
         return torch.empty(B, K, device=prompt_ids.device).exponential_(generator=generator)
 
+    seen = L  # positions in the cache after the step (a Python int: no host sync)
+
     def mask(cache_pos: torch.Tensor):
         if mask4d is None:  # flash attention takes the 2-D key mask up to the current position
-            return key_mask[:, :int(cache_pos[-1]) + 1]
+            return key_mask[:, :seen]
         return mask4d.index_select(2, cache_pos)
 
     pos, cache_pos = positions(prompt_mask), torch.arange(L, device=prompt_ids.device)
@@ -101,7 +103,7 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
     for i in range(1, N):
         if progress is not None:
             progress(i, N)
-        pos, cache_pos = pos + 1, cache_pos + 1
+        pos, cache_pos, seen = pos + 1, cache_pos + 1, seen + 1
         nxt = step(model, nxt, mask(cache_pos), pos, cache_pos, cache, B, guidance_scale, temperature, top_k,
                    top_p, noise(), generator)
         out[:, i] = nxt

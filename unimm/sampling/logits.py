@@ -24,7 +24,7 @@ def sample_with_noise(logits: torch.Tensor, noise: torch.Tensor | None, temperat
     if temperature <= 0:
         return logits.argmax(-1)
     probs = filtered(logits, temperature, top_k, top_p).softmax(-1)
-    return (probs / noise).argmax(-1)
+    return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(-1)  # a 0 draw must not make 0/0
 
 
 def filtered(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -28,14 +28,14 @@ def index_rng(seed: int, i: int) -> random.Random:
 class TrainingDataset(Dataset):
     def __init__(self, sources: dict, ratios: dict, processor: Processor, gen_transform, length: int,
                  seed: int = 0, prompt_dropout: float = 0.0, max_positions: int | None = None,
-                 num_gen_tokens: int = 0, caches: dict | None = None):
+                 num_gen_tokens: int = 0, caches: dict | None = None, gen_size: int | None = None):
         self.names = [n for n in sources if ratios[n] > 0]
         self.sources = sources
         # name -> TargetCache: generation items served with precomputed targets, not images
         self.caches = caches or {}
         self.weights = [float(ratios[n]) for n in self.names]
         # gen_transform: the image tokenizer's own (image -> tensor), e.g. model.image_tokenizer.transform
-        self.processor, self.gen_transform = processor, gen_transform
+        self.processor, self.gen_transform, self.gen_size = processor, gen_transform, gen_size
         self.length, self.seed, self.prompt_dropout = length, seed, prompt_dropout
         self.max_positions, self.num_gen_tokens = max_positions, num_gen_tokens
         self.skipped: Counter = Counter()  # reasons found while tokenising (too long, ...)
@@ -88,7 +88,12 @@ class TrainingDataset(Dataset):
             ids = p.generation_ids(caption)
             if self._too_long(len(ids) + self.num_gen_tokens):
                 return None
-            control = {k: self.gen_transform(m) for k, m in record.get("control", {}).items()}
+            control = {}
+            if record.get("control"):  # ControlNet maps, made as generate() makes them from a picture
+                from ..data.control import map_for_model
+
+                control = {k: self.gen_transform(map_for_model(record["image"], k, self.gen_size))
+                           for k in record["control"]}
             if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
                 return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
                         "targets": record["targets"], "control": control}

@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     dataset = TrainingDataset(
         sources, cfg.data.ratios, pipe.processor, model.image_tokenizer.transform, total, seed=cfg.seed,
         prompt_dropout=cfg.data.prompt_dropout, max_positions=model.backbone.max_positions,
-        num_gen_tokens=model.num_image_tokens, caches=caches,
+        num_gen_tokens=model.num_image_tokens, caches=caches, gen_size=model.image_tokenizer.config.image_size,
     )
     unconditional = model.unconditional_ids  # bound now: `model` becomes the DDP wrapper below
     uncond = lambda ids: unconditional(torch.tensor(ids)).tolist()
