@@ -125,3 +125,22 @@ def test_training_maps_are_made_at_the_models_size_as_generate_makes_them(tmp_pa
     expected = tok.transform(map_for_model(record["image"], "edges", 32))
     assert torch.equal(item["control"]["edges"], expected)
     assert set(torch.unique(item["control"]["edges"]).tolist()) <= {-1.0, 1.0}  # a clean binary map, not blurred
+
+
+def test_the_app_takes_a_control_picture_and_shows_the_map(control_pipe, scene_image, tmp_path):
+    pytest.importorskip("gradio")
+    from unimm import app as demo
+
+    h = demo.Handlers(control_pipe)
+    assert h.control_types == ["edges", "segmentation"]
+    scene_image.save(tmp_path / "scene.png")
+    images, seed, shown = h.generate_with_control("a red circle", 1, 2.0, 1.0, 3, 4, False, str(tmp_path / "scene.png"),
+                                                  "segmentation", 0.7, progress=lambda *a, **k: None)
+    assert seed == 4 and shown.size == (32, 32) and images[0].info["control_maps"]["segmentation"] is shown
+    images, _, shown = h.generate_with_control("a red circle", 1, 2.0, 1.0, 3, 4, False, None, "edges", 1.0,
+                                               progress=lambda *a, **k: None)
+    assert shown is None and "control_maps" not in images[0].info
+    with pytest.raises(demo.gr.Error, match="Control scale must be between 0 and 2"):
+        h.generate("a red circle", 1, 2.0, 1.0, 3, 4, False, control_image=str(tmp_path / "scene.png"),
+                   control_type="edges", control_scale=5)
+    demo.build_app(control_pipe)  # the control inputs are wired (a model without ControlNets gets none)

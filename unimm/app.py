@@ -75,6 +75,7 @@ class Limits:
     max_temperature: float = TokenSamplingOptions.spec("temperature")["ui_max"]
     max_steps: int = MaskedOptions.spec("steps")["ui_max"]
     max_new_tokens: int = 1024
+    max_control_scale: float = 2.0
     max_seed: int = 2**31 - 1
     max_image_pixels: int = 4096 * 4096  # well below PIL's decompression-bomb limit (~89 MP)
 
@@ -231,9 +232,24 @@ class Handlers:
             return None
         return self.family.options.default("steps", self.pipe.config.sampling)
 
+    @property
+    def control_types(self) -> list[str]:
+        """The model's ControlNets (dit models that have them), for the control inputs."""
+        return list(getattr(self.pipe.model.gen_head, "controlnets", {})) if self.family.controllable else []
+
+    def generate_with_control(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
+                              control_image, control_type, control_scale, progress=gr.Progress()):
+        """`generate` steered by an uploaded picture's control map; also returns the map used (or None)."""
+        images, used = self.generate(prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
+                                     control_image=control_image, control_type=control_type,
+                                     control_scale=control_scale, progress=progress)
+        maps = images[0].info.get("control_maps", {})
+        return images, used, next(iter(maps.values()), None)
+
     def generate(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
-                 progress=gr.Progress()):
-        """Images for `prompt` and the seed used (random when `randomize_seed`)."""
+                 control_image=None, control_type=None, control_scale=1.0, progress=gr.Progress()):
+        """Images for `prompt` and the seed used (random when `randomize_seed`); with `control_image`
+        (an upload's path), its `control_type` map steers the model's ControlNet."""
         lim = self.limits
         prompt = (prompt or "").strip()
         if not prompt:
@@ -248,6 +264,14 @@ class Handlers:
             options["temperature"] = check_number(temperature, "Temperature", 0, lim.max_temperature)
         if self.uses_steps:
             options["steps"] = check_number(steps, "Steps", 1, lim.max_steps, integer=True)
+        if control_image is not None:
+            if not self.control_types:
+                raise user_error("This model has no ControlNet; generate without a control image.")
+            if control_type not in self.control_types:
+                raise user_error(f"Choose a control type: {', '.join(self.control_types)}.")
+            options.update(control_image=open_upload(file_path(control_image), lim.max_image_pixels),
+                           control_type=control_type,
+                           control_scale=check_number(control_scale, "Control scale", 0, lim.max_control_scale))
         unit = self.family.progress_unit + "s"
 
         def report(step, total):
@@ -372,15 +396,29 @@ def _image_tab(h: Handlers, pipe):
             with gr.Row():
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=lim.max_seed)
                 randomize = gr.Checkbox(value=True, label="Randomise seed")
+            if h.control_types:  # a dit model with ControlNets: a picture whose map steers it
+                with gr.Accordion("Control (ControlNet)", open=False):
+                    control_image = gr.Image(label="Control picture", type="filepath", elem_id="control-image")
+                    control_type = gr.Dropdown(h.control_types, value=h.control_types[0], label="Control type",
+                                               elem_id="control-type")
+                    control_scale = gr.Slider(0, lim.max_control_scale, value=1.0, step=0.05,
+                                              label="Control scale", elem_id="control-scale")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="gallery",
                                  object_fit="contain", interactive=False)
             seed_used = gr.Number(label="Seed used", info="Untick “Randomise seed” and enter it to reproduce",
                                   precision=0, interactive=False, elem_id="seed-used")
-    gr.on([button.click, prompt.submit], h.generate,
-          [prompt, num_images, guidance, temperature, steps, seed, randomize], [gallery, seed_used],
-          api_name="generate", concurrency_id="model")
+            if h.control_types:
+                control_map = gr.Image(label="Control map used", interactive=False, elem_id="control-map")
+    inputs = [prompt, num_images, guidance, temperature, steps, seed, randomize]
+    if h.control_types:
+        gr.on([button.click, prompt.submit], h.generate_with_control,
+              inputs + [control_image, control_type, control_scale], [gallery, seed_used, control_map],
+              api_name="generate", concurrency_id="model")
+    else:
+        gr.on([button.click, prompt.submit], h.generate, inputs, [gallery, seed_used],
+              api_name="generate", concurrency_id="model")
 
 
 def build_app(pipe, model_name: str | None = None, max_queue: int = 16, limits: Limits = Limits()) -> gr.Blocks:
