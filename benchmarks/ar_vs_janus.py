@@ -185,7 +185,7 @@ def build_janus(a, pipe):
     vision = JanusVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2.0,
                                image_size=a.grid * 4, patch_size=4, projection_dim=a.hidden,
                                num_image_tokens=a.image_tokens)
-    vq_cfg = pipe.model.config.image_tokenizer
+    vq_cfg = pipe.model.image_tokenizer.config  # the built VQ's dataclass (the model config holds a spec dict)
     vq = JanusVQVAEConfig(
         embed_dim=CODE_DIM, num_embeddings=a.codebook, latent_channels=vq_cfg.latent_channels,
         base_channels=32, channel_multiplier=[1] * VQ_LEVELS, num_res_blocks=vq_cfg.layers_per_block,

@@ -108,6 +108,7 @@ def reduce(xtr, xte, pca: int = 256):
     """Centre, keep the top `pca` principal components (fitted on train) if wider, standardise."""
     mu = xtr.mean(0)
     xtr, xte = xtr - mu, xte - mu
+    pca = min(pca, xtr.shape[0])  # a small run (e.g. a smoke test) has fewer scenes than components
     if xtr.shape[1] > pca:
         _, _, V = torch.pca_lowrank(xtr, q=pca, center=False, niter=3)
         xtr, xte = xtr @ V, xte @ V

@@ -1,0 +1,40 @@
+"""Every benchmark script runs in a smoke mode (tiny sizes, one repeat), so none can rot unnoticed.
+
+The figures themselves are taken by hand and recorded in BENCHMARKS.md; these runs only
+check that each script still works end to end and prints its comparison.
+benchmarks/janus_pro_shapes.py is left out: it builds Janus-Pro-1B-sized checkpoints (~8 GB).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMOKE = {
+    "ar_vs_janus.py": (["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1"],
+                       "ratio unimm/transformers"),
+    "dit.py": (["--batch", "4", "--steps", "2", "--repeats", "1", "--threads", "1", "--out", "{tmp}/dit.jsonl"],
+               "vs full recompute"),
+    "paradigms.py": (["--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"],
+                     "prompt cache / full recompute"),
+    "train_throughput.py": (["--smoke", "--threads", "1"], "ratio cached / every step"),
+    "probes.py": (["--n", "200", "--test", "50", "--llm-n", "40", "--iters", "10"], "accuracy on held-out scenes"),
+}
+
+
+def test_every_benchmark_has_a_smoke_run():
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    assert scripts - set(SMOKE) == {"janus_pro_shapes.py"}
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_benchmark_smoke_run(script, tmp_path):
+    args, expected = SMOKE[script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *(a.format(tmp=tmp_path) for a in args)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert expected in run.stdout, run.stdout[-2000:]
