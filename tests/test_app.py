@@ -342,3 +342,17 @@ def test_full_queue_refuses_more_requests(tiny_pipe):
     finally:
         pipe.release.set()
         demo.close()
+
+
+def test_an_upload_damaged_after_its_header_is_named_without_the_server_path(tmp_path):
+    """The header reads (so the size check passes) but the pixels do not: the visitor sees the
+    file's name, never the server's temporary folder."""
+    good = tmp_path / "server-temp-folder" / "picture.png"
+    good.parent.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(good)
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 2])
+    with pytest.raises(app.gr.Error) as caught:
+        app.open_upload(str(good), 4096 * 4096)
+    assert "“picture.png” is damaged or not an image this app can read" in str(caught.value)
+    assert "server-temp-folder" not in str(caught.value)
