@@ -215,3 +215,19 @@ def test_prompt_cache_gives_the_same_images_as_full_recompute(pipes, paradigm):
     full = fn(pipe.model, ids, mask, steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(0),
               cache_prompt=False)
     assert torch.allclose(cached.float(), full.float(), atol=1e-4)
+
+
+def test_masked_decoding_predicts_only_the_masked_positions(monkeypatch):
+    import warnings
+
+    import unimm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = unimm.load("tiny-masked")
+    head, n = pipe.model.gen_head, pipe.model.num_image_tokens
+    sizes, real = [], head.logits
+    monkeypatch.setattr(head, "logits", lambda h: sizes.append(h.shape[0]) or real(h))
+    pipe.generate("a red circle", guidance_scale=3.0, steps=4, seed=0)
+    assert sizes[0] == 2 * n  # both guidance halves, every position masked at first
+    assert all(a > b for a, b in zip(sizes, sizes[1:])) and len(sizes) == 4  # fewer masked positions each step

@@ -1,6 +1,7 @@
 """Masked (MaskGIT-style) parallel decoding of VQ tokens (arXiv:2202.04200; Show-o).
 
-Start fully masked; at every step predict all masked tokens at once, keep the
+Start fully masked; at every step predict all masked tokens at once (the head
+and the sampler see only the masked positions; the backbone reads them all), keep the
 most confident and re-mask the rest, following the cosine schedule so that
 after step s a fraction cos(pi/2 * (s+1)/S) stays masked and none after the
 last step. Confidence is the sampled token's log-probability plus Gumbel
@@ -15,6 +16,7 @@ import torch
 
 from ..heads.masked import cosine_mask_ratio
 from ..models.unified import UnifiedModel
+from .cfg import guide
 from .logits import sample_next
 from .span import ImageSpanDecoder
 
@@ -37,19 +39,23 @@ def generate_masked_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt
     ids = torch.full((B, N), head.mask_id, dtype=torch.long, device=prompt_ids.device)
     unknown = torch.ones(B, N, dtype=torch.bool, device=prompt_ids.device)
     for s in range(steps):
-        logits = span.guide(head.logits(span.hidden(head.embed(ids))).float())  # (B, N, K)
-        sampled = sample_next(logits.flatten(0, 1), temperature, top_k, top_p, generator).view(B, N)
-        sampled = torch.where(unknown, sampled, ids)
+        h = span.hidden(head.embed(ids))  # (rows, N, D): every position is read ...
+        rows = h.shape[0] // B
+        pick = unknown.repeat(rows, 1)  # ... but only the masked ones are predicted and sampled
+        logits = guide(head.logits(h[pick]).float(), int(unknown.sum()), span.guidance_scale)  # (M, K)
+        drawn = sample_next(logits, temperature, top_k, top_p, generator)  # (M,)
+        sampled = ids.masked_scatter(unknown, drawn)
         keep_masked = math.floor(N * cosine_mask_ratio((s + 1) / steps))  # 0 after the last step
         if keep_masked == 0:
             ids = sampled
         else:
-            conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None]).squeeze(-1)  # (B, N)
+            picked = torch.log_softmax(logits, -1).gather(-1, drawn[:, None]).squeeze(-1)  # (M,)
             anneal = choice_temperature * (1 - (s + 1) / steps)
             if temperature > 0 and anneal > 0:
-                u = torch.rand(conf.shape, device=conf.device, generator=generator).clamp_(1e-20, 1)
-                conf = conf + anneal * -torch.log(-torch.log(u))  # Gumbel noise
-            conf = conf.masked_fill(~unknown, float("inf"))  # kept tokens are never re-masked
+                u = torch.rand(picked.shape, device=picked.device, generator=generator).clamp_(1e-20, 1)
+                picked = picked + anneal * -torch.log(-torch.log(u))  # Gumbel noise
+            # Kept tokens are never re-masked.
+            conf = torch.full((B, N), float("inf"), device=picked.device).masked_scatter(unknown, picked)
             ranks = conf.argsort(-1).argsort(-1)  # 0 = least confident
             unknown = ranks < keep_masked
             ids = torch.where(unknown, torch.full_like(sampled, head.mask_id), sampled)
