@@ -116,21 +116,12 @@ def cmd_generate(args) -> int:
 
 def _write_temp(image, path: Path) -> Path:
     """`image` written whole to a temporary file beside `path` (removed again if writing fails)."""
-    import tempfile
-
     from PIL import Image
 
-    from unimm.folders import umask
+    from unimm.folders import write_beside
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=Image.registered_extensions()[path.suffix.lower()])
-        os.chmod(tmp, 0o666 & ~umask())  # the mode a plain open() gives (mkstemp makes it 0600)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    return write_beside(path, lambda f: image.save(f, format=fmt))
 
 
 def cmd_chat(args) -> int:

@@ -326,6 +326,21 @@ def umask() -> int:
     return mask
 
 
+def write_beside(path: Path, write, mode: int | None = None) -> Path:
+    """A temporary file in `path`'s folder, filled by `write(file)` and given `mode` (default:
+    what a plain open() gives under the umask; mkstemp makes 0600). Removed again if writing
+    fails; the caller moves it into place (os.replace) when it is ready."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
 def apply_umask(root: Path) -> None:
     """Give a finished folder the modes a plain mkdir / open would (mkdtemp makes it 0700)."""
     mask = umask()

@@ -43,11 +43,12 @@ def save_weights(module: torch.nn.Module, directory: str | os.PathLike, max_shar
     save_torch_state_dict(state, directory, max_shard_size=max_shard_size)
 
 
-def _weight_files(directory: Path) -> list[Path]:
-    single = directory / WEIGHTS_NAME
+def _weight_files(directory: Path, name: str = WEIGHTS_NAME) -> list[Path]:
+    """The safetensors file `name` in `directory`, or the shards its `name.index.json` lists."""
+    single = directory / name
     if single.is_file():
         return [single]
-    index = directory / WEIGHTS_INDEX_NAME
+    index = directory / f"{name}.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         missing = [s for s in shards if not (directory / s).is_file()]
@@ -57,14 +58,14 @@ def _weight_files(directory: Path) -> list[Path]:
     pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
     hint = f" (found {', '.join(pickled)}: pickled weights are not read; save with safetensors)" if pickled else ""
     raise FileNotFoundError(
-        f"no weights file in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}"
+        f"no weights file in {directory}: expected {name} or {index.name}{hint}"
     )
 
 
-def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weights(directory: str | os.PathLike, name: str = WEIGHTS_NAME) -> dict[str, torch.Tensor]:
     """All tensors of a (possibly sharded) safetensors checkpoint; never unpickles."""
     state: dict[str, torch.Tensor] = {}
-    for f in _weight_files(Path(directory)):
+    for f in _weight_files(Path(directory), name):
         state.update(load_file(str(f)))
     return state
 
@@ -125,30 +126,20 @@ def save_library_part(part: torch.nn.Module, folder: Path, dtype: torch.dtype, m
 def load_library_part(part: torch.nn.Module, folder: Path) -> None:
     """Load weights saved by `save_library_part` into `part`, built from the model's config;
     the folder's config.json must describe the same model. Never unpickles."""
-    config_file, weights = folder / "config.json", folder / LIBRARY_WEIGHTS
-    index = folder / (LIBRARY_WEIGHTS + ".index.json")
-    for f in (config_file, weights if not index.is_file() else index):
-        if not f.is_file():
-            raise FileNotFoundError(f"{folder.parent} lacks {folder.name}/{f.name}")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder.parent} lacks {folder.name}/{config_file.name}")
     saved = json.loads(config_file.read_text())
     differ = sorted(k for k, v in part.config.items() if not k.startswith("_") and k in saved
                     and json.loads(json.dumps(v)) != saved[k])
     if differ:
         raise ConfigError(f"{config_file} does not match the model's config: {preview(differ)}")
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            if not (folder / shard).is_file():
-                raise FileNotFoundError(f"{folder.parent} lacks {folder.name}/{shard}")
-            state.update(load_file(str(folder / shard)))
-    else:
-        state = load_file(str(weights))
+    state = read_weights(folder, LIBRARY_WEIGHTS)  # one file, or the shards of its index
     expected = part.state_dict()
     problems = sorted(set(state) ^ set(expected)) + [k for k in state if k in expected
                                                      and tuple(state[k].shape) != tuple(expected[k].shape)]
     if problems:
-        raise ConfigError(f"{weights} does not match the model's config: {preview(problems)}")
+        raise ConfigError(f"the weights in {folder} do not match the model's config: {preview(problems)}")
     part.load_state_dict(state)
 
 

@@ -20,7 +20,6 @@ contains it, so spacing checks on circles hold for every shape.
 from __future__ import annotations
 
 
-import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +27,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -513,16 +511,14 @@ class ShapesWorld:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, then os.replace: readers never see half a file."""
+    from ..folders import write_beside
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = write_beside(path, lambda f: f.write(data), mode=0o644)  # datasets are meant to be shared
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets are meant to be shared
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
