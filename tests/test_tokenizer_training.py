@@ -164,3 +164,25 @@ def test_shipped_tokenizer_configs_parse():
             assert (Path(__file__).resolve().parents[1] / raw["tokenizer"]["checkpoint"]).is_dir(), path
         cfg = load_train_config(str(path))
         assert cfg.tokenizer["type"] in ("vq", "vae"), path
+
+
+def test_edge_weighting_counts_outline_pixels_more():
+    from unimm.training.tokenizer import edge_mask, reconstruction_loss
+
+    images = -torch.ones(1, 3, 8, 8)
+    images[:, :, 2:5, 2:5] = 0.5  # a 3x3 square on a flat background
+    mask = edge_mask(images)[0, 0]
+    # Outline on both sides of the edge: the 5x5 block around the square minus its centre pixel.
+    expect = torch.zeros(8, 8)
+    expect[1:6, 1:6] = 1
+    expect[3, 3] = 0
+    assert torch.equal(mask, expect)
+    recon = images.clone()
+    recon[:, :, 0, 0] += 0.3  # an error on the flat background ...
+    flat = reconstruction_loss(recon, images, "l1", edge_weight=4.0)
+    recon = images.clone()
+    recon[:, :, 1, 1] += 0.3  # ... the same error on the outline weighs 5x as much
+    edge = reconstruction_loss(recon, images, "l1", edge_weight=4.0)
+    assert edge.item() == pytest.approx(5 * flat.item())
+    assert reconstruction_loss(recon, images, "l1", 0.0).item() == pytest.approx((recon - images).abs().mean().item())
+    assert reconstruction_loss(recon, images, "l2", 4.0).item() == pytest.approx(5 * 0.09 * 3 / (3 * (64 + 4 * 24)))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import operator
 import os
 import random
@@ -12,12 +11,14 @@ from collections.abc import Iterator
 
 import torch
 from PIL import Image
+from transformers import DynamicCache
 
 from ..images import to_pil
 from ..folders import reading
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
 from ..processing import Processor, left_pad, normalise_text
 from ..sampling.logits import check_sampling_args, make_generator
+from ..sampling.prefix_cache import PrefixCache, image_fingerprints, image_spans
 from ..sampling.text import generate_text
 from ..tokenizers.text import load_text_tokenizer
 
@@ -36,6 +37,8 @@ class UnimmPipeline:
             min_size=enc.config.min_size,
         )
         self.last_seed: int | None = None  # the seed the last generate() call used
+        # The last conversation's KV cache: a follow-up turn prefills only what is new (prefix_cache.py).
+        self.chat_cache = PrefixCache()
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -269,14 +272,51 @@ class UnimmPipeline:
                     "shorten it or drop earlier turns"
                 )
             max_new = min(max_new, limit - len(ids))
-        input_ids = torch.tensor([ids], device=self.device)
+        # Reuse the keys and values of the conversation's earlier turns when the last call left them.
+        spans = image_spans(ids, self.model.token_ids.image, self.model.num_understanding_tokens)
+        prints = image_fingerprints(pixels)
+        state = self._weights_state()
+        past, cache = self.chat_cache.take(ids, spans, prints, state)
+        if cache is None:
+            cache = DynamicCache(config=self.model.backbone.hf_config)
+        first_new = next((k for k, (start, _) in enumerate(spans) if start >= past), len(spans))
+        input_ids = torch.tensor([ids[past:]], device=self.device)
         steps = generate_text(
-            self.model, input_ids, torch.ones_like(input_ids), pixels, max_new_tokens=max_new,
-            temperature=temperature, top_k=top_k, top_p=top_p,
-            generator=make_generator(None if seed is None else _seed(seed), self.device),
+            self.model, input_ids, torch.ones_like(input_ids), pixels[first_new:] if first_new < len(spans) else None,
+            max_new_tokens=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
+            generator=make_generator(None if seed is None else _seed(seed), self.device), cache=cache,
+            past_length=past,
         )
+        return self._tokens_then_keep(steps, ids, prints, cache, state)
+
+    def _tokens_then_keep(self, steps, ids: list[int], prints: list[bytes], cache, state) -> Iterator[int]:
+        """Answer token ids (EOS excluded) from `steps`; when they stop (EOS, the limit, or the caller
+        closing the stream) the cache, which then holds the prompt and the answer fed so far, is kept
+        for the next turn. After an error it is dropped: it may be half-written."""
         eos = self.model.token_ids.eos
-        return (int(t[0]) for t in itertools.takewhile(lambda t: int(t[0]) != eos, steps))
+        fed = list(ids)
+        keep = False
+        try:
+            for t in steps:
+                t = int(t[0])
+                if t == eos:
+                    break
+                fed.append(t)
+                yield t
+            keep = True
+        except GeneratorExit:
+            keep = True
+            raise
+        finally:
+            steps.close()
+            n = cache.get_seq_length()
+            if keep and len(ids) <= n <= len(fed):
+                self.chat_cache.put(fed[:n], prints, cache, state)
+
+    def _weights_state(self) -> tuple:
+        """What a cached conversation depends on besides its tokens: each weight's identity, storage,
+        dtype, device and in-place version, so loading, training or moving the model invalidates it."""
+        return tuple((id(p), p.data_ptr(), p.dtype, p.device, p._version) for p in self.model.parameters())
 
     def chat(self, image_or_images, question: str, history: list | None = None, stream: bool = False,
              max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
@@ -301,17 +341,29 @@ class UnimmPipeline:
         return text[len(prefix):] if prefix and text.startswith(prefix) else text
 
     def _stream_text(self, tokens) -> Iterator[str]:
+        """Text pieces as tokens arrive, decoding a short window per token (not the whole answer): the
+        tokens since the last piece plus the ones before them as context, so word boundaries and
+        multi-token characters come out as the full decode has them (vLLM's incremental detokeniser)."""
+        decode = self.processor.decode
+        prefix = self.config.prompt.answer_prefix or ""
         ids: list[int] = []
-        emitted = ""
+        context, read = 0, 0  # decode ids[context:]; ids[context:read] were already emitted
+        head, emitted = "", ""  # head: text held back until the answer prefix can be stripped
         for t in tokens:
             ids.append(t)
-            text = self._answer_text(ids)
-            # Hold back a piece that ends inside a multi-byte character.
-            if text.endswith("\ufffd") or not text.startswith(emitted):
-                continue
-            if len(text) > len(emitted):
-                yield text[len(emitted):]
-                emitted = text
+            before, after = decode(ids[context:read]), decode(ids[context:])
+            if after.endswith("\ufffd") or len(after) <= len(before) or not after.startswith(before):
+                continue  # inside a multi-byte character, or nothing new yet
+            piece = after[len(before):]
+            context, read = read, len(ids)
+            if len(head) < len(prefix):  # the start of the answer: drop the prompt's answer prefix
+                head += piece
+                if len(head) < len(prefix):
+                    continue
+                piece = head[len(prefix):] if head.startswith(prefix) else head
+            if piece:
+                emitted += piece
+                yield piece
         text = self._answer_text(ids)
         if len(text) > len(emitted) and text.startswith(emitted):
             yield text[len(emitted):]

@@ -2,6 +2,9 @@
 
 The prompt (with image features spliced in) is prefilled once; each further
 step feeds one token and reuses the cache. Rows stop at end-of-sequence.
+A cache that already holds the first `past_length` tokens of the prompt (an
+earlier turn of the same conversation, see prefix_cache.py) can be passed in:
+then `input_ids` are only the tokens after them.
 """
 from __future__ import annotations
 
@@ -18,17 +21,27 @@ from .logits import sample_next
 def generate_text(model: UnifiedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   pixel_values: torch.Tensor | None = None, max_new_tokens: int = 64,
                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                  generator: torch.Generator | None = None, cache: DynamicCache | None = None,
+                  past_length: int = 0) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) step by step until every row has emitted EOS.
 
-    Rows that finished keep yielding EOS so the caller can stack steps.
+    Rows that finished keep yielding EOS so the caller can stack steps. With
+    `cache` holding `past_length` earlier tokens (unpadded rows), `input_ids`,
+    `attention_mask` and `pixel_values` cover only what follows them; the
+    cache is extended in place.
     """
     eos = model.token_ids.eos
-    cache = DynamicCache(config=model.backbone.hf_config)
-    embeds = model.embed_inputs(input_ids, pixel_values)  # (B, T, D)
     mask = attention_mask
-    pos = positions(mask)
     padded = not bool(mask.all())  # without padding the model's own causal mask is all that is needed
+    if cache is None:
+        if past_length:
+            raise ValueError(f"past_length {past_length} needs the cache that holds those tokens")
+        cache = DynamicCache(config=model.backbone.hf_config)
+    elif cache.get_seq_length() != past_length or padded:
+        raise ValueError(f"the cache holds {cache.get_seq_length()} tokens, not past_length {past_length} "
+                         "(and a reused cache needs unpadded rows)")
+    embeds = model.embed_inputs(input_ids, pixel_values)  # (B, T, D)
+    pos = positions(mask) + past_length
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
         h = model.hidden_states(embeds, attention_mask=mask if padded else None, position_ids=pos, cache=cache)

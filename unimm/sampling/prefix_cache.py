@@ -1,0 +1,98 @@
+"""Reusing a conversation's KV cache across chat turns.
+
+A follow-up turn re-sends the whole conversation: earlier questions, their
+images and answers, then the new question. Its first tokens are exactly the
+tokens the previous call already ran through the backbone (that call's
+prompt and the answer it generated), so their keys and values can be kept
+instead of recomputed, images included. `PrefixCache` holds the cache of the
+last conversation with the token ids and image fingerprints it covers; the
+next call takes the longest prefix that is provably the same (equal ids, and
+equal pixels for every image in it), crops the cache to it and prefills only
+the rest. Nothing is assumed about the caller: a different conversation, an
+edited answer or a changed image simply shortens the reused prefix (to zero
+if need be), so the answer is the one a fresh prefill would give.
+
+One entry is kept (the app and the API hold one conversation at a time); a
+call takes it out under a lock, so two calls at once never share a cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["PrefixCache", "image_fingerprints", "image_spans"]
+
+
+def image_fingerprints(pixel_values: torch.Tensor | None) -> list[bytes]:
+    """A digest of each processed image (I, C, H, W): equal pixels, equal digest."""
+    if pixel_values is None:
+        return []
+    return [hashlib.blake2b(p.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+            for p in pixel_values]
+
+
+def image_spans(ids: list[int], image_token: int, tokens_per_image: int) -> list[tuple[int, int]]:
+    """[start, end) of each image's placeholder run in `ids`, in reading order."""
+    slots = [i for i, t in enumerate(ids) if t == image_token]
+    if len(slots) % tokens_per_image:
+        raise ValueError(f"{len(slots)} image placeholders is not a multiple of {tokens_per_image} per image")
+    return [(slots[k], slots[k + tokens_per_image - 1] + 1) for k in range(0, len(slots), tokens_per_image)]
+
+
+@dataclass
+class _Entry:
+    ids: list[int]  # the tokens whose keys and values the cache holds, in order
+    images: list[bytes]  # fingerprints of the images among them, in order
+    cache: object  # a transformers Cache
+    state: object  # the caller's key for the weights the cache was computed with
+
+
+class PrefixCache:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entry: _Entry | None = None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entry = None
+
+    def take(self, ids: list[int], spans: list[tuple[int, int]], images: list[bytes], state=None):
+        """(reused length L, cache holding ids[:L] or None): the entry is removed either way.
+
+        L < len(ids), so at least one token is left to prefill (its logits start the answer),
+        and L never cuts an image's placeholder run. `state` must equal the one given to put
+        (the weights the keys and values were computed with), else nothing is reused.
+        """
+        with self._lock:
+            entry, self._entry = self._entry, None
+        if entry is None or entry.state != state:
+            return 0, None
+        n = 0
+        limit = min(len(ids) - 1, len(entry.ids))
+        while n < limit and ids[n] == entry.ids[n]:
+            n += 1
+        # Same ids up to n, so the images starting before n are the k-th images of both.
+        for k, (start, end) in enumerate(spans):
+            if start >= n:
+                break
+            if k >= len(entry.images) or entry.images[k] != images[k] or end > n:
+                n = start
+                break
+        if n == 0:
+            return 0, None
+        drop = entry.cache.get_seq_length() - n
+        if drop > 0:
+            # A negative count removes that many tokens in every transformers version (a positive
+            # one meant "keep this many" before 5.x and is refused since).
+            entry.cache.crop(-drop)
+        return n, entry.cache
+
+    def put(self, ids: list[int], images: list[bytes], cache, state=None) -> None:
+        """Keep `cache`, which holds exactly `ids` (the images among them fingerprinted by `images`)."""
+        if cache.get_seq_length() != len(ids):
+            raise ValueError(f"the cache holds {cache.get_seq_length()} tokens but {len(ids)} ids were given")
+        with self._lock:
+            self._entry = _Entry(list(ids), list(images), cache, state)
