@@ -160,3 +160,46 @@ def test_full_queue_shows_the_busy_message(page, server):
         pipe.release.set()
     running.result(timeout=60)
     waiting.result(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def steered_url():
+    """The app on a dit model with ControlNets and an IP-Adapter (untrained: wiring, not quality)."""
+    import warnings
+
+    import unimm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        pipe = unimm.load({"base": "tiny-dit-control", "name": "tiny-dit-steered",
+                           "generation": {"generator": {"ip_adapter": {"num_queries": 8, "timestep_dim": 32}}}})
+    demo = app.build_app(pipe, "tiny-dit-steered")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(demo, port=port)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_generate_with_an_uploaded_control_picture_and_reference(browser, steered_url, tmp_path, shapes_image):
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(steered_url)
+    page.get_by_role("tab", name="Generate image").click()
+    control, reference = tmp_path / "layout.png", tmp_path / "reference.png"
+    shapes_image.save(control)
+    shapes_image.resize((64, 64)).save(reference)
+    page.get_by_text("Control (ControlNet)").click()
+    page.get_by_text("Reference (IP-Adapter)").click()
+    page.set_input_files("#control-image input[type=file]", str(control))
+    page.set_input_files("#reference-image input[type=file]", str(reference))
+    expect(page.locator("#reference-image img").first).to_be_visible()
+    page.fill("#prompt textarea", "a red object")
+    page.click("#generate")
+    expect(page.locator("#gallery img").first).to_be_visible()
+    expect(page.locator("#control-map img").first).to_be_visible()  # the map the control picture made
+    assert page.locator("#seed-used input").input_value().isdigit()
+    screenshot(page, tmp_path, "app-control-reference.png")
+    context.close()

@@ -134,11 +134,11 @@ def test_the_app_takes_a_control_picture_and_shows_the_map(control_pipe, scene_i
     h = demo.Handlers(control_pipe)
     assert h.control_types == ["edges", "segmentation"]
     scene_image.save(tmp_path / "scene.png")
-    images, seed, shown = h.generate_with_control("a red circle", 1, 2.0, 1.0, 3, 4, False, str(tmp_path / "scene.png"),
-                                                  "segmentation", 0.7, progress=lambda *a, **k: None)
+    images, seed, shown = h.generate_steered("a red circle", 1, 2.0, 1.0, 3, 4, False, str(tmp_path / "scene.png"),
+                                             "segmentation", 0.7, None, None, progress=lambda *a, **k: None)
     assert seed == 4 and shown.size == (32, 32) and images[0].info["control_maps"]["segmentation"] is shown
-    images, _, shown = h.generate_with_control("a red circle", 1, 2.0, 1.0, 3, 4, False, None, "edges", 1.0,
-                                               progress=lambda *a, **k: None)
+    images, _, shown = h.generate_steered("a red circle", 1, 2.0, 1.0, 3, 4, False, None, "edges", 1.0, None, None,
+                                          progress=lambda *a, **k: None)
     assert shown is None and "control_maps" not in images[0].info
     with pytest.raises(demo.gr.Error, match="Control scale must be between 0 and 2"):
         h.generate("a red circle", 1, 2.0, 1.0, 3, 4, False, control_image=str(tmp_path / "scene.png"),

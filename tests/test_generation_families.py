@@ -31,7 +31,7 @@ class Constant(GenerationFamily):
     tokenizer_type = "vq"
     options = ConstantOptions
 
-    def build_head(self, config, image_tokenizer, hidden_size):
+    def build_head(self, config, image_tokenizer, hidden_size, encoder_width):
         return ConstantHead(image_tokenizer.num_codes)
 
     def loss(self, model, prompt_ids, prompt_mask, targets, generator=None):

@@ -76,6 +76,7 @@ class Limits:
     max_steps: int = MaskedOptions.spec("steps")["ui_max"]
     max_new_tokens: int = 1024
     max_control_scale: float = 2.0
+    max_reference_scale: float = 2.0
     max_seed: int = 2**31 - 1
     max_image_pixels: int = 4096 * 4096  # well below PIL's decompression-bomb limit (~89 MP)
 
@@ -235,25 +236,38 @@ class Handlers:
     @property
     def control_types(self) -> list[str]:
         """The model's ControlNets (dit models that have them), for the control inputs."""
-        return list(getattr(self.pipe.model.gen_head, "controlnets", {})) if self.family.controllable else []
+        return list(getattr(self.pipe.model.gen_head, "controlnets", {})) if "control" in self.family.conditions else []
 
-    def generate_with_control(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
-                              control_image, control_type, control_scale, progress=gr.Progress()):
-        """`generate` steered by an uploaded picture's control map; also returns the map used (or None)."""
+    @property
+    def has_reference(self) -> bool:
+        """Whether the model has an IP-Adapter (dit models that have one), for the reference input."""
+        return "reference" in self.family.conditions and getattr(self.pipe.model.gen_head, "ip_adapter", None) is not None
+
+    def generate_steered(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
+                         control_image, control_type, control_scale, reference_image, reference_scale,
+                         progress=gr.Progress()):
+        """`generate` with every input of the image tab (None where the model lacks the part): the
+        images, the seed used and, for a model with ControlNets, the control map used (or None)."""
         images, used = self.generate(prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
                                      control_image=control_image, control_type=control_type,
-                                     control_scale=control_scale, progress=progress)
+                                     control_scale=control_scale, reference_image=reference_image,
+                                     reference_scale=reference_scale, progress=progress)
+        if not self.control_types:
+            return images, used
         maps = images[0].info.get("control_maps", {})
         return images, used, next(iter(maps.values()), None)
 
     def generate(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
-                 control_image=None, control_type=None, control_scale=1.0, progress=gr.Progress()):
+                 control_image=None, control_type=None, control_scale=1.0, reference_image=None,
+                 reference_scale=None, progress=gr.Progress()):
         """Images for `prompt` and the seed used (random when `randomize_seed`); with `control_image`
-        (an upload's path), its `control_type` map steers the model's ControlNet."""
+        (an upload's path), its `control_type` map steers the model's ControlNet; with
+        `reference_image`, the IP-Adapter draws its object (the prompt may then be empty)."""
         lim = self.limits
         prompt = (prompt or "").strip()
-        if not prompt:
-            raise user_error(f"Please type a prompt, for example “{EXAMPLE_PROMPTS[0]}”.")
+        if not prompt and reference_image is None:
+            raise user_error(f"Please type a prompt, for example “{EXAMPLE_PROMPTS[0]}”"
+                             + (", or give a reference picture." if self.has_reference else "."))
         options = {
             "num_images": check_number(num_images, "Number of images", 1, lim.max_images, integer=True),
             "guidance_scale": check_number(guidance_scale, "Guidance scale", 0, lim.max_guidance),
@@ -272,6 +286,13 @@ class Handlers:
             options.update(control_image=open_upload(file_path(control_image), lim.max_image_pixels),
                            control_type=control_type,
                            control_scale=check_number(control_scale, "Control scale", 0, lim.max_control_scale))
+        if reference_image is not None:
+            if not self.has_reference:
+                raise user_error("This model has no IP-Adapter; generate without a reference picture.")
+            options["reference_image"] = open_upload(file_path(reference_image), lim.max_image_pixels)
+            if reference_scale is not None:
+                options["reference_scale"] = check_number(reference_scale, "Reference scale", 0,
+                                                          lim.max_reference_scale)
         unit = self.family.progress_unit + "s"
 
         def report(step, total):
@@ -396,6 +417,9 @@ def _image_tab(h: Handlers, pipe):
             with gr.Row():
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=lim.max_seed)
                 randomize = gr.Checkbox(value=True, label="Randomise seed")
+            # Inputs of parts the model lacks are constants (None), so one handler serves every model.
+            control_image, control_type, control_scale = gr.State(None), gr.State(None), gr.State(1.0)
+            reference_image, reference_scale = gr.State(None), gr.State(None)
             if h.control_types:  # a dit model with ControlNets: a picture whose map steers it
                 with gr.Accordion("Control (ControlNet)", open=False):
                     control_image = gr.Image(label="Control picture", type="filepath", elem_id="control-image")
@@ -403,22 +427,26 @@ def _image_tab(h: Handlers, pipe):
                                                elem_id="control-type")
                     control_scale = gr.Slider(0, lim.max_control_scale, value=1.0, step=0.05,
                                               label="Control scale", elem_id="control-scale")
+            if h.has_reference:  # a dit model with an IP-Adapter: a picture whose object it draws
+                with gr.Accordion("Reference (IP-Adapter)", open=False):
+                    reference_image = gr.Image(label="Reference picture", type="filepath", elem_id="reference-image")
+                    reference_scale = gr.Slider(0, lim.max_reference_scale,
+                                                value=pipe.model.gen_head.config.ip_adapter.scale, step=0.05,
+                                                label="Reference scale", elem_id="reference-scale",
+                                                info="With a reference the prompt may be empty")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="gallery",
                                  object_fit="contain", interactive=False)
             seed_used = gr.Number(label="Seed used", info="Untick “Randomise seed” and enter it to reproduce",
                                   precision=0, interactive=False, elem_id="seed-used")
+            outputs = [gallery, seed_used]
             if h.control_types:
-                control_map = gr.Image(label="Control map used", interactive=False, elem_id="control-map")
-    inputs = [prompt, num_images, guidance, temperature, steps, seed, randomize]
-    if h.control_types:
-        gr.on([button.click, prompt.submit], h.generate_with_control,
-              inputs + [control_image, control_type, control_scale], [gallery, seed_used, control_map],
-              api_name="generate", concurrency_id="model")
-    else:
-        gr.on([button.click, prompt.submit], h.generate, inputs, [gallery, seed_used],
-              api_name="generate", concurrency_id="model")
+                outputs.append(gr.Image(label="Control map used", interactive=False, elem_id="control-map"))
+    inputs = [prompt, num_images, guidance, temperature, steps, seed, randomize, control_image, control_type,
+              control_scale, reference_image, reference_scale]
+    gr.on([button.click, prompt.submit], h.generate_steered, inputs, outputs, api_name="generate",
+          concurrency_id="model")
 
 
 def build_app(pipe, model_name: str | None = None, max_queue: int = 16, limits: Limits = Limits()) -> gr.Blocks:

@@ -90,6 +90,10 @@ def cmd_generate(args) -> int:
                    "control_scale": args.control_scale or None, "control_is_map": args.control_is_map}
     elif args.control_type or args.control_scale or args.control_is_map:
         raise ValueError("--control-type, --control-scale and --control-is-map need --control IMAGE")
+    if args.reference_scale is not None and args.reference is None:
+        raise ValueError("--reference-scale needs --reference IMAGE")
+    if args.reference is not None:
+        control.update(reference_image=args.reference, reference_scale=args.reference_scale)
     pipe = _load(args)
     if args.upscale > 1:  # the upscaled copies must fit as well
         check_output_fits(max(1, args.num_images) * args.upscale ** 2, pipe.image_size)
@@ -198,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-scale", action="append", default=[], type=float, metavar="S",
                    help="weight of each control (default 1)")
     g.add_argument("--control-is-map", action="store_true", help="the --control images are maps already")
+    g.add_argument("--reference", metavar="IMAGE", default=None,
+                   help="a picture whose object a dit model's IP-Adapter draws (the prompt may then be \"\")")
+    g.add_argument("--reference-scale", type=float, default=None, metavar="S",
+                   help="weight of the reference (default: the adapter's)")
     g.add_argument("--compile", action="store_true",
                    help="run the decode step through torch.compile (autoregressive; the first call compiles)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

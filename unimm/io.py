@@ -125,7 +125,9 @@ def save_library_part(part: torch.nn.Module, folder: Path, dtype: torch.dtype, m
 
 def load_library_part(part: torch.nn.Module, folder: Path) -> None:
     """Load weights saved by `save_library_part` into `part`, built from the model's config;
-    the folder's config.json must describe the same model. Never unpickles."""
+    the folder's config.json must describe the same model. Never unpickles. A part that is
+    not a diffusers model (the IP-Adapter) has its own `save_pretrained`, a `config` dict
+    and a `weights_name`."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder.parent} lacks {folder.name}/{config_file.name}")
@@ -134,7 +136,8 @@ def load_library_part(part: torch.nn.Module, folder: Path) -> None:
                     and json.loads(json.dumps(v)) != saved[k])
     if differ:
         raise ConfigError(f"{config_file} does not match the model's config: {preview(differ)}")
-    state = read_weights(folder, LIBRARY_WEIGHTS)  # one file, or the shards of its index
+    # One file, or the shards of its index; a part may name its own file (the IP-Adapter's).
+    state = read_weights(folder, getattr(part, "weights_name", LIBRARY_WEIGHTS))
     expected = part.state_dict()
     problems = sorted(set(state) ^ set(expected)) + [k for k in state if k in expected
                                                      and tuple(state[k].shape) != tuple(expected[k].shape)]

@@ -171,9 +171,10 @@ class Processor:
         flush()
         return ids, labels
 
-    def generation_ids(self, prompt: str) -> list[int]:
-        """[bos] prompt <begin_of_image>: the prefix image tokens are sampled after."""
-        if not isinstance(prompt, str) or not prompt.strip():
+    def generation_ids(self, prompt: str, allow_empty: bool = False) -> list[int]:
+        """[bos] prompt <begin_of_image>: the prefix image tokens are sampled after. An empty
+        prompt is refused unless `allow_empty` (a reference image then says what to draw)."""
+        if not isinstance(prompt, str) or not (prompt.strip() or allow_empty):
             raise ValueError("the prompt is empty; describe the image to generate")
         ids = [self.ids.bos] if self.prompt.add_bos and self.ids.bos is not None else []
         text = prompt.strip() if self.prompt.strip_text else prompt

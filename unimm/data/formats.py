@@ -664,14 +664,19 @@ class ShapesSource(Source):
     Every item is usable.
     """
 
-    def __init__(self, task: str, **shapes_world_options: Any) -> None:
+    def __init__(self, task: str, reference: bool = False, **shapes_world_options: Any) -> None:
         from .shapes import ShapesWorld
 
         super().__init__()
         self.task = _check_task(task, TASKS, "shapes source")
+        if not isinstance(reference, bool):
+            raise ConfigError(f"shapes source: reference must be true or false, got {reference!r}")
+        if reference and task != "generation":
+            raise ConfigError(f"shapes source: reference pairs are generation data, not {task!r}")
+        self.reference = reference  # IP-Adapter pairs (shapes.reference_pair) instead of the world's scenes
         self.world = ShapesWorld(**shapes_world_options)
         cfg = self.world.config
-        self.name = f"shapes:{task} (seed={cfg.seed}, n={cfg.num_samples})"
+        self.name = f"shapes:{task}{' reference pairs' if reference else ''} (seed={cfg.seed}, n={cfg.num_samples})"
 
     def __len__(self) -> int:
         return len(self.world)
@@ -679,6 +684,14 @@ class ShapesSource(Source):
     def _load(self, i: int) -> dict:
         if self.task == "text":  # no rendering needed
             return {"task": "text", "text": self.world[i].caption}
+        if self.reference:
+            from .shapes import REFERENCE_SIZE, reference_pair, render
+
+            cfg = self.world.config
+            target, ref = reference_pair(cfg, i)
+            return {"task": "generation", "image": render(target, cfg.image_size, cfg.antialias),
+                    "caption": target.caption,
+                    "reference": render(ref, max(cfg.image_size, REFERENCE_SIZE), cfg.antialias)}
         s = self.world.sample(i)
         if self.task == "generation":
             return {"task": "generation", "image": s["image"], "caption": s["caption"]}
@@ -731,7 +744,7 @@ _FORMATS: dict[str, tuple[Callable[[dict], Source], tuple[str, ...], Callable[[]
     "webdataset": (lambda o: WebDatasetSource(**o), ("shards",), lambda: ("task",)),
     "hf": (lambda o: HFDatasetSource(o.pop("path"), **o), ("path",),
            lambda: ("task", "image_column", "caption_column", "split", "cache_dir")),
-    "shapes": (lambda o: ShapesSource(**o), ("task",), _shapes_keys),
+    "shapes": (lambda o: ShapesSource(**o), ("task",), lambda: [*_shapes_keys(), "reference"]),
 }
 
 

@@ -473,6 +473,35 @@ def render(scene: Scene, size: int, antialias: bool = True) -> Image.Image:
 # --------------------------------------------------------------------------- the dataset
 
 
+# Prompts of IP-Adapter pairs: the shape is left to the reference picture ("object").
+_REFERENCE_PROMPTS = ("a {colour} object {where}", "a {size} {colour} object", "a {colour} object",
+                      "a {size} {colour} object {where}")
+REFERENCE_SIZE = 64  # references are drawn at least this large: the encoder reads them, not the generator
+
+
+def reference_pair(cfg: ShapesWorldConfig, index: int) -> tuple[Scene, Scene]:
+    """(target, reference) for IP-Adapter training and scoring: a pure function of (cfg, index).
+
+    The reference holds one object; the target holds one object of the same shape,
+    placed and sized afresh. Half the time it keeps the reference's colour, and then
+    half of those have an empty prompt (draw the reference's object again); otherwise
+    the prompt names the target's colour (maybe another than the reference's), and
+    perhaps its size and place, calling it an "object": the shape must come from the
+    reference. The target's caption is that prompt.
+    """
+    rng = random.Random(f"unimm-reference/{cfg.seed}/{index}")  # str seeds hash with SHA-512: stable
+    comps = cfg.compositions()
+    colour, shape = rng.choice(comps)
+    ref_colour = colour if rng.random() < 0.5 else rng.choice([c for c, s in comps if s == shape])
+    reference = _place(rng, [(ref_colour, shape, rng.choice(SIZES))])
+    target = _place(rng, [(colour, shape, rng.choice(SIZES))])
+    if ref_colour == colour and rng.random() < 0.5:
+        prompt = ""
+    else:
+        prompt = _a_an(rng.choice(_REFERENCE_PROMPTS).format(**_fields(target[0]))).strip()
+    return Scene("single", target, prompt, []), Scene("single", reference, "", [])
+
+
 class ShapesWorld:
     """An indexable, deterministic shapes world: `world[i]` is a Scene, `world.sample(i)` adds the image.
 

@@ -29,7 +29,9 @@ class GenerationFamily:
     progress_unit: ClassVar[str] = "step"  # what `progress(step, total)` counts, for bars
     summary: ClassVar[str] = ""
     compilable: ClassVar[bool] = False  # sample() takes compile=True (a torch.compile'd decode step)
-    controllable: ClassVar[bool] = False  # sample() and loss() take ControlNet maps (control=...)
+    # Extra conditions sample() and loss() take as keyword arguments: "control" (ControlNet
+    # maps), "reference" (SigLIP features of reference pictures for an IP-Adapter).
+    conditions: ClassVar[tuple[str, ...]] = ()
 
     def check_config(self, generation_config) -> None:
         """Check the family's own settings (`generation.generator`) when a config is read."""
@@ -42,8 +44,9 @@ class GenerationFamily:
         directory named by its key (e.g. {"transformer": a diffusers model}), not in model.safetensors."""
         return {}
 
-    def build_head(self, config, image_tokenizer, hidden_size: int) -> torch.nn.Module:
-        """The trainable part between the backbone and the image tokenizer (model.gen_head)."""
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int) -> torch.nn.Module:
+        """The trainable part between the backbone and the image tokenizer (model.gen_head);
+        `hidden_size` is the backbone's width, `encoder_width` the understanding encoder's."""
         raise NotImplementedError
 
     def num_tokens(self, model) -> int:

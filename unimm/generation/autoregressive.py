@@ -22,7 +22,7 @@ class Autoregressive(GenerationFamily):
     summary = "next-token prediction over VQ ids with a static KV cache"
     compilable = True
 
-    def build_head(self, config, image_tokenizer, hidden_size: int):
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int):
         from ..heads.autoregressive import ARImageHead
 
         return ARImageHead(config, image_tokenizer.num_codes, image_tokenizer.config.quantizer.dim, hidden_size)

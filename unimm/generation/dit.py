@@ -35,32 +35,38 @@ class DiT(GenerationFamily):
     def check_config(self, generation_config) -> None:
         self.generator_config(generation_config)
 
-    def build_head(self, config, image_tokenizer, hidden_size: int):
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int):
         from ..heads.dit import DiTHead
 
         return DiTHead(self.generator_config(config), image_tokenizer.latent_channels, image_tokenizer.grid,
-                       hidden_size)
+                       hidden_size, encoder_width)
 
     def num_tokens(self, model) -> int:
         return model.gen_head.num_tokens  # queries after the prompt (0 when reading the prompt's states)
 
-    controllable = True  # sample() and loss() take ControlNet maps (`control`)
+    conditions = ("control", "reference")  # ControlNet maps; reference pictures for the IP-Adapter
 
     def library_parts(self, model) -> dict[str, torch.nn.Module]:
         head = model.gen_head
-        return {"transformer": head.transformer, **{f"controlnet_{k}": net for k, net in head.controlnets.items()}}
+        parts = {"transformer": head.transformer, **{f"controlnet_{k}": net for k, net in head.controlnets.items()}}
+        if head.ip_adapter is not None:
+            parts["ip_adapter"] = head.ip_adapter
+        return parts
 
-    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None) -> torch.Tensor:
-        """`control`: {control type: latents of the targets' control maps (B, C, h, w)}."""
-        return model.gen_head.loss(model, prompt_ids, prompt_mask, targets, generator, control)
+    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None,
+             reference=None) -> torch.Tensor:
+        """`control`: {control type: latents of the targets' control maps (B, C, h, w)};
+        `reference`: SigLIP features of each item's reference picture (B, N, D_enc)."""
+        return model.gen_head.loss(model, prompt_ids, prompt_mask, targets, generator, control, reference)
 
     def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None,
-               control=None) -> torch.Tensor:
-        """`control`: [(control type, its map's latents (1 or B, C, h, w), scale), ...]."""
+               control=None, reference=None) -> torch.Tensor:
+        """`control`: [(control type, its map's latents (1 or B, C, h, w), scale), ...];
+        `reference`: (SigLIP features (1 or B, N, D_enc), scale)."""
         from ..sampling.dit import generate_dit_latents
 
         return generate_dit_latents(model, prompt_ids, prompt_mask, generator=generator, progress=progress,
-                                    control=control, **options.as_kwargs())
+                                    control=control, reference=reference, **options.as_kwargs())
 
 
 register_family(DiT())

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check_keys
+from .ip_adapter import IPAdapter, IPAdapterConfig
 
 # Generators by diffusers class name -> (how the condition goes in, the config key of its width).
 GENERATORS = {
@@ -59,6 +60,9 @@ class DiTGeneratorConfig:
     # are used at once by summing their residuals (as SD3MultiControlNetModel does), so they
     # share one layer count.
     controlnets: dict = field(default_factory=dict)
+    # IP-Adapter (MMDiT only): reference pictures steer the generator through the model's own
+    # SigLIP features (heads/ip_adapter.py); None: no adapter.
+    ip_adapter: IPAdapterConfig | None = None
     # Training: sigma ~ sigmoid(N(logit_mean, logit_std)) (logit-normal, SD3), then the shift.
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -79,6 +83,8 @@ class DiTGeneratorConfig:
                 raise ConfigError(f"generation.generator.controlnets.{kind} must be a layer count >= 1, got {layers!r}")
         if self.controlnets and self.cls != "SD3Transformer2DModel":
             raise ConfigError(f"generation.generator.controlnets need SD3Transformer2DModel, not {self.cls}")
+        if self.ip_adapter is not None and self.cls != "SD3Transformer2DModel":
+            raise ConfigError(f"generation.generator.ip_adapter needs SD3Transformer2DModel, not {self.cls}")
         if len(set(self.controlnets.values())) > 1:
             raise ConfigError("generation.generator.controlnets must share one layer count (their residuals are summed)")
         if self.connector_layers < 0 or self.shift <= 0 or self.logit_std <= 0:
@@ -136,7 +142,8 @@ class Connector(nn.Module):
 class DiTHead(nn.Module):
     """Queries (or prompt-state reading), connector, and a diffusers transformer over latents."""
 
-    def __init__(self, config: DiTGeneratorConfig, latent_channels: int, latent_grid: int, hidden_size: int):
+    def __init__(self, config: DiTGeneratorConfig, latent_channels: int, latent_grid: int, hidden_size: int,
+                 encoder_width: int):
         super().__init__()
         self.config = config
         self.c, self.grid = latent_channels, latent_grid
@@ -172,6 +179,8 @@ class DiTHead(nn.Module):
                                           for kind, layers in config.controlnets.items()})
         if config.conditioning == "queries":
             self.queries = nn.Parameter(torch.randn(config.num_queries, hidden_size) / math.sqrt(hidden_size))
+        self.ip_adapter = (IPAdapter(config.ip_adapter, self.transformer, encoder_width)
+                           if config.ip_adapter is not None else None)
 
     @property
     def num_tokens(self) -> int:
@@ -212,15 +221,23 @@ class DiTHead(nn.Module):
         return kwargs
 
     # -- the generator --------------------------------------------------------
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: dict, control=None) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: dict, control=None,
+                 reference=None) -> torch.Tensor:
         """Latents (B, C, h, w) at noise levels sigma (B,) -> predicted velocity noise - x_0.
 
         `control`: [(control type, its map's latents (B, C, h, w), scale), ...] for the ControlNets,
         a scale being a number or one per row (B,); the same call serves training and sampling,
-        so both feed them the same pooled projection.
+        so both feed them the same pooled projection. `reference`: (SigLIP features of the
+        reference pictures (B, N, D_enc), scale) for the IP-Adapter; zeros in a row mean none.
         """
         dtype = next(self.transformer.parameters()).dtype
         x, t = x.to(dtype), sigma * 1000
+        if reference is not None:
+            if self.ip_adapter is None:
+                raise ValueError("this model has no IP-Adapter: a reference image cannot steer it")
+            features, scale = reference
+            self.ip_adapter.set_scale(scale)
+            condition = {**condition, "joint_attention_kwargs": self.ip_adapter.embed(features, t)}
         residuals = None
         for kind, latents, scale in control or ():
             if kind not in self.controlnets:
@@ -229,7 +246,7 @@ class DiTHead(nn.Module):
             per_row = torch.is_tensor(scale)
             out = self.controlnets[kind](hidden_states=x, controlnet_cond=latents.to(dtype),
                                          conditioning_scale=1.0 if per_row else scale, timestep=t, return_dict=False,
-                                         **condition)[0]
+                                         **{k: v for k, v in condition.items() if k != "joint_attention_kwargs"})[0]
             if per_row:
                 out = [o * scale.to(o.dtype)[:, None, None] for o in out]
             residuals = out if residuals is None else [a + b for a, b in zip(residuals, out)]
@@ -240,7 +257,11 @@ class DiTHead(nn.Module):
             out = out[:, :self.c]
         return out.float()
 
-    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None) -> torch.Tensor:
+    def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None,
+             reference=None) -> torch.Tensor:
+        """`reference`: SigLIP features (B, N, D_enc) of each item's reference picture; a share
+        ip_adapter.drop of them is replaced by zeros (no reference), so guidance has an
+        unconditional side to push against."""
         B = targets.shape[0]
         cfg = self.config
         u = torch.randn(B, device=targets.device, generator=generator) * cfg.logit_std + cfg.logit_mean
@@ -255,7 +276,12 @@ class DiTHead(nn.Module):
             control = [(k, lat, keep[i]) for i, (k, lat) in enumerate(control)]
         else:
             control = [(k, lat, 1.0) for k, lat in control]
-        v = self.velocity(x, sigma, self.condition(model, prompt_ids, prompt_mask), control)
+        if reference is not None:
+            if self.ip_adapter is None:
+                raise ValueError("the training data has reference images but this model has no IP-Adapter")
+            keep = torch.rand(B, device=targets.device, generator=generator) >= cfg.ip_adapter.drop
+            reference = (reference * keep[:, None, None].to(reference.dtype), 1.0)
+        v = self.velocity(x, sigma, self.condition(model, prompt_ids, prompt_mask), control, reference)
         return F.mse_loss(v, noise - targets.float())
 
 

@@ -134,7 +134,7 @@ class UnifiedModel(nn.Module):
         self.projector = build_projector(config.projector, self.encoder.hidden_size, D, self.encoder.num_patches)
         self.image_tokenizer = build_image_tokenizer(config.image_tokenizer)
         self.family = get_family(config.generation.paradigm)  # owns head, loss, sampler and options
-        self.gen_head = self.family.build_head(config.generation, self.image_tokenizer, D)
+        self.gen_head = self.family.build_head(config.generation, self.image_tokenizer, D, self.encoder.hidden_size)
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -239,15 +239,22 @@ class UnifiedModel(nn.Module):
         logits = self.text_logits(h[:, :-1][keep])  # (n_answer, V)
         return F.cross_entropy(logits.float(), targets[keep])
 
-    def generation_loss(self, prompt_ids, prompt_mask, targets, generator=None, control=None) -> torch.Tensor:
+    def generation_loss(self, prompt_ids, prompt_mask, targets, generator=None, control=None,
+                        reference=None) -> torch.Tensor:
         """The family's image loss for prompts (ending in BOI) and targets from `images_to_targets`;
-        `control` ({control type: map latents}) goes to families with ControlNets."""
+        `control` ({control type: map latents}) goes to families with ControlNets, `reference`
+        (encoder pixel values of reference pictures, (B, 3, H, W)) to those with an IP-Adapter,
+        as the encoder's features."""
+        extra = {}
         if control is not None:
-            if not self.family.controllable:
-                raise ValueError(f"the training data has control maps but the {self.family.name} paradigm "
-                                 "takes none")
-            return self.family.loss(self, prompt_ids, prompt_mask, targets, generator, control=control)
-        return self.family.loss(self, prompt_ids, prompt_mask, targets, generator)
+            extra["control"] = control
+        if reference is not None:
+            extra["reference"] = self.encoder(reference.to(self.dtype))  # (B, N, D_enc)
+        for name in extra:
+            if name not in self.family.conditions:
+                what = {"control": "control maps", "reference": "reference images"}[name]
+                raise ValueError(f"the training data has {what} but the {self.family.name} paradigm takes none")
+        return self.family.loss(self, prompt_ids, prompt_mask, targets, generator, **extra)
 
     def forward(self, und: dict | None = None, gen: dict | None = None) -> dict[str, torch.Tensor]:
         """Losses for an understanding batch, a generation batch, or both (summed)."""

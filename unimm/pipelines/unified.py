@@ -108,7 +108,8 @@ class UnimmPipeline:
                  do_sample: bool | None = None, seed: int | None = None, batch_size: int | None = None,
                  steps: int | None = None, solver: str | None = None, shift: float | None = None,
                  progress=None, compile: bool = False, control_image=None, control_type=None,
-                 control_scale=None, control_is_map: bool = False, **options) -> list[Image.Image]:
+                 control_scale=None, control_is_map: bool = False, reference_image=None,
+                 reference_scale=None, **options) -> list[Image.Image]:
         """Generate `num_images` images per prompt; returns them prompt by prompt.
 
         The same call serves every generation family. Sampling options (the named
@@ -134,8 +135,13 @@ class UnimmPipeline:
         default: the model's only ControlNet) by the code that made the training maps, or taken
         as the map itself with `control_is_map=True`; `control_scale` (default 1.0, one or one
         per image) weights it. The maps used are in each image's info["control_maps"].
+        IP-Adapter (dit models that have one): `reference_image` (a picture) steers the drawing
+        through the model's own SigLIP features, weighted by `reference_scale` (default: the
+        adapter's configured scale); with a reference the prompt may be "" (draw the reference's
+        object again).
         """
         prompts = _prompt_list(prompt_or_prompts)
+        reference = self._reference(reference_image, reference_scale)
         num_images = _positive_int(num_images, "num_images")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _positive_int(batch_size, "batch_size")
         check_output_fits(len(prompts) * num_images, self.image_size)
@@ -143,7 +149,8 @@ class UnimmPipeline:
         opts = self.sampling_options(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                      top_p=top_p, do_sample=do_sample, steps=steps, solver=solver, shift=shift,
                                      **options)
-        rows = [self.processor.generation_ids(p) for p in prompts for _ in range(num_images)]
+        rows = [self.processor.generation_ids(p, allow_empty=reference is not None)
+                for p in prompts for _ in range(num_images)]
         longest, limit = max(len(r) for r in rows), self.model.backbone.max_positions
         if limit is not None and longest + self.model.num_image_tokens > limit:
             raise ValueError(
@@ -162,6 +169,8 @@ class UnimmPipeline:
         control, maps = self._control(control_image, control_type, control_scale, control_is_map)
         if control:
             extra["control"] = control
+        if reference is not None:
+            extra["reference"] = reference
         images: list[Image.Image] = []
         with _progress_callback(progress, family.progress_unit) as report:
             for start in range(0, len(rows), batch_size):
@@ -176,6 +185,26 @@ class UnimmPipeline:
                 im.info["control_maps"] = maps
         return images
 
+    def _reference(self, image, scale):
+        """(SigLIP features (1, N, D_enc), scale) of a reference picture for the IP-Adapter, or None."""
+        if image is None:
+            if scale is not None:
+                raise ValueError("reference_scale needs a reference_image")
+            return None
+        head = self.model.gen_head
+        if "reference" not in self.model.family.conditions or getattr(head, "ip_adapter", None) is None:
+            raise ValueError(f"reference_image needs a model with an IP-Adapter; this {self.model.family.name} "
+                             "model has none")
+        if isinstance(image, (list, tuple)):
+            raise ValueError("reference_image takes one picture")
+        from ..generation.options import check_value
+
+        scale = head.config.ip_adapter.scale if scale is None else check_value("reference_scale", scale, float,
+                                                                                  {"low": 0})
+        pixels = self.processor.pixel_values(_image_list(image)).to(self.device, self.model.dtype)
+        with torch.inference_mode():
+            return self.model.encoder(pixels), scale
+
     def _control(self, images, types, scales, is_map: bool):
         """([(control type, map latents (1, C, h, w), scale)], {type: map image}) for generate()."""
         if images is None:
@@ -183,7 +212,7 @@ class UnimmPipeline:
                 raise ValueError("control_type and control_scale need a control_image")
             return [], {}
         family = self.model.family
-        nets = list(getattr(self.model.gen_head, "controlnets", {})) if family.controllable else []
+        nets = list(getattr(self.model.gen_head, "controlnets", {})) if "control" in family.conditions else []
         if not nets:
             raise ValueError(f"control_image needs a model with a ControlNet; this {family.name} model has none")
         images = list(images) if isinstance(images, (list, tuple)) else [images]

@@ -18,11 +18,14 @@ from .cfg import guide, with_unconditional
 @torch.inference_mode()
 def generate_dit_latents(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, steps: int = 25,
                          guidance_scale: float = 5.0, solver: str = "euler", shift: float = 1.0,
-                         generator: torch.Generator | None = None, progress=None, control=None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, progress=None, control=None,
+                         reference=None) -> torch.Tensor:
     """prompt_ids (B, L) left-padded, each ending in BOI -> latents (B, C, h, w).
 
     `control`: [(control type, map latents (1 or B, C, h, w), scale), ...] for the model's
-    ControlNets; both guidance halves see the same maps.
+    ControlNets; both guidance halves see the same maps. `reference`: (SigLIP features of a
+    reference picture (1 or B, N, D_enc), scale) for its IP-Adapter; the unconditional half
+    gets zeros (no reference), as the adapter's training drops it.
     """
     if solver not in ("euler", "heun"):
         raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
@@ -34,10 +37,16 @@ def generate_dit_latents(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     sigmas = shifted_sigmas(steps, shift).to(device)
     control = [(kind, latents.to(device).expand(B, -1, -1, -1).repeat(rows // B, 1, 1, 1), scale)
                for kind, latents, scale in control or ()]
+    if reference is not None:
+        features, scale = reference
+        features = features.to(device).expand(B, -1, -1)
+        if rows > B:
+            features = torch.cat([features, torch.zeros_like(features)])
+        reference = (features, scale)
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         both = x if rows == B else torch.cat([x, x])
-        return guide(head.velocity(both, sigma.expand(rows), condition, control), B, guidance_scale)
+        return guide(head.velocity(both, sigma.expand(rows), condition, control, reference), B, guidance_scale)
 
     x = torch.randn(B, head.c, head.grid, head.grid, device=device, generator=generator)
     for i in range(steps):

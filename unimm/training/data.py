@@ -85,7 +85,7 @@ class TrainingDataset(Dataset):
         task = record["task"]
         if task == "generation":
             caption = record["caption"]
-            ids = p.generation_ids(caption)
+            ids = p.generation_ids(caption, allow_empty="reference" in record)
             if self._too_long(len(ids) + self.num_gen_tokens):
                 return None
             control = {}
@@ -94,11 +94,13 @@ class TrainingDataset(Dataset):
 
                 control = {k: self.gen_transform(map_for_model(record["image"], k, self.gen_size))
                            for k in record["control"]}
+            # A reference picture for an IP-Adapter, prepared as the encoder reads any image.
+            reference = p.pixel_values([record["reference"]])[0] if "reference" in record else None
             if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
                 return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
-                        "targets": record["targets"], "control": control}
+                        "targets": record["targets"], "control": control, "reference": reference}
             return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
-                    "image": self.gen_transform(record["image"]), "control": control}
+                    "image": self.gen_transform(record["image"]), "control": control, "reference": reference}
         if task == "text":
             ids = ([p.ids.bos] if p.ids.bos is not None else []) + p.tokenizer.encode(
                 record["text"], add_special_tokens=False) + [p.ids.eos]
@@ -151,6 +153,12 @@ class Collator:
                                  "give every generation source the same `control`")
             if kinds and next(iter(kinds)):
                 out["gen"]["control_images"] = {k: torch.stack([s["control"][k] for s in gen]) for k in next(iter(kinds))}
+            with_reference = {s.get("reference") is not None for s in gen}
+            if len(with_reference) > 1:
+                raise ValueError("a batch mixes generation items with and without reference images: "
+                                 "give every generation source `reference` or none")
+            if with_reference == {True}:
+                out["gen"]["reference_images"] = torch.stack([s["reference"] for s in gen])
             out["n_tokens"] += int(mask.sum())  # the trainer adds the image tokens, which it knows
         return out
 

@@ -146,6 +146,8 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.T
             with torch.no_grad():
                 extra["control"] = {k: unwrapped.images_to_targets(m.to(unwrapped.dtype))
                                     for k, m in gen["control_images"].items()}
+        if "reference_images" in gen:  # IP-Adapter references: the model encodes them with its SigLIP
+            extra["reference"] = gen["reference_images"]
         gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets, **extra}
     if und is not None and und["pixel_values"] is not None:
         und = {**und, "pixel_values": und["pixel_values"].to(unwrapped.dtype)}
@@ -295,10 +297,10 @@ def _target_caches(cfg: TrainConfig, sources: dict, model, acc, progress: bool) 
     from .cache import TargetCache
 
     names = [n for n, src in sources.items() if src.task == "generation" and cfg.data.ratios[n] > 0]
-    with_maps = [n for n in names if "control" in cfg.data.sources[n]]
+    with_maps = [n for n in names if "control" in cfg.data.sources[n] or cfg.data.sources[n].get("reference")]
     if with_maps:
-        raise ValueError(f"data.cache_dir keeps targets only, not control maps: drop cache_dir or `control` "
-                         f"from source(s) {', '.join(with_maps)}")
+        raise ValueError(f"data.cache_dir keeps targets only, not control maps or reference images: drop "
+                         f"cache_dir, or `control` / `reference` from source(s) {', '.join(with_maps)}")
     model.image_tokenizer.to(acc.device)  # encode on the GPU where there is one (prepare moves the rest)
     caches = {}
     for name in names:  # the main process builds what is missing, then every process loads it

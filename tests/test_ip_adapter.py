@@ -1,0 +1,179 @@
+"""The IP-Adapter on the dit family: the model's own SigLIP features, diffusers' modules and file layout,
+training with the generator frozen, the API's reference image."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import unimm
+from unimm.config import ConfigError
+from unimm.data.shapes import REFERENCE_SIZE, ShapesWorld, ShapesWorldConfig, reference_pair, render
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return ShapesWorld(seed=3, num_samples=5, image_size=64).sample(2)["image"]
+
+
+@pytest.fixture(scope="module")
+def ip_pipe():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        return unimm.load("tiny-dit-ip")
+
+
+def test_a_reference_steers_the_generator_and_scale_zero_is_the_base_model(ip_pipe, reference):
+    plain = ip_pipe.generate("a red circle", seed=1, steps=3)[0]
+    steered = ip_pipe.generate("a red circle", seed=1, steps=3, reference_image=reference)[0]
+    off = ip_pipe.generate("a red circle", seed=1, steps=3, reference_image=reference, reference_scale=0.0)[0]
+    assert plain.tobytes() != steered.tobytes()
+    assert plain.tobytes() == off.tobytes()
+    # The reference alone says what to draw: an empty prompt is accepted with one, refused without.
+    assert ip_pipe.generate("", seed=1, steps=3, reference_image=reference)[0].size == plain.size
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        ip_pipe.generate("", seed=1, steps=3)
+
+
+def test_the_adapter_reads_the_models_own_siglip_and_keeps_the_transformer_files_clean(ip_pipe):
+    head = ip_pipe.model.gen_head
+    assert head.ip_adapter.config["embed_dim"] == ip_pipe.model.encoder.hidden_size  # no second encoder
+    assert not any("ip" in k for k in head.transformer.state_dict())  # processors belong to the adapter
+    procs = list(head.transformer.attn_processors.values())
+    assert procs == list(head.ip_adapter.ip_adapter)  # ... and run inside the transformer's attention
+
+
+def test_diffusers_own_loader_rebuilds_the_adapter_from_our_files(ip_pipe, reference, tmp_path):
+    """Our ip_adapter/ folder is diffusers' SD3 IP-Adapter layout: its loader builds equal modules
+    from it, and a plain SD3Transformer2DModel fitted with them predicts what ours does."""
+    from diffusers import SD3Transformer2DModel
+    from safetensors.torch import load_file
+
+    ip_pipe.save_pretrained(tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m" / "ip_adapter").iterdir())
+    assert files == ["config.json", "ip-adapter.safetensors"]
+    state = load_file(tmp_path / "m" / "ip_adapter" / "ip-adapter.safetensors")
+    grouped = {"image_proj": {}, "ip_adapter": {}}
+    for k, v in state.items():
+        group, name = k.split(".", 1)
+        grouped[group][name] = v
+    plain = SD3Transformer2DModel.from_pretrained(tmp_path / "m" / "transformer")  # opens without the adapter
+    plain._load_ip_adapter_weights(grouped, low_cpu_mem_usage=False)
+
+    head = ip_pipe.model.gen_head
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, head.c, head.grid, head.grid, generator=g)
+    sigma = torch.tensor([0.3, 0.8])
+    ids = ip_pipe.processor.generation_ids("a red circle")
+    prompt = torch.tensor([ids, ids])
+    with torch.no_grad():
+        cond = head.condition(ip_pipe.model, prompt, torch.ones_like(prompt))
+        feats = ip_pipe.model.encoder(ip_pipe.processor.pixel_values([reference, reference]))
+        ours = head.velocity(x, sigma, cond, reference=(feats, 1.0))
+        for proc in plain.attn_processors.values():
+            proc.scale = 1.0
+        theirs = plain(hidden_states=x, timestep=sigma * 1000, encoder_hidden_states=cond["encoder_hidden_states"],
+                       pooled_projections=cond["pooled_projections"],
+                       joint_attention_kwargs={"ip_adapter_image_embeds": feats}, return_dict=False)[0]
+    torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_reference_pairs_share_the_shape_and_follow_the_prompt():
+    cfg = ShapesWorldConfig(seed=4, num_samples=400)
+    pairs = [reference_pair(cfg, i) for i in range(200)]
+    assert [reference_pair(cfg, i)[0] for i in range(5)] == [p[0] for p in pairs[:5]]  # deterministic
+    assert all(t.objects[0].shape == r.objects[0].shape for t, r in pairs)
+    assert all(t.objects[0].shape not in t.caption for t, _ in pairs)  # the shape comes from the reference
+    empty = [t for t, r in pairs if t.caption == ""]
+    recoloured = [t for t, r in pairs if t.objects[0].colour != r.objects[0].colour]
+    assert 30 < len(empty) < 70 and 50 < len(recoloured) < 150
+    assert all(t.objects[0].colour == r.objects[0].colour for t, r in pairs if t.caption == "")
+    assert all(t.objects[0].colour in t.caption for t, _ in pairs if t.caption)
+
+
+def test_the_ip_adapter_stage_trains_only_the_adapter_and_reloads(tmp_path, reference):
+    from unimm.training.config import load_train_config
+    from unimm.training.trainer import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = unimm.load("tiny-dit-ip").model.state_dict()
+        train(load_train_config("configs/train/tiny-dit-ip-adapter.yaml",
+                                [f"output_dir={tmp_path / 'run'}", "steps=3", "batch_size=2", "optim.lr=0.05"]),
+              progress=False)
+    pipe = unimm.load(str(tmp_path / "run" / "final"))
+    after = pipe.model.state_dict()
+    moved = {".".join(k.split(".")[:2]) for k in after if not torch.equal(start[k], after[k])}
+    assert moved == {"gen_head.ip_adapter"}  # the generator, connector, encoder and backbone stayed frozen
+    a = pipe.generate("a blue object", seed=2, steps=3, reference_image=reference)
+    pipe.save_pretrained(tmp_path / "saved")
+    b = unimm.load(str(tmp_path / "saved")).generate("a blue object", seed=2, steps=3, reference_image=reference)
+    assert a[0].tobytes() == b[0].tobytes()
+
+
+def test_bad_reference_inputs_are_named(ip_pipe, reference, tiny_pipe):
+    with pytest.raises(ValueError, match="reference_image needs a model with an IP-Adapter; this autoregressive"):
+        tiny_pipe.generate("a red circle", reference_image=reference)
+    with pytest.raises(ValueError, match="reference_scale needs a reference_image"):
+        ip_pipe.generate("a red circle", reference_scale=0.5)
+    with pytest.raises(ValueError, match="reference_scale must be"):
+        ip_pipe.generate("a red circle", reference_image=reference, reference_scale=-1.0)
+    with pytest.raises(ValueError, match="reference_image takes one picture"):
+        ip_pipe.generate("a red circle", reference_image=[reference, reference])
+    with pytest.raises(ConfigError, match="ip_adapter.hidden_dim must be a multiple of 64"):
+        unimm.load({"base": "tiny-dit-ip", "generation": {"generator": {"ip_adapter": {"hidden_dim": 48}}}})
+    with pytest.raises(ConfigError, match="ip_adapter needs SD3Transformer2DModel, not PixArtTransformer2DModel"):
+        unimm.load({"base": "tiny-dit-pixart", "generation": {"generator": {"ip_adapter": {}}}})
+
+
+def test_reference_sources_reach_the_batch():
+    from unimm.data.formats import build_source
+
+    src = build_source({"format": "shapes", "task": "generation", "reference": True, "image_size": 32,
+                        "num_samples": 10, "seed": 1})
+    rec = src.get(0)
+    assert rec["image"].size == (32, 32) and rec["reference"].size == (REFERENCE_SIZE, REFERENCE_SIZE)
+    target, ref = reference_pair(src.world.config, 0)
+    assert rec["caption"] == target.caption
+    assert np.array_equal(np.asarray(rec["reference"]), np.asarray(render(ref, REFERENCE_SIZE)))
+    with pytest.raises(ConfigError, match="reference pairs are generation data, not 'understanding'"):
+        build_source({"format": "shapes", "task": "understanding", "reference": True})
+
+
+def test_the_app_takes_a_reference_picture(ip_pipe, reference, tmp_path):
+    pytest.importorskip("gradio")
+    from unimm import app as demo
+
+    h = demo.Handlers(ip_pipe)
+    assert h.has_reference and not h.control_types
+    reference.save(tmp_path / "ref.png")
+    quiet = dict(progress=lambda *a, **k: None)
+    images, seed = h.generate_steered("", 1, 2.0, 1.0, 3, 4, False, None, None, 1.0, str(tmp_path / "ref.png"), 0.8,
+                                      **quiet)
+    assert seed == 4
+    direct = ip_pipe.generate("", seed=4, steps=3, guidance_scale=2.0, reference_image=reference, reference_scale=0.8)
+    assert images[0].tobytes() == direct[0].tobytes()
+    with pytest.raises(demo.gr.Error, match="Please type a prompt, .*or give a reference picture"):
+        h.generate("", 1, 2.0, 1.0, 3, 4, False, **quiet)
+    with pytest.raises(demo.gr.Error, match="Reference scale must be between 0 and 2"):
+        h.generate("a red circle", 1, 2.0, 1.0, 3, 4, False, reference_image=str(tmp_path / "ref.png"),
+                   reference_scale=7, **quiet)
+    with pytest.raises(demo.gr.Error, match="This model has no IP-Adapter"):
+        demo.Handlers(unimm.load("tiny-dit")).generate("a red circle", 1, 2.0, 1.0, 3, 4, False,
+                                                       reference_image=str(tmp_path / "ref.png"), **quiet)
+    demo.build_app(ip_pipe)  # the reference inputs are wired
+
+
+def test_cli_draws_from_a_reference(tmp_path, reference, capsys):
+    from unimm.cli import main
+
+    reference.save(tmp_path / "ref.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        assert main(["generate", "", "--model", "tiny-dit-ip", "--reference", str(tmp_path / "ref.png"),
+                     "--reference-scale", "0.5", "--steps", "2", "--seed", "3", "-q", "-o",
+                     str(tmp_path / "out.png")]) == 0
+        assert (tmp_path / "out.png").is_file()
+        assert main(["generate", "a red circle", "--model", "tiny-dit-ip", "--reference-scale", "0.5", "-q",
+                     "-o", str(tmp_path / "x.png")]) == 2
+    assert "--reference-scale needs --reference IMAGE" in capsys.readouterr().err
