@@ -177,3 +177,58 @@ def test_cli_draws_from_a_reference(tmp_path, reference, capsys):
         assert main(["generate", "a red circle", "--model", "tiny-dit-ip", "--reference-scale", "0.5", "-q",
                      "-o", str(tmp_path / "x.png")]) == 2
     assert "--reference-scale needs --reference IMAGE" in capsys.readouterr().err
+
+
+def test_parts_trained_on_one_model_attach_to_another_with_the_same_generator(tmp_path, reference):
+    """A ControlNet and an IP-Adapter saved with one model load onto a plain base model: the
+    result draws what the model they were trained with draws, and saves them with it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        full = unimm.load({"base": "tiny-dit-control", "name": "full",
+                           "generation": {"generator": {"ip_adapter": {"num_queries": 8, "timestep_dim": 32}}}})
+        with torch.no_grad():  # make the parts differ from a fresh build, so loading them is what counts
+            for p in [*full.model.gen_head.ip_adapter.parameters(), *full.model.gen_head.controlnets.parameters()]:
+                p.add_(0.01 * torch.randn_like(p))
+        full.save_pretrained(tmp_path / "full")
+        base = unimm.load("tiny-dit-control")
+    base.save_pretrained(tmp_path / "base")
+    plain = unimm.load(str(tmp_path / "base"))
+    before = plain.generate("a red circle", seed=5, steps=2)[0].tobytes()
+    with pytest.raises(ValueError, match="reference_image needs a model with an IP-Adapter"):
+        plain.generate("a red object", reference_image=reference)
+    plain.attach(tmp_path / "full" / "ip_adapter")
+    assert plain.generate("a red circle", seed=5, steps=2)[0].tobytes() == before  # the rest is as it was
+    opts = dict(seed=5, steps=2, reference_image=reference, control_image=reference.resize((32, 32)),
+                control_type="edges")
+    assert plain.generate("a red object", **opts)[0].tobytes() != before
+    with pytest.raises(ValueError, match="holds no part this dit model can take that it lacks"):
+        plain.attach(tmp_path / "full")  # its ControlNets are the base's own folders too: nothing new
+    from unimm.cli import main
+
+    reference.save(tmp_path / "ref.png")
+    assert main(["generate", "", "--model", str(tmp_path / "base"), "--attach", str(tmp_path / "full" / "ip_adapter"),
+                 "--reference", str(tmp_path / "ref.png"), "--steps", "2", "--seed", "5", "-q",
+                 "-o", str(tmp_path / "cli.png")]) == 0
+    assert main(["generate", "", "--model", str(tmp_path / "base"), "--reference", str(tmp_path / "ref.png"),
+                 "-q", "-o", str(tmp_path / "no.png")]) == 2  # without --attach: a one-line error
+    plain.save_pretrained(tmp_path / "combined")
+    combined = unimm.load(str(tmp_path / "combined"))
+    reference_full = unimm.load(str(tmp_path / "full"))
+    # The ControlNets are the base's (untouched), so compare with the adapter alone on both.
+    a = combined.generate("a red object", seed=5, steps=2, reference_image=reference)[0]
+    with torch.no_grad():
+        for kind in reference_full.model.gen_head.controlnets:
+            reference_full.model.gen_head.controlnets[kind].load_state_dict(
+                combined.model.gen_head.controlnets[kind].state_dict())
+    b = reference_full.generate("a red object", seed=5, steps=2, reference_image=reference)[0]
+    assert a.tobytes() == b.tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        wider = unimm.load({"base": "tiny-dit", "generation": {"generator": {"config": {"num_attention_heads": 4}}}})
+    with pytest.raises(ConfigError, match=r"controlnet_edges/config.json does not match the model's config: "
+                                          r"num_attention_heads"):
+        wider.attach(tmp_path / "full" / "controlnet_edges")  # trained for another generator
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        plain.attach(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="holds no part"):
+        plain.attach(tmp_path / "base" / "transformer")

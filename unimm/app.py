@@ -482,13 +482,11 @@ def parse_args(argv):
     from unimm.console import Parser
 
     p = Parser(prog="unimm demo", description="Chat about images and generate them in a browser.")
-    p.add_argument("--model", default=None,
-                   help="model directory, config file or config name (tiny, tiny-masked, tiny-flow, ...); "
-                        "default: the shipped default model (weights/default, or $UNIMM_MODEL)")
+    from unimm.cli import model_args
+
+    model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="0-65535 (0: any free port)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, ...")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get a 'busy' message")
     p.add_argument("--max-images", type=int, default=Limits.max_images, help="images per generate request")
@@ -510,11 +508,12 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    from unimm.cli import load_model
     from unimm.console import one_line
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        pipe = unimm.load(args.model, device=args.device, dtype=args.dtype)
+        pipe = load_model(args)
     except (FileNotFoundError, ValueError) as e:
         hint = ("; the default model lives in weights/default (README: The default model), "
                 "`--model tiny` opens a random model") if args.model is None else ""

@@ -7,20 +7,32 @@ import sys
 from pathlib import Path
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def model_args(p: argparse.ArgumentParser) -> None:
+    """The options that choose and place a model: every command that opens one takes them."""
     p.add_argument("--model", default=None,
-                   help="model directory, config file or config name (default: the shipped model in weights/default)")
+                   help="model directory, config file or config name (default: the shipped model in weights/default, "
+                        "or $UNIMM_MODEL)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--attach", action="append", default=[], metavar="DIR",
+                   help="add a ControlNet or IP-Adapter trained on another model (its controlnet_<type>/ or "
+                        "ip_adapter/ folder, or a model directory holding them); repeat for several")
 
 
-def _load(args):
+def load_model(args):
+    """The pipeline `model_args` describe."""
     import torch
 
     import unimm
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return unimm.load(args.model, device=device, dtype=args.dtype)
+    pipe = unimm.load(args.model, device=device, dtype=args.dtype)
+    for path in args.attach:
+        pipe.attach(path)
+    return pipe
+
+
+
 
 
 # The built-in families' options, as flags: type and help come from each option's owner
@@ -94,7 +106,7 @@ def cmd_generate(args) -> int:
         raise ValueError("--reference-scale needs --reference IMAGE")
     if args.reference is not None:
         control.update(reference_image=args.reference, reference_scale=args.reference_scale)
-    pipe = _load(args)
+    pipe = load_model(args)
     if args.upscale > 1:  # the upscaled copies must fit as well
         check_output_fits(max(1, args.num_images) * args.upscale ** 2, pipe.image_size)
     images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
@@ -129,7 +141,7 @@ def _write_temp(image, path: Path) -> Path:
 
 
 def cmd_chat(args) -> int:
-    pipe = _load(args)
+    pipe = load_model(args)
     pieces = pipe.chat(args.image or None, args.question, stream=True, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     for piece in pieces:
@@ -209,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="run the decode step through torch.compile (autoregressive; the first call compiles)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _model_args(g)
+    model_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="ask about one or more images")
@@ -220,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=int, default=None)
     c.add_argument("--top-p", type=float, default=None)
     c.add_argument("--seed", type=int, default=None)
-    _model_args(c)
+    model_args(c)
     c.set_defaults(func=cmd_chat)
 
     cv = sub.add_parser("convert", help="open another format's checkpoint as a unimm model")

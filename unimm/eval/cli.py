@@ -28,10 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="unimm eval",
         description="Score a model on shapes-world text-to-image (checked by a model-free detector) and VQA.")
-    p.add_argument("--model", default=None,
-                   help="model directory, config file or config name (default: the shipped model in weights/default)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    from ..cli import model_args
+
+    model_args(p)
     p.add_argument("--task", default="all", choices=["generation", "vqa", "all", "tokenizer"],
                    help="tokenizer: score ground-truth images after a trip through the model's image "
                         "tokenizer, the ceiling it sets on the generation score")
@@ -96,12 +95,9 @@ def _check(args: argparse.Namespace) -> str | None:
 
 
 def _load(args: argparse.Namespace):
-    import torch
+    from ..cli import load_model
 
-    import unimm
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return unimm.load(args.model, device=device, dtype=args.dtype)
+    return load_model(args)
 
 
 def _pct(x: float) -> str:

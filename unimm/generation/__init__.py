@@ -44,6 +44,12 @@ class GenerationFamily:
         directory named by its key (e.g. {"transformer": a diffusers model}), not in model.safetensors."""
         return {}
 
+    def attach(self, generator: dict, folder) -> tuple[dict, str] | None:
+        """For a folder holding one of the family's add-on parts saved by another model (e.g. a
+        ControlNet), (the `generation.generator` mapping with that part added, the library part's
+        name in `library_parts`); None when the folder is not such a part."""
+        return None
+
     def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int) -> torch.nn.Module:
         """The trainable part between the backbone and the image tokenizer (model.gen_head);
         `hidden_size` is the backbone's width, `encoder_width` the understanding encoder's."""

@@ -53,6 +53,35 @@ class DiT(GenerationFamily):
             parts["ip_adapter"] = head.ip_adapter
         return parts
 
+    def attach(self, generator: dict, folder):
+        """A `controlnet_<type>/` folder (SD3ControlNetModel) or an `ip_adapter/` folder."""
+        import json
+        from pathlib import Path
+
+        from ..config import ConfigError
+        from ..heads.ip_adapter import WEIGHTS_NAME
+
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if (folder / WEIGHTS_NAME).is_file():
+            ip = {"num_queries": config.get("num_queries"), "hidden_dim": config.get("hidden_dim"),
+                  "timestep_dim": config.get("timestep_in_dim")}
+            if any(not isinstance(v, int) for v in ip.values()):
+                raise ConfigError(f"{folder / 'config.json'} is not an IP-Adapter config (num_queries, hidden_dim, "
+                                  "timestep_in_dim)")
+            return {**generator, "ip_adapter": {**(generator.get("ip_adapter") or {}), **ip}}, "ip_adapter"
+        if config.get("_class_name") == "SD3ControlNetModel":
+            kind = folder.name.removeprefix("controlnet_")
+            if kind == folder.name:
+                raise ConfigError(f"{folder} holds a ControlNet but its name does not say its control type: "
+                                  "name it controlnet_<type> (e.g. controlnet_edges)")
+            return ({**generator, "controlnets": {**generator.get("controlnets", {}), kind: config.get("num_layers")}},
+                    f"controlnet_{kind}")
+        return None
+
     def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None,
              reference=None) -> torch.Tensor:
         """`control`: {control type: latents of the targets' control maps (B, C, h, w)};

@@ -63,6 +63,47 @@ class UnimmPipeline:
         self.model.save_pretrained(directory, tokenizer=self.processor.tokenizer, max_shard_size=max_shard_size,
                                    dtype=dtype, overwrite=overwrite)
 
+    def attach(self, path) -> "UnimmPipeline":
+        """Add parts trained on another model with the same generator: a ControlNet's
+        `controlnet_<type>/` folder, an `ip_adapter/` folder, or a model directory (every such
+        part in it). The parts' configs must fit this model's generator (a mismatch is named);
+        the rest of the model keeps its weights. Returns the pipeline; save_pretrained then
+        writes the parts with it."""
+        import dataclasses
+        from pathlib import Path
+
+        from ..io import load_library_part
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a folder: give a controlnet_<type>/ or ip_adapter/ folder, "
+                                    "or a model directory holding them")
+        old, family = self.model, self.model.family
+        generator = dict(old.config.generation.generator)
+        own = {folder for folder, _ in old._library_parts().values()}
+        candidates = [path] if family.attach(generator, path) else sorted(p for p in path.iterdir() if p.is_dir())
+        added = {}
+        for folder in candidates:
+            found = family.attach(generator, folder)
+            if found is not None and found[1] not in own:
+                generator, part = found
+                added[part] = folder
+        if not added:
+            raise ValueError(f"{path} holds no part this {family.name} model can take that it lacks "
+                             f"(it has: {', '.join(sorted(own)) or 'none'})")
+        base = old.resolved_config()
+        new = UnifiedModel(dataclasses.replace(base, generation=dataclasses.replace(base.generation,
+                                                                                  generator=generator)))
+        parts = {folder: (prefix, module) for prefix, (folder, module) in new._library_parts().items()}
+        missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+        stray = [k for k in missing if not any(k.startswith(parts[p][0]) for p in added)]
+        if unexpected or stray:  # cannot happen unless a family's attach() changed more than its part
+            raise RuntimeError(f"attaching changed the model beyond its new parts: {(unexpected + stray)[:5]}")
+        for part, folder in added.items():
+            load_library_part(parts[part][1], folder)
+        self.model = new.to(device=old.device, dtype=old.dtype).eval()
+        return self
+
     def to(self, device=None, dtype=None) -> "UnimmPipeline":
         if isinstance(dtype, str):
             name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
