@@ -31,9 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     from ..cli import model_args
 
     model_args(p)
-    p.add_argument("--task", default="all", choices=["generation", "vqa", "all", "tokenizer"],
+    p.add_argument("--task", default="all", choices=["generation", "vqa", "all", "tokenizer", "control", "reference"],
                    help="tokenizer: score ground-truth images after a trip through the model's image "
-                        "tokenizer, the ceiling it sets on the generation score")
+                        "tokenizer, the ceiling it sets on the generation score; control / reference: "
+                        "adherence to ControlNet maps / IP-Adapter references, and to the prompt, apart")
+    p.add_argument("--control-type", default=None, choices=["edges", "segmentation"],
+                   help="--task control: the map to steer with (default: the model's only ControlNet)")
     p.add_argument("--n", type=int, default=400, help="generation prompts (a multiple of 4) and VQA questions")
     p.add_argument("--seed", type=int, default=0, help="picks the prompts, sampling seeds and VQA scenes")
     p.add_argument("--out", default="report.json", help="JSON report path (default: report.json)")
@@ -81,8 +84,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--images-per-prompt must be >= 1, got {args.images_per_prompt}"
     if args.max_new_tokens < 1:
         return f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"
-    if args.grid is not None and args.task == "vqa":
+    if args.grid is not None and args.task not in ("generation", "all", "tokenizer"):
         return "--grid shows generated images; it needs --task generation, all or tokenizer"
+    if args.control_type is not None and args.task != "control":
+        return "--control-type goes with --task control"
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
         if path is not None:  # checked before minutes of evaluation, not after
             try:
@@ -129,6 +134,13 @@ def format_report(report: dict[str, Any]) -> str:
             f"tokenizer round trip: {tok['num_images']} ground-truth images at {w}x{h} px "
             "(the ceiling on the generation score)",
             tok["categories"], tok["accuracy"], sum(c["correct"] for c in tok["categories"].values()), tok["num_images"])
+    for task, what in (("control", "control map"), ("reference", "reference")):
+        if res := report.get(task):
+            lines += ["", f"{task}: {res['num_images']} images at {res['image_size']} px (world seed "
+                          f"{res['world_seed']}), {res['time_s']:.1f} s",
+                      f"  {what + ' adherence':24s}{_pct(res[task + '_adherence'])}",
+                      f"  {'prompt adherence':24s}{_pct(res['prompt_adherence'])}",
+                      f"  {'both':24s}{_pct(res['both'])}"]
     if vqa := report.get("vqa"):
         lines += [""] + _table(
             f"vqa: {vqa['num_questions']} questions at {vqa['image_size']} px (world seed {vqa['world_seed']}), "
@@ -157,6 +169,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["tokenizer"] = evaluate_generation(
             RoundTripPipe(pipe), n_per_category=max(1, args.n // len(CATEGORIES)), seed=args.seed,
             batch_size=args.batch_size, grid=args.grid, progress=not args.quiet, warmup=False)
+    if args.task in ("control", "reference"):
+        from .steering import evaluate_control, evaluate_reference
+
+        if args.task == "control":
+            report["control"] = evaluate_control(pipe, n=args.n, seed=args.seed, control_type=args.control_type,
+                                                 progress=not args.quiet, **sampling_kwargs(args, pipe))
+        else:
+            report["reference"] = evaluate_reference(pipe, n=args.n, seed=args.seed, progress=not args.quiet,
+                                                     **sampling_kwargs(args, pipe))
     if args.task in ("vqa", "all"):
         report["vqa"] = evaluate_vqa(pipe, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
                                      progress=not args.quiet)
