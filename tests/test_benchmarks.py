@@ -22,6 +22,8 @@ SMOKE = {
                      "prompt cache / full recompute"),
     "train_throughput.py": (["--smoke", "--threads", "1"], "ratio cached / every step"),
     "chat_cache.py": (["--model", "tiny", "--repeats", "2", "--threads", "1"], "ratio TTFT fresh / reused"),
+    "jacobi.py": (["--model", "tiny", "--batches", "1", "--repeats", "1", "--threads", "1"],
+                  "passes sequential / jacobi"),
     "probes.py": (["--n", "200", "--test", "50", "--llm-n", "40", "--iters", "10"], "accuracy on held-out scenes"),
 }
 

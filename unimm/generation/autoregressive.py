@@ -6,12 +6,15 @@ from dataclasses import dataclass
 import torch
 
 from . import GenerationFamily, register_family
-from .options import TokenSamplingOptions
+from .options import TokenSamplingOptions, option
 
 
 @dataclass
 class AutoregressiveOptions(TokenSamplingOptions):
-    pass
+    decoding: str = option("sequential", choices=("sequential", "jacobi"),
+                           help="sequential: one token per backbone pass; jacobi: speculative Jacobi decoding, "
+                                "a window of drafts checked per pass (same distribution, greedy ids identical)")
+    jacobi_window: int = option(16, low=2, help="tokens scored per pass with decoding='jacobi'")
 
 
 class Autoregressive(GenerationFamily):
@@ -39,10 +42,19 @@ class Autoregressive(GenerationFamily):
 
     def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None,
                compile: bool = False) -> torch.Tensor:
+        kwargs = options.as_kwargs()
+        decoding, window = kwargs.pop("decoding"), kwargs.pop("jacobi_window")
+        if decoding == "jacobi":
+            from ..sampling.jacobi import generate_image_tokens_jacobi
+
+            if compile:
+                raise ValueError("compile applies to decoding='sequential'; Jacobi decoding runs eagerly")
+            return generate_image_tokens_jacobi(model, prompt_ids, prompt_mask, generator=generator,
+                                                progress=progress, window=window, **kwargs)
         from ..sampling.autoregressive import generate_image_tokens
 
         return generate_image_tokens(model, prompt_ids, prompt_mask, generator=generator, progress=progress,
-                                     compile=compile, **options.as_kwargs())
+                                     compile=compile, **kwargs)
 
 
 register_family(Autoregressive())
