@@ -69,6 +69,7 @@ import unimm
 from unimm.images import to_pil
 from unimm.pipelines.load import read_model_config
 from unimm.sampling.autoregressive import generate_image_tokens
+from unimm.sampling.jacobi import generate_image_tokens_jacobi
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,6 +109,8 @@ def parse_args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--prompt", default="a big red circle above a small blue square")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoding", choices=["sequential", "jacobi"], default="sequential",
+                   help="unimm's decoding (jacobi: speculative Jacobi decoding; greedy ids are the same)")
     p.add_argument("--level", choices=["pipeline", "sampler", "tokens"], default="pipeline",
                    help="what is timed; see the module docstring")
     p.add_argument("--no-copy-weights", action="store_true",
@@ -228,12 +231,13 @@ def make_runners(a, pipe, janus, gen):
     prompt_ids = torch.tensor([row] * a.batch)
     mask = torch.ones_like(prompt_ids)
     decode = a.level != "tokens"
+    sample = generate_image_tokens_jacobi if a.decoding == "jacobi" else generate_image_tokens
 
     def run_unimm():
         if a.level == "pipeline":
             return pipe.generate(a.prompt, num_images=a.batch, temperature=0.0, guidance_scale=a.guidance_scale,
-                                 seed=a.seed)
-        ids = generate_image_tokens(model, prompt_ids, mask, guidance_scale=a.guidance_scale, temperature=0.0)
+                                 seed=a.seed, decoding=a.decoding)
+        ids = sample(model, prompt_ids, mask, guidance_scale=a.guidance_scale, temperature=0.0)
         if not decode:
             return ids
         with torch.inference_mode():
@@ -309,7 +313,8 @@ def main(argv=None) -> None:
     run_unimm, run_janus, prompt_ids, mask, prompt_len = make_runners(a, pipe, janus, gen)
 
     # Sanity (untimed): image ids from both samplers on the same prompt ids.
-    u_ids = generate_image_tokens(pipe.model, prompt_ids, mask, guidance_scale=a.guidance_scale, temperature=0.0)
+    sample = generate_image_tokens_jacobi if a.decoding == "jacobi" else generate_image_tokens
+    u_ids = sample(pipe.model, prompt_ids, mask, guidance_scale=a.guidance_scale, temperature=0.0)
     with torch.inference_mode():
         j_ids = janus.generate(prompt_ids, attention_mask=mask, generation_mode="image", generation_config=gen)
 
@@ -388,7 +393,8 @@ def main(argv=None) -> None:
         "preset": a.preset, "hidden": a.hidden, "intermediate": a.intermediate, "layers": a.layers,
         "heads": a.heads, "kv_heads": a.kv_heads, "image_tokens": a.image_tokens, "codebook": a.codebook,
         "batch": a.batch, "guidance_scale": a.guidance_scale, "prompt_tokens": prompt_len, "level": a.level,
-        "decode": "excluded" if a.level == "tokens" else "included", "repeats": a.repeats, "warmup": a.warmup,
+        "decode": "excluded" if a.level == "tokens" else "included", "decoding": a.decoding,
+        "repeats": a.repeats, "warmup": a.warmup,
         "unimm_s": round(med["unimm"], 5), "transformers_s": round(med["transformers"], 5),
         "unimm_img_s": round(ips["unimm"], 3), "transformers_img_s": round(ips["transformers"], 3),
         "ratio": round(ratio, 4), "ids_identical": None if a.no_copy_weights else round(match, 4),
