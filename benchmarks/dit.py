@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/bench-dit.jsonl")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the dit sampler with compile=True (compiled once, untimed, first)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -112,6 +114,12 @@ def main(argv=None) -> int:
         "flow (in-backbone)": lambda: flow.model.decode_images(
             generate_latents(flow.model, f_ids, f_mask, steps=a.steps, guidance_scale=2.0, generator=g())),
     }
+    if a.compile:
+        compiled = lambda: dit.model.decode_images(  # noqa: E731
+            generate_dit_latents(dit.model, d_ids, d_mask, steps=a.steps, guidance_scale=2.0, generator=g(),
+                                 compile=True))
+        compiled()  # compiles (tens of seconds on a CPU), untimed
+        runs["dit, compiled"] = compiled
     results = {name: a.batch / timed(fn, a.repeats) for name, fn in runs.items()}
     base = results["dit, full recompute"]
     print(f"{a.preset}: {a.batch} images at {preset['image_size']} px, {a.steps} Euler steps, CFG, "

@@ -157,7 +157,7 @@ def test_compiled_decode_step_gives_the_eager_greedy_ids(tiny_pipe):
     assert images[0][0].tobytes() == images[1][0].tobytes()
 
 
-def test_compile_is_refused_where_the_family_has_no_compiled_step(tiny_pipe):
+def test_compile_is_refused_where_the_family_has_no_compiled_step(tiny_pipe):  # masked and flow: none yet
     import unimm
 
     with pytest.warns(unimm.UntrainedModelWarning):
@@ -166,3 +166,14 @@ def test_compile_is_refused_where_the_family_has_no_compiled_step(tiny_pipe):
         masked.generate("a red circle", compile=True)
     with pytest.raises(ValueError, match="compile must be True or False"):
         tiny_pipe.generate("a red circle", compile="yes")
+
+
+@pytest.mark.skipif(not _compile_works(), reason="torch.compile is not available here")
+def test_compiled_generator_pass_gives_the_dit_models_images():
+    import unimm
+
+    with pytest.warns(unimm.UntrainedModelWarning):
+        pipe = unimm.load("tiny-dit")
+    eager = pipe.generate(["a red circle", "two blue squares"], seed=3, steps=2)
+    compiled = pipe.generate(["a red circle", "two blue squares"], seed=3, steps=2, compile=True)
+    assert [a.tobytes() for a in eager] == [b.tobytes() for b in compiled]

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reference-scale", type=float, default=None, metavar="S",
                    help="weight of the reference (default: the adapter's)")
     g.add_argument("--compile", action="store_true",
-                   help="run the decode step through torch.compile (autoregressive; the first call compiles)")
+                   help="run the decode step (autoregressive) or the generator pass (dit) through torch.compile; the first call compiles")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model_args(g)
     g.set_defaults(func=cmd_generate)

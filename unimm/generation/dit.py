@@ -44,6 +44,7 @@ class DiT(GenerationFamily):
     def num_tokens(self, model) -> int:
         return model.gen_head.num_tokens  # queries after the prompt (0 when reading the prompt's states)
 
+    compilable = True  # sample() takes compile=True: each generator pass through torch.compile
     conditions = ("control", "reference")  # ControlNet maps; reference pictures for the IP-Adapter
 
     def library_parts(self, model) -> dict[str, torch.nn.Module]:
@@ -89,13 +90,14 @@ class DiT(GenerationFamily):
         return model.gen_head.loss(model, prompt_ids, prompt_mask, targets, generator, control, reference)
 
     def sample(self, model, prompt_ids, prompt_mask, options, generator=None, progress=None,
-               control=None, reference=None) -> torch.Tensor:
+               control=None, reference=None, compile: bool = False) -> torch.Tensor:
         """`control`: [(control type, its map's latents (1 or B, C, h, w), scale), ...];
         `reference`: (SigLIP features (1 or B, N, D_enc), scale)."""
         from ..sampling.dit import generate_dit_latents
 
         return generate_dit_latents(model, prompt_ids, prompt_mask, generator=generator, progress=progress,
-                                    control=control, reference=reference, **options.as_kwargs())
+                                    control=control, reference=reference, compile=compile,
+                                    **options.as_kwargs())
 
 
 register_family(DiT())

@@ -5,9 +5,14 @@ batch); only the generator runs per step. The noise levels are precomputed on
 the device, as FlowMatchEulerDiscreteScheduler spaces them, and the loop
 indexes them as tensors: no `.item()`, so nothing waits on the device inside
 it. Euler matches the scheduler's step; Heun averages the velocity at both
-ends of a step (two generator passes, one on the last step).
+ends of a step (two generator passes, one on the last step). `compile=True`
+runs each generator pass (ControlNets and IP-Adapter included) through
+torch.compile; its shapes are the same at every step, so it compiles once per
+batch shape.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -19,7 +24,7 @@ from .cfg import guide, with_unconditional
 def generate_dit_latents(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, steps: int = 25,
                          guidance_scale: float = 5.0, solver: str = "euler", shift: float = 1.0,
                          generator: torch.Generator | None = None, progress=None, control=None,
-                         reference=None) -> torch.Tensor:
+                         reference=None, compile: bool = False) -> torch.Tensor:
     """prompt_ids (B, L) left-padded, each ending in BOI -> latents (B, C, h, w).
 
     `control`: [(control type, map latents (1 or B, C, h, w), scale), ...] for the model's
@@ -44,9 +49,11 @@ def generate_dit_latents(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
             features = torch.cat([features, torch.zeros_like(features)])
         reference = (features, scale)
 
+    step = compiled_generator_pass() if compile else generator_pass
+
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         both = x if rows == B else torch.cat([x, x])
-        return guide(head.velocity(both, sigma.expand(rows), condition, control, reference), B, guidance_scale)
+        return guide(step(head, both, sigma.expand(rows), condition, control, reference), B, guidance_scale)
 
     x = torch.randn(B, head.c, head.grid, head.grid, device=device, generator=generator)
     for i in range(steps):
@@ -58,3 +65,14 @@ def generate_dit_latents(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
         if progress is not None:
             progress(i + 1, steps)
     return x
+
+
+def generator_pass(head, x, sigma, condition, control, reference) -> torch.Tensor:
+    """One pass of the generator (and its ControlNets / IP-Adapter): the part that runs every step."""
+    return head.velocity(x, sigma, condition, control, reference)
+
+
+@functools.cache
+def compiled_generator_pass():
+    """generator_pass through torch.compile (built once; dynamo's guards recompile per model and shape)."""
+    return torch.compile(generator_pass, dynamic=False)
