@@ -36,7 +36,8 @@ def test_pixel_shuffle_merges_2x2_neighbours_and_pads_odd_grids():
         proj(torch.randn(1, 10, 4))
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-linear", "tiny-pixel-shuffle", "tiny-qformer", "tiny-perceiver", "tiny-qwen2"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-linear", "tiny-pixel-shuffle", "tiny-qformer", "tiny-perceiver", "tiny-qwen2",
+                                  "tiny-moe"])
 def test_every_config_variant_chats_generates_and_trains(name, shapes_image):
     torch.manual_seed(0)
     pipe = unimm.load(name)

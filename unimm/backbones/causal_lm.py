@@ -6,6 +6,7 @@ their own embeddings and read their own heads.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -91,6 +92,51 @@ class Backbone(nn.Module):
         if cache is not None:
             kwargs[_cache_keyword(type(decoder))] = cache
         return decoder(inputs_embeds=inputs_embeds, use_cache=kwargs.pop("use_cache", True), **kwargs)
+
+    # -- mixture-of-experts backbones (Qwen2-MoE, OLMoE, Mixtral, ...) -------------------
+    def routers(self) -> list[nn.Module]:
+        """The expert routers: each MoE block's `gate` (a module beside its `experts`)."""
+        found = []
+        for module in self.lm.modules():
+            gate = getattr(module, "gate", None)
+            if isinstance(gate, nn.Module) and hasattr(module, "experts"):
+                found.append(gate)
+        return found
+
+    @contextlib.contextmanager
+    def routing(self):
+        """Collect every router's logits (tokens, experts) from the forward passes run inside."""
+        logits: list[torch.Tensor] = []
+
+        def keep(module, args, output):
+            logits.append(output[0] if isinstance(output, tuple) else output)
+
+        hooks = [r.register_forward_hook(keep) for r in self.routers()]
+        try:
+            yield logits
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def router_loss(self, logits: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The load-balancing loss of Switch Transformer / Mixtral (num_experts * sum over experts of
+        the share of top-k picks times the mean router probability, averaged over the routers),
+        times the config's `router_aux_loss_coef`; and the expert load: the busiest and the idlest
+        expert's share of the picks, times the number of experts (1.0 = perfectly even)."""
+        cfg = self.lm.config.get_text_config()
+        k = getattr(cfg, "num_experts_per_tok", 1)
+        losses, shares = [], []
+        for z in logits:
+            probs = z.float().softmax(-1)  # (tokens, E)
+            E = probs.shape[-1]
+            picks = torch.zeros_like(probs).scatter_(-1, probs.topk(k, -1).indices, 1.0)
+            share = picks.mean(0) / k  # each expert's fraction of the picks
+            losses.append(E * (share * probs.mean(0)).sum())
+            shares.append(share.detach() * E)
+        coef = getattr(cfg, "router_aux_loss_coef", 0.01)
+        load = torch.stack(shares)
+        return coef * torch.stack(losses).mean(), {"expert_load_max": float(load.max()),
+                                                    "expert_load_min": float(load.min())}
 
     def resolved_config(self) -> BackboneConfig:
         """The config that rebuilds this backbone without the original checkpoint."""

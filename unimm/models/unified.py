@@ -15,6 +15,7 @@ per understood image, D backbone width, K codebook size, C/h/w latent channels/g
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -257,15 +258,22 @@ class UnifiedModel(nn.Module):
         return self.family.loss(self, prompt_ids, prompt_mask, targets, generator, **extra)
 
     def forward(self, und: dict | None = None, gen: dict | None = None) -> dict[str, torch.Tensor]:
-        """Losses for an understanding batch, a generation batch, or both (summed)."""
+        """Losses for an understanding batch, a generation batch, or both (summed). A
+        mixture-of-experts backbone adds its routers' load-balancing loss ("router_loss") and
+        the expert load it measured ("expert_load_max" / "_min", tensors without gradient)."""
         out: dict[str, torch.Tensor] = {}
-        if und is not None:
-            out["und_loss"] = self.understanding_loss(**und)
-        if gen is not None:
-            out["gen_loss"] = self.generation_loss(**gen)
+        moe = bool(self.backbone.routers())
+        with self.backbone.routing() if moe else contextlib.nullcontext([]) as routed:
+            if und is not None:
+                out["und_loss"] = self.understanding_loss(**und)
+            if gen is not None:
+                out["gen_loss"] = self.generation_loss(**gen)
         if not out:
             raise ValueError("forward needs an understanding batch (und=...) or a generation batch (gen=...)")
-        out["loss"] = sum(out.values())
+        if routed:
+            out["router_loss"], load = self.backbone.router_loss(routed)
+            out.update({k: torch.tensor(v) for k, v in load.items()})
+        out["loss"] = sum(v for k, v in out.items() if k.endswith("_loss"))
         return out
 
     # -- saving and loading -----------------------------------------------------

@@ -153,7 +153,8 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.T
         und = {**und, "pixel_values": und["pixel_values"].to(unwrapped.dtype)}
     out = model(und=und, gen=gen)
     w = cfg.loss_weights
-    out["loss"] = w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
+    out["loss"] = (w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
+                   + out.get("router_loss", 0))  # a mixture-of-experts backbone's load balancing
     return out
 
 
