@@ -1,5 +1,15 @@
 """Understanding encoder: SigLIP vision tower from transformers -> patch features.
 
+Several towers can be fused (LEO, Florence-VL, Cambrian): `also` lists more
+towers (each its own SigLIP config, resolution and feature layer), and
+`fusion` joins their features before the projector:
+- "channel": each extra tower's patch grid is resampled to the main tower's
+  grid and its features are appended along the width (D = sum of widths);
+- "sequence": each extra tower's tokens follow the main tower's, after a
+  learned linear map to the main width where the widths differ (N = sum).
+The pipeline prepares pixels at the largest tower's resolution; each tower
+resizes them to its own.
+
 Shapes: B batch, C channels, H/W pixels, N patches, D encoder width.
 """
 from __future__ import annotations
@@ -7,10 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from ..config import check_keys
+from ..config import ConfigError, check_keys
+
+FUSIONS = ("channel", "sequence")
+# What an entry of `also` may set: the tower itself; pixel handling is the main tower's.
+TOWER_KEYS = ("pretrained", "siglip", "feature_layer", "image_size")
 
 
 @dataclass
@@ -36,8 +51,18 @@ class SiglipEncoderConfig:
     resize_mode: str = "pad"
     # "pad": the shorter side is kept at least this many pixels (Janus: 14).
     min_size: int = 1
+    # More towers fused with this one (multi-encoder models): mappings with TOWER_KEYS.
+    also: list = field(default_factory=list)
+    fusion: str = "channel"  # how their features join this tower's (see the module docstring)
 
     def __post_init__(self):
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"encoder.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if not isinstance(self.also, list) or not all(isinstance(t, dict) for t in self.also):
+            raise ConfigError("encoder.also must be a list of tower mappings (siglip / pretrained, image_size, "
+                              "feature_layer)")
+        for i, tower in enumerate(self.also):
+            check_keys(tower, TOWER_KEYS, f"encoder.also[{i}]")
         if self.resize_mode not in ("resize", "pad"):
             raise ValueError(f"resize_mode must be 'resize' or 'pad', got {self.resize_mode!r}")
         if self.min_size < 1:
@@ -56,13 +81,25 @@ class SiglipEncoder(nn.Module):
             self.model = SiglipVisionModel(SiglipVisionConfig(**config.siglip))
         vc = self.model.config
         self.native_size = vc.image_size
-        self.image_size = config.image_size or vc.image_size
+        self.tower_size = config.image_size or vc.image_size  # what this tower reads
         self.patch_size = vc.patch_size
-        self.hidden_size = vc.hidden_size
-        if self.image_size % self.patch_size:
+        if self.tower_size % self.patch_size:
             raise ValueError(
-                f"encoder image_size {self.image_size} is not a multiple of the patch size {self.patch_size}"
+                f"encoder image_size {self.tower_size} is not a multiple of the patch size {self.patch_size}"
             )
+        self.extra = nn.ModuleList(SiglipEncoder(SiglipEncoderConfig(**tower)) for tower in config.also)
+        self.grid = self.tower_size // self.patch_size
+        width = vc.hidden_size
+        if config.fusion == "sequence":  # extra tokens follow, mapped to this tower's width where needed
+            self.to_width = nn.ModuleList(nn.Identity() if e.hidden_size == width else nn.Linear(e.hidden_size, width)
+                                          for e in self.extra)
+            self.hidden_size = width
+            self._patches = self.grid ** 2 + sum(e.num_patches for e in self.extra)
+        else:
+            self.hidden_size = width + sum(e.hidden_size for e in self.extra)
+            self._patches = self.grid ** 2
+        # The pixels the pipeline prepares: enough for the most detailed tower.
+        self.image_size = max([self.tower_size, *(e.image_size for e in self.extra)])
 
     def resolved_config(self) -> SiglipEncoderConfig:
         """The config that rebuilds this module without the original checkpoint."""
@@ -70,18 +107,42 @@ class SiglipEncoder(nn.Module):
         # _name_or_path would record where the weights came from (a local path); the saved
         # model no longer needs it.
         siglip = {k: v for k, v in siglip.items() if k in SiglipVisionConfig().to_dict() and k != "_name_or_path"}
+        also = []
+        for e in self.extra:
+            r = e.resolved_config()
+            also.append({"siglip": r.siglip, "feature_layer": r.feature_layer, "image_size": r.image_size})
         return SiglipEncoderConfig(
             pretrained=None, siglip=siglip, feature_layer=self.config.feature_layer,
-            image_size=self.image_size, image_mean=self.config.image_mean,
+            image_size=self.tower_size, image_mean=self.config.image_mean,
             image_std=self.config.image_std, resize_mode=self.config.resize_mode, min_size=self.config.min_size,
+            also=also, fusion=self.config.fusion,
         )
 
     @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self._patches
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # pixel_values: (B, C, H, W) -> features (B, N, D)
+        """pixel_values (B, C, H, W) -> features (B, N, D), the towers fused."""
+        feats = self._tower(_resized(pixel_values, self.tower_size))
+        if not self.extra:
+            return feats
+        parts = [feats]
+        for k, tower in enumerate(self.extra):
+            f = tower(pixel_values)  # resizes to its own size
+            if self.config.fusion == "sequence":
+                parts.append(self.to_width[k](f))
+                continue
+            B, n, d = f.shape
+            g = tower.grid
+            f = f.transpose(1, 2).reshape(B, d, g, g)
+            if g != self.grid:  # resample the extra tower's grid to this one's
+                f = F.interpolate(f, size=(self.grid, self.grid), mode="bilinear", align_corners=False,
+                                  antialias=g > self.grid)
+            parts.append(f.flatten(2).transpose(1, 2))
+        return torch.cat(parts, 1 if self.config.fusion == "sequence" else 2)
+
+    def _tower(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(
             pixel_values=pixel_values.to(self.model.dtype),
             output_hidden_states=True,
@@ -92,3 +153,11 @@ class SiglipEncoder(nn.Module):
             # last_hidden_state carries SigLIP's final layer norm.
             return out.last_hidden_state
         return out.hidden_states[self.config.feature_layer]
+
+
+def _resized(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), untouched when already that size."""
+    if pixels.shape[-2:] == (size, size):
+        return pixels
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=pixels.shape[-1] > size)
