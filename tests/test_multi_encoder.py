@@ -71,3 +71,41 @@ def test_bad_tower_settings_are_named():
         _load({"base": "tiny-multi-encoder", "encoder": {"fusion": "stack"}})
     with pytest.raises(ConfigError, match=r"unknown config key 'resize_mode' in encoder.also\[0\]"):
         _load({"base": "tiny", "encoder": {"also": [{"resize_mode": "pad"}]}})
+
+
+# -- encoder-free input (Fuyu) ----------------------------------------------------------------
+def test_encoder_free_input_is_raw_patches_with_a_newline_after_each_row(shapes_image):
+    pipe = _load("tiny-fuyu")
+    enc = pipe.model.encoder
+    assert enc.model is None and (enc.hidden_size, enc.num_patches) == (3 * 8 * 8, 4 * 5)
+    pixels = pipe.processor.pixel_values([shapes_image])
+    feats = enc(pixels)  # (1, 20, 192)
+    rows = feats.reshape(1, 4, 5, 192)
+    assert torch.equal(rows[:, :, 4], enc.newline.expand(1, 4, 192))  # every row ends with the newline vector
+    second = pixels[0, :, 0:8, 8:16].reshape(-1)  # the patch in row 0, column 1, channel-major as unfold reads
+    torch.testing.assert_close(rows[0, 0, 1], second)
+    assert pipe.model.num_understanding_tokens == 20
+    assert sum(p.numel() for p in enc.parameters()) == 192  # no vision transformer: the newline vector only
+
+
+def test_encoder_free_model_learns_a_fixed_batch_and_reloads(shapes_image, tmp_path):
+    pipe = _load("tiny-fuyu")
+    torch.manual_seed(0)
+    ids, labels = pipe.processor.chat_ids([("What colour is the circle?", 1, "red")])
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+             "labels": torch.tensor([labels]), "pixel_values": pipe.processor.pixel_values([shapes_image])}
+    opt = torch.optim.AdamW(pipe.model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(15):
+        loss = pipe.model(und=batch)["loss"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first and pipe.model.encoder.newline.grad is not None
+    answer = pipe.chat(shapes_image, "What colour is the circle?", max_new_tokens=3, temperature=0)
+    pipe.save_pretrained(tmp_path / "m")
+    assert unimm.load(str(tmp_path / "m")).chat(shapes_image, "What colour is the circle?", max_new_tokens=3,
+                                                temperature=0) == answer
+    with pytest.raises(ConfigError, match="encoder.tower 'patches' needs image_size and patch_size"):
+        _load({"base": "tiny", "encoder": {"tower": "patches"}})

@@ -10,10 +10,16 @@ towers (each its own SigLIP config, resolution and feature layer), and
 The pipeline prepares pixels at the largest tower's resolution; each tower
 resizes them to its own.
 
+`tower: patches` is the encoder-free design (Fuyu): no vision transformer at
+all; each patch's raw pixels (3 x patch_size^2 values) are the features, a
+learned image-newline vector follows every row of patches, and the projector
+(a linear one in Fuyu) embeds them straight into the decoder.
+
 Shapes: B batch, C channels, H/W pixels, N patches, D encoder width.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +30,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from ..config import ConfigError, check_keys
 
 FUSIONS = ("channel", "sequence")
+TOWERS = ("siglip", "patches")
 # What an entry of `also` may set: the tower itself; pixel handling is the main tower's.
 TOWER_KEYS = ("pretrained", "siglip", "feature_layer", "image_size")
 
@@ -54,8 +61,20 @@ class SiglipEncoderConfig:
     # More towers fused with this one (multi-encoder models): mappings with TOWER_KEYS.
     also: list = field(default_factory=list)
     fusion: str = "channel"  # how their features join this tower's (see the module docstring)
+    # "siglip", or "patches": no tower, raw patch pixels plus image-newline vectors (Fuyu);
+    # then `image_size` and `patch_size` say how the picture is cut.
+    tower: str = "siglip"
+    patch_size: int | None = None
 
     def __post_init__(self):
+        if self.tower not in TOWERS:
+            raise ConfigError(f"encoder.tower must be one of {', '.join(TOWERS)}, got {self.tower!r}")
+        if self.tower == "patches":
+            if not (isinstance(self.patch_size, int) and self.patch_size >= 1 and isinstance(self.image_size, int)):
+                raise ConfigError("encoder.tower 'patches' needs image_size and patch_size (ints >= 1)")
+            if self.pretrained or self.also:
+                raise ConfigError("encoder.tower 'patches' has no vision transformer: drop pretrained and also")
+            self.siglip = {}  # not read (a base config's tower settings may be inherited here)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"encoder.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if not isinstance(self.also, list) or not all(isinstance(t, dict) for t in self.also):
@@ -74,23 +93,32 @@ class SiglipEncoder(nn.Module):
     def __init__(self, config: SiglipEncoderConfig):
         super().__init__()
         self.config = config
-        if config.pretrained:
+        if config.tower == "patches":
+            self.model = None
+            self.native_size = self.tower_size = config.image_size
+            self.patch_size = config.patch_size
+            pixels = 3 * config.patch_size ** 2
+            self.newline = nn.Parameter(torch.randn(pixels) * 0.02)
+        elif config.pretrained:
             # Real checkpoints: a full SiglipModel directory loads its vision tower.
             self.model = SiglipVisionModel.from_pretrained(config.pretrained)
         else:
             self.model = SiglipVisionModel(SiglipVisionConfig(**config.siglip))
-        vc = self.model.config
-        self.native_size = vc.image_size
-        self.tower_size = config.image_size or vc.image_size  # what this tower reads
-        self.patch_size = vc.patch_size
+        if self.model is not None:
+            vc = self.model.config
+            self.native_size = vc.image_size
+            self.tower_size = config.image_size or vc.image_size  # what this tower reads
+            self.patch_size = vc.patch_size
         if self.tower_size % self.patch_size:
             raise ValueError(
                 f"encoder image_size {self.tower_size} is not a multiple of the patch size {self.patch_size}"
             )
         self.extra = nn.ModuleList(SiglipEncoder(SiglipEncoderConfig(**tower)) for tower in config.also)
         self.grid = self.tower_size // self.patch_size
-        width = vc.hidden_size
-        if config.fusion == "sequence":  # extra tokens follow, mapped to this tower's width where needed
+        width = 3 * self.patch_size ** 2 if self.model is None else vc.hidden_size
+        if self.model is None:  # raw patches, a newline after each row
+            self.hidden_size, self._patches = width, self.grid * (self.grid + 1)
+        elif config.fusion == "sequence":  # extra tokens follow, mapped to this tower's width where needed
             self.to_width = nn.ModuleList(nn.Identity() if e.hidden_size == width else nn.Linear(e.hidden_size, width)
                                           for e in self.extra)
             self.hidden_size = width
@@ -103,6 +131,8 @@ class SiglipEncoder(nn.Module):
 
     def resolved_config(self) -> SiglipEncoderConfig:
         """The config that rebuilds this module without the original checkpoint."""
+        if self.model is None:
+            return dataclasses.replace(self.config)
         siglip = self.model.config.to_dict()
         # _name_or_path would record where the weights came from (a local path); the saved
         # model no longer needs it.
@@ -143,6 +173,12 @@ class SiglipEncoder(nn.Module):
         return torch.cat(parts, 1 if self.config.fusion == "sequence" else 2)
 
     def _tower(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.model is None:  # encoder-free: patch pixels row by row, each row ended by the newline vector
+            B, p, g = pixel_values.shape[0], self.patch_size, self.grid
+            patches = F.unfold(pixel_values.to(self.newline.dtype), p, stride=p)  # (B, 3p^2, g*g), row-major
+            rows = patches.transpose(1, 2).reshape(B, g, g, -1)
+            newline = self.newline.expand(B, g, 1, -1)
+            return torch.cat([rows, newline], 2).reshape(B, g * (g + 1), -1)
         out = self.model(
             pixel_values=pixel_values.to(self.model.dtype),
             output_hidden_states=True,
