@@ -13,7 +13,7 @@ from .options import TokenSamplingOptions, option
 class AutoregressiveOptions(TokenSamplingOptions):
     decoding: str = option("sequential", choices=("sequential", "jacobi"),
                            help="sequential: one token per backbone pass; jacobi: speculative Jacobi decoding, "
-                                "a window of drafts checked per pass (same distribution, greedy ids identical)")
+                                "a window of drafts checked per pass (same distribution, same greedy ids)")
     jacobi_window: int = option(16, low=2, help="tokens scored per pass with decoding='jacobi'")
 
 

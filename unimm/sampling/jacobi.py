@@ -10,7 +10,9 @@ draw from max(0, p - q) (normalised) and the rest of the window is redrafted.
 Each kept or replacing token is then an exact draw from plain sampling's
 distribution, so the images are distributed as the sequential sampler's (the
 tests check frequencies), and greedy decoding (keep a draft only if it is the
-argmax) gives exactly its ids. Every pass yields at least one token.
+argmax) gives its ids (up to float rounding: a pass over a window and a pass
+over one token may round differently, which can flip an exact near-tie in
+half precision). Every pass yields at least one token.
 
 Where the drafts come from (each with the distribution it was drawn from, as
 the rule needs):
@@ -18,10 +20,10 @@ the rule needs):
   Jacobi iteration: drafts improve as the tokens before them settle);
 - new positions: a copy of the token one image row above, accepted or a
   draft (a spatial prior: neighbouring rows of a picture repeat; ZipAR and
-  SJD++ use the same locality; in the first row, the token to the left), else
-  a uniform draw. A copy is fixed before the pass that checks it, so its
-  "distribution" is a point mass: it is kept with probability p(d), and a
-  rejection draws from p without d, which is again exact.
+  SJD++ use the same locality; in the first row, the token to the left). A
+  copy is fixed before the pass that checks it, so its "distribution" is a
+  point mass: it is kept with probability p(d), and a rejection draws from p
+  without d, which is again exact.
 
 Rows of a batch (and both halves of classifier-free guidance) advance
 together by the smallest number of tokens any row accepted; a row's further
@@ -90,7 +92,8 @@ def generate_image_tokens_jacobi(model: UnifiedModel, prompt_ids: torch.Tensor, 
         _rewind(cache, start)
         W = embeds.shape[1]
         cache_pos = torch.arange(start, start + W, device=device)
-        pos = pos0 + (cache_pos - (L - 1))[None]
+        # The prefill's positions skip the left padding, as the sequential sampler's do.
+        pos = positions(mask) if start == 0 else pos0 + (cache_pos - (L - 1))[None]
         h = model.hidden_states(embeds, attention_mask=mask4d.index_select(2, cache_pos), position_ids=pos,
                                 cache=cache, cache_position=cache_pos)
         return _probs(model, h, B, guidance_scale, temperature, top_k, top_p)
@@ -105,7 +108,7 @@ def generate_image_tokens_jacobi(model: UnifiedModel, prompt_ids: torch.Tensor, 
     while n < N:
         W = min(window, N - n)  # inputs: the last accepted token and W - 1 drafts -> W distributions
         if drafts.shape[1] < W - 1:  # new positions: the spatial prior, else uniform
-            drafts, q = _extend(drafts, q, n, W - 1, out, row, K, generator)
+            drafts, q = _extend(drafts, q, n, W - 1, out, row, K)
         drafts = drafts[:, :W - 1]
         q = None if greedy else q[:, :W - 1]
         inputs = torch.cat([out[:, n - 1:n], drafts], 1)  # (B, W)
@@ -153,27 +156,16 @@ def _rewind(cache, length: int) -> None:
         cache.crop(-extra)  # a negative count removes that many (the form every version reads)
 
 
-def _extend(drafts, q, n: int, want: int, out, row, K: int, generator):
+def _extend(drafts, q, n: int, want: int, out, row, K: int):
     """Drafts for positions n + len(drafts) .. n + want - 1, with what they were drawn from (q None:
-    greedy, which needs none): a copy of the token one image row above (the first row: the token
-    to the left), accepted or itself a draft; uniform where there is none. A copy is fixed before
-    the pass that checks it, so its distribution is a point mass, which keeps the check exact."""
-    B, device = out.shape[0], out.device
-    have = drafts.shape[1]
-    for j in range(n + have, n + want):
+    greedy, which needs none): a copy of the token one image row above (in the first row, the one
+    to the left), accepted or itself a draft: every earlier position holds one or the other. A
+    copy is fixed before the pass that checks it, so its distribution is a point mass, which keeps
+    the check exact."""
+    for j in range(n + drafts.shape[1], n + want):
         src = j - row if row is not None and j >= row else j - 1
-        if src < n:
-            d = out[:, src]
-        elif src - n < drafts.shape[1]:
-            d = drafts[:, src - n]
-        else:
-            d = None
-        uniform = d is None
-        if uniform:
-            d = torch.randint(K, (B,), device=device, generator=generator)
+        d = out[:, src] if src < n else drafts[:, src - n]
         drafts = torch.cat([drafts, d[:, None]], 1)
         if q is not None:
-            new_q = (torch.full((B, K), 1.0 / K, device=device) if uniform
-                     else torch.nn.functional.one_hot(d, K).float())
-            q = torch.cat([q, new_q[:, None]], 1)
+            q = torch.cat([q, torch.nn.functional.one_hot(d, K).float()[:, None]], 1)
     return drafts, q
