@@ -224,10 +224,13 @@ def test_parts_trained_on_one_model_attach_to_another_with_the_same_generator(tm
     assert a.tobytes() == b.tobytes()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
-        wider = unimm.load({"base": "tiny-dit", "generation": {"generator": {"config": {"num_attention_heads": 4}}}})
+        wider = unimm.load({"base": "tiny-dit", "generation": {"generator": {"config": {"num_attention_heads": 4,
+                                                                                 "caption_projection_dim": 64}}}})
     with pytest.raises(ConfigError, match=r"controlnet_edges/config.json does not match the model's config: "
-                                          r"num_attention_heads"):
+                                          r"caption_projection_dim, num_attention_heads"):
         wider.attach(tmp_path / "full" / "controlnet_edges")  # trained for another generator
+    assert not wider.model.gen_head.controlnets and not wider.config.generation.generator.get("controlnets")
+    assert len(wider.generate("a red circle", steps=1)) == 1  # left as it was
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         plain.attach(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="holds no part"):

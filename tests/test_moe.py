@@ -15,15 +15,22 @@ def moe():
         return unimm.load("tiny-moe")
 
 
-def test_router_loss_is_the_switch_load_balancing_loss(moe):
+def test_router_loss_is_transformers_load_balancing_loss(moe):
+    from transformers.models.qwen2_moe.modeling_qwen2_moe import load_balancing_loss_func
+
     bb = moe.model.backbone
     assert len(bb.routers()) == 2  # one per MoE block
-    even = [torch.zeros(8, 4)]  # uniform routing: every expert gets its share
-    loss, load = bb.router_loss(even)
-    assert loss.item() == pytest.approx(0.01 * 1.0, rel=1e-5)  # E * sum(1/E * 1/E) = 1, times the coefficient
+    logits = [torch.randn(10, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    loss, load = bb.router_loss(logits)
+    theirs = load_balancing_loss_func(tuple(logits), num_experts=4, top_k=2)
+    assert loss.item() == pytest.approx(0.01 * theirs.item(), rel=1e-5)
     skewed = [torch.tensor([[5.0, 4.0, -9.0, -9.0]] * 8)]  # every token picks experts 0 and 1
     loss2, load2 = bb.router_loss(skewed)
-    assert loss2 > loss and load2["expert_load_max"] == pytest.approx(2.0) and load2["expert_load_min"] == 0.0
+    assert load2["expert_load_max"] == pytest.approx(2.0) and load2["expert_load_min"] == 0.0
+    spread = [torch.tensor([[5.0, 4.0, -9.0, -9.0], [-9.0, -9.0, 5.0, 4.0]] * 4)]  # half the tokens each way
+    loss3, load3 = bb.router_loss(spread)
+    assert load3["expert_load_max"] == pytest.approx(1.0) == load3["expert_load_min"]  # even
+    assert loss3 < loss2
 
 
 def test_training_adds_the_router_loss_and_logs_the_expert_load(moe, tmp_path, shapes_image):

@@ -32,9 +32,6 @@ def load_model(args):
     return pipe
 
 
-
-
-
 # The built-in families' options, as flags: type and help come from each option's owner
 # (its family's options dataclass), which also checks the value and says which family takes it.
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -219,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reference-scale", type=float, default=None, metavar="S",
                    help="weight of the reference (default: the adapter's)")
     g.add_argument("--compile", action="store_true",
-                   help="run the decode step (autoregressive) or the generator pass (dit) through torch.compile; the first call compiles")
+                   help="run the decode step (autoregressive) or the generator pass (dit) through torch.compile; "
+                        "the first call compiles")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model_args(g)
     g.set_defaults(func=cmd_generate)

@@ -119,24 +119,24 @@ class Backbone(nn.Module):
                 h.remove()
 
     def router_loss(self, logits: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The load-balancing loss of Switch Transformer / Mixtral (num_experts * sum over experts of
-        the share of top-k picks times the mean router probability, averaged over the routers),
-        times the config's `router_aux_loss_coef`; and the expert load: the busiest and the idlest
-        expert's share of the picks, times the number of experts (1.0 = perfectly even)."""
+        """The load-balancing loss of Switch Transformer / Mixtral, as transformers computes it
+        (num_experts * sum over experts of the fraction of tokens that pick the expert among their
+        top k times its mean router probability, over every router's tokens together; padding
+        tokens count too), times the config's `router_aux_loss_coef`; and the expert load: the busiest and the
+        idlest expert's share of all picks, times the number of experts (1.0 = perfectly even)."""
         cfg = self.lm.config.get_text_config()
         k = getattr(cfg, "num_experts_per_tok", 1)
-        losses, shares = [], []
-        for z in logits:
+
+        def picks(z: torch.Tensor):
             probs = z.float().softmax(-1)  # (tokens, E)
-            E = probs.shape[-1]
-            picks = torch.zeros_like(probs).scatter_(-1, probs.topk(k, -1).indices, 1.0)
-            share = picks.mean(0) / k  # each expert's fraction of the picks
-            losses.append(E * (share * probs.mean(0)).sum())
-            shares.append(share.detach() * E)
+            return probs, torch.zeros_like(probs).scatter_(-1, probs.topk(k, -1).indices, 1.0)
+
+        probs, chosen = picks(torch.cat(logits))  # every router's tokens together, as transformers does
+        E = probs.shape[-1]
+        loss = E * (chosen.mean(0) * probs.mean(0)).sum()  # mean(0) of the picks: fraction of tokens, sums to k
+        load = torch.stack([picks(z)[1].mean(0) / k * E for z in logits])  # per router, 1.0 = even
         coef = getattr(cfg, "router_aux_loss_coef", 0.01)
-        load = torch.stack(shares)
-        return coef * torch.stack(losses).mean(), {"expert_load_max": float(load.max()),
-                                                    "expert_load_min": float(load.min())}
+        return coef * loss, {"expert_load_max": float(load.max()), "expert_load_min": float(load.min())}
 
     def resolved_config(self) -> BackboneConfig:
         """The config that rebuilds this backbone without the original checkpoint."""

@@ -50,7 +50,15 @@ class GenerationFamily:
         name in `library_parts`); None when the folder is not such a part."""
         return None
 
-    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int) -> torch.nn.Module:
+    def add_part(self, model, generator: dict, part: str) -> torch.nn.Module:
+        """Build and install on `model` the part `attach` named (its weights as built); return it."""
+        raise NotImplementedError(f"the {self.name} paradigm has no add-on parts")
+
+    def drop_part(self, model, generator: dict, part: str) -> None:
+        """Undo add_part, leaving `model` with `generator` (the mapping it had before)."""
+        raise NotImplementedError(f"the {self.name} paradigm has no add-on parts")
+
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int | None = None) -> torch.nn.Module:
         """The trainable part between the backbone and the image tokenizer (model.gen_head);
         `hidden_size` is the backbone's width, `encoder_width` the understanding encoder's."""
         raise NotImplementedError

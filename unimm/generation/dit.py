@@ -26,19 +26,20 @@ class DiT(GenerationFamily):
     options = DiTOptions
     summary = "a diffusers diffusion transformer (MMDiT, PixArt) drawing VAE latents from the backbone's states"
 
-    def generator_config(self, generation_config):
+    def generator_config(self, generator: dict):
+        """`generation.generator`, checked and defaulted by its owner, DiTGeneratorConfig."""
         from ..config import from_dict
         from ..heads.dit import DiTGeneratorConfig
 
-        return from_dict(DiTGeneratorConfig, generation_config.generator, "generation.generator")
+        return from_dict(DiTGeneratorConfig, generator, "generation.generator")
 
     def check_config(self, generation_config) -> None:
-        self.generator_config(generation_config)
+        self.generator_config(generation_config.generator)
 
     def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int):
         from ..heads.dit import DiTHead
 
-        return DiTHead(self.generator_config(config), image_tokenizer.latent_channels, image_tokenizer.grid,
+        return DiTHead(self.generator_config(config.generator), image_tokenizer.latent_channels, image_tokenizer.grid,
                        hidden_size, encoder_width)
 
     def num_tokens(self, model) -> int:
@@ -73,6 +74,8 @@ class DiT(GenerationFamily):
             if any(not isinstance(v, int) for v in ip.values()):
                 raise ConfigError(f"{folder / 'config.json'} is not an IP-Adapter config (num_queries, hidden_dim, "
                                   "timestep_in_dim)")
+            if isinstance(config.get("scale"), (int, float)):
+                ip["scale"] = float(config["scale"])  # the reference scale it was trained and shipped with
             return {**generator, "ip_adapter": {**(generator.get("ip_adapter") or {}), **ip}}, "ip_adapter"
         if config.get("_class_name") == "SD3ControlNetModel":
             kind = folder.name.removeprefix("controlnet_")
@@ -82,6 +85,13 @@ class DiT(GenerationFamily):
             return ({**generator, "controlnets": {**generator.get("controlnets", {}), kind: config.get("num_layers")}},
                     f"controlnet_{kind}")
         return None
+
+    def add_part(self, model, generator: dict, part: str) -> torch.nn.Module:
+        """Install the part `attach` named on `model`'s head, in place; returns it."""
+        return model.gen_head.add_part(self.generator_config(generator), part, model.encoder.hidden_size)
+
+    def drop_part(self, model, generator: dict, part: str) -> None:
+        model.gen_head.drop_part(self.generator_config(generator), part)
 
     def loss(self, model, prompt_ids, prompt_mask, targets, generator=None, control=None,
              reference=None) -> torch.Tensor:

@@ -182,6 +182,27 @@ class DiTHead(nn.Module):
         self.ip_adapter = (IPAdapter(config.ip_adapter, self.transformer, encoder_width)
                            if config.ip_adapter is not None else None)
 
+    def add_part(self, config: DiTGeneratorConfig, part: str, encoder_width: int) -> nn.Module:
+        """Build the part named `part` ("controlnet_<type>" or "ip_adapter") that `config` (this
+        head's config with that part added) describes, install it, and return it (weights as built)."""
+        if part == "ip_adapter":
+            self.ip_adapter = IPAdapter(config.ip_adapter, self.transformer, encoder_width)
+            module = self.ip_adapter
+        else:
+            kind = part.removeprefix("controlnet_")
+            module = self.controlnets[kind] = controlnet_from(self.transformer, config.controlnets[kind])
+        self.config = config
+        return module
+
+    def drop_part(self, config: DiTGeneratorConfig, part: str) -> None:
+        """Undo add_part (a part whose weights could not be loaded): remove it, restore `config`."""
+        if part == "ip_adapter":
+            self.ip_adapter.uninstall()
+            self.ip_adapter = None
+        else:
+            del self.controlnets[part.removeprefix("controlnet_")]
+        self.config = config
+
     @property
     def num_tokens(self) -> int:
         """Positions the backbone runs per image beyond the prompt: the queries (0 for prompt states)."""
@@ -229,15 +250,26 @@ class DiTHead(nn.Module):
         a scale being a number or one per row (B,); the same call serves training and sampling,
         so both feed them the same pooled projection. `reference`: (SigLIP features of the
         reference pictures (B, N, D_enc), scale) for the IP-Adapter; zeros in a row mean none.
+        The scale lives on diffusers' processors for the pass and is put back after it, so a
+        call never leaks its scale into the next (concurrent calls on one model do not mix
+        scales safely: the app runs one model call at a time).
         """
+        if reference is None:
+            return self._velocity(x, sigma, condition, control)
+        if self.ip_adapter is None:
+            raise ValueError("this model has no IP-Adapter: a reference image cannot steer it")
+        features, scale = reference
+        previous = self.ip_adapter.scale
+        self.ip_adapter.set_scale(scale)
+        try:
+            embeds = self.ip_adapter.embed(features, sigma * 1000)
+            return self._velocity(x, sigma, {**condition, "joint_attention_kwargs": embeds}, control)
+        finally:
+            self.ip_adapter.set_scale(previous)
+
+    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: dict, control) -> torch.Tensor:
         dtype = next(self.transformer.parameters()).dtype
         x, t = x.to(dtype), sigma * 1000
-        if reference is not None:
-            if self.ip_adapter is None:
-                raise ValueError("this model has no IP-Adapter: a reference image cannot steer it")
-            features, scale = reference
-            self.ip_adapter.set_scale(scale)
-            condition = {**condition, "joint_attention_kwargs": self.ip_adapter.embed(features, t)}
         residuals = None
         for kind, latents, scale in control or ():
             if kind not in self.controlnets:

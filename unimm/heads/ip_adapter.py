@@ -73,7 +73,7 @@ class IPAdapter(nn.Module):
         self.config = {"embed_dim": embed_dim, "output_dim": inner, "hidden_dim": config.hidden_dim,
                        "depth": DEPTH, "heads": config.hidden_dim // HEAD_DIM,
                        "num_queries": config.num_queries, "timestep_in_dim": config.timestep_dim,
-                       "num_blocks": len(transformer.attn_processors)}
+                       "num_blocks": len(transformer.attn_processors), "scale": config.scale}
         self.image_proj = IPAdapterTimeImageProjection(
             embed_dim=embed_dim, output_dim=inner, hidden_dim=config.hidden_dim, depth=DEPTH,
             dim_head=HEAD_DIM, heads=config.hidden_dim // HEAD_DIM, num_queries=config.num_queries,
@@ -87,10 +87,21 @@ class IPAdapter(nn.Module):
         if len(attentions) != len(self.ip_adapter):
             raise ConfigError(f"the generator has {len(attentions)} attention modules but "
                               f"{len(self.ip_adapter)} attention processors")
+        # What they ran before (plain objects, not modules), for uninstall().
+        self.__dict__["_replaced"] = [(attn, attn.processor) for attn in attentions]
         for attn, proc in zip(attentions, self.ip_adapter):
             # Not attn.set_processor(): that registers the processor as the attention's
             # submodule, and its weights would go into the transformer's own files.
             attn.__dict__["processor"] = proc
+
+    def uninstall(self) -> None:
+        """Give the transformer's attention modules back the processors they had before."""
+        for attn, proc in self._replaced:
+            attn.__dict__["processor"] = proc
+
+    @property
+    def scale(self) -> float:
+        return self.ip_adapter[0].scale
 
     def set_scale(self, scale: float) -> None:
         for proc in self.ip_adapter:
@@ -111,10 +122,3 @@ class IPAdapter(nn.Module):
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_NAME),
                   metadata={"format": "pt"})
 
-    def diffusers_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        """{"image_proj": ..., "ip_adapter": ...}: what `SD3Transformer2DModel._load_ip_adapter_weights` takes."""
-        out: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-        for key, value in self.state_dict().items():
-            group, name = key.split(".", 1)
-            out[group][name] = value
-        return out

@@ -66,9 +66,11 @@ class UnimmPipeline:
     def attach(self, path) -> "UnimmPipeline":
         """Add parts trained on another model with the same generator: a ControlNet's
         `controlnet_<type>/` folder, an `ip_adapter/` folder, or a model directory (every such
-        part in it). The parts' configs must fit this model's generator (a mismatch is named);
-        the rest of the model keeps its weights. Returns the pipeline; save_pretrained then
-        writes the parts with it."""
+        part in it this model lacks). Only the new parts are built (on the model's device and
+        dtype) and loaded; a part whose config does not fit this model's generator is refused,
+        naming the keys that differ. An IP-Adapter is only as good as the match between the
+        encoder it was trained with and this model's (only the width is checked). Returns the
+        pipeline; save_pretrained then writes the parts with it."""
         import dataclasses
         from pathlib import Path
 
@@ -78,9 +80,9 @@ class UnimmPipeline:
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a folder: give a controlnet_<type>/ or ip_adapter/ folder, "
                                     "or a model directory holding them")
-        old, family = self.model, self.model.family
-        generator = dict(old.config.generation.generator)
-        own = {folder for folder, _ in old._library_parts().values()}
+        model, family = self.model, self.model.family
+        generator = dict(model.config.generation.generator)
+        own = {folder for folder, _ in model._library_parts().values()}
         candidates = [path] if family.attach(generator, path) else sorted(p for p in path.iterdir() if p.is_dir())
         added = {}
         for folder in candidates:
@@ -91,20 +93,23 @@ class UnimmPipeline:
         if not added:
             raise ValueError(f"{path} holds no part this {family.name} model can take that it lacks "
                              f"(it has: {', '.join(sorted(own)) or 'none'})")
-        base = old.resolved_config()
-        new = UnifiedModel(dataclasses.replace(base, generation=dataclasses.replace(base.generation,
-                                                                                  generator=generator)))
-        parts = {folder: (prefix, module) for prefix, (folder, module) in new._library_parts().items()}
-        missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-        stray = [k for k in missing if not any(k.startswith(parts[p][0]) for p in added)]
-        if unexpected or stray:  # cannot happen unless a family's attach() changed more than its part
-            raise RuntimeError(f"attaching changed the model beyond its new parts: {(unexpected + stray)[:5]}")
-        for part, folder in added.items():
-            load_library_part(parts[part][1], folder)
-        self.model = new.to(device=old.device, dtype=old.dtype).eval()
+        before, done = dict(model.config.generation.generator), []
+        try:
+            for part, folder in added.items():
+                module = family.add_part(model, generator, part).to(device=model.device, dtype=model.dtype)
+                done.append(part)
+                load_library_part(module, folder)
+        except BaseException:  # a part that does not fit: the model is left as it was
+            for part in reversed(done):
+                family.drop_part(model, before, part)
+            raise
+        model.config = dataclasses.replace(
+            model.config, generation=dataclasses.replace(model.config.generation, generator=generator))
+        self.chat_cache.clear()
         return self
 
     def to(self, device=None, dtype=None) -> "UnimmPipeline":
+        self.chat_cache.clear()  # its keys and values were computed on the old device / dtype
         if isinstance(dtype, str):
             name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
             if not isinstance(getattr(torch, name, None), torch.dtype):

@@ -85,9 +85,12 @@ class PrefixCache:
             return 0, None
         drop = entry.cache.get_seq_length() - n
         if drop > 0:
-            # A negative count removes that many tokens in every transformers version (a positive
-            # one meant "keep this many" before 5.x and is refused since).
-            entry.cache.crop(-drop)
+            try:
+                # A negative count removes that many tokens in every transformers version (a
+                # positive one meant "keep this many" before 5.x and is refused since).
+                entry.cache.crop(-drop)
+            except (RuntimeError, ValueError, NotImplementedError):
+                return 0, None  # a cache that cannot be cut back (e.g. past a sliding window): prefill
         return n, entry.cache
 
     def put(self, ids: list[int], images: list[bytes], cache, state=None) -> None:
