@@ -195,11 +195,11 @@ def test_generate_with_an_uploaded_control_picture_and_reference(browser, steere
     page.get_by_text("Reference (IP-Adapter)").click()
     page.set_input_files("#control-image input[type=file]", str(control))
     page.set_input_files("#reference-image input[type=file]", str(reference))
-    expect(page.locator("#reference-image img").first).to_be_visible()
+    expect(page.locator("#reference-image img").first).to_be_visible(timeout=TIMEOUT_MS)
     page.fill("#prompt textarea", "a red object")
     page.click("#generate")
-    expect(page.locator("#gallery img").first).to_be_visible()
-    expect(page.locator("#control-map img").first).to_be_visible()  # the map the control picture made
+    expect(page.locator("#gallery img").first).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#control-map img").first).to_be_visible(timeout=TIMEOUT_MS)  # the map it made
     assert page.locator("#seed-used input").input_value().isdigit()
     screenshot(page, tmp_path, "app-control-reference.png")
     context.close()
