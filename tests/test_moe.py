@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import unimm
+from model_helpers import overfit_one_answer
 
 
 @pytest.fixture()
@@ -59,16 +60,5 @@ def test_training_adds_the_router_loss_and_logs_the_expert_load(moe, tmp_path, s
 
 
 def test_a_fixed_batch_is_learned(moe, shapes_image):
-    torch.manual_seed(0)
-    ids, labels = moe.processor.chat_ids([("What colour is the circle?", 1, "red")])
-    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-             "labels": torch.tensor([labels]), "pixel_values": moe.processor.pixel_values([shapes_image])}
-    opt = torch.optim.AdamW(moe.model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(15):
-        loss = moe.model(und=batch)["loss"]
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.5 * first
+    first, last = overfit_one_answer(moe, shapes_image)
+    assert last < 0.5 * first

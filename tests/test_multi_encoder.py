@@ -6,6 +6,7 @@ import torch
 
 import unimm
 from unimm.config import ConfigError
+from model_helpers import overfit_one_answer
 
 
 def _load(spec):
@@ -44,19 +45,8 @@ def test_sequence_fusion_appends_tokens_mapped_to_the_first_width():
 @pytest.mark.parametrize("spec", ["tiny-multi-encoder", SEQUENCE])
 def test_a_fixed_batch_is_learned_and_a_saved_model_answers_the_same(spec, shapes_image, tmp_path):
     pipe = _load(spec)
-    torch.manual_seed(0)
-    ids, labels = pipe.processor.chat_ids([("What colour is the circle?", 1, "red")])
-    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-             "labels": torch.tensor([labels]), "pixel_values": pipe.processor.pixel_values([shapes_image])}
-    opt = torch.optim.AdamW(pipe.model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(15):
-        loss = pipe.model(und=batch)["loss"]
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.5 * first
+    first, last = overfit_one_answer(pipe, shapes_image)
+    assert last < 0.5 * first
     patch_embed = next(p for n, p in pipe.model.encoder.extra[0].named_parameters() if "patch_embedding" in n)
     assert patch_embed.grad is not None and patch_embed.grad.abs().sum() > 0  # the second tower learns too
     answer = pipe.chat(shapes_image, "What colour is the circle?", max_new_tokens=3, temperature=0)
@@ -90,19 +80,8 @@ def test_encoder_free_input_is_raw_patches_with_a_newline_after_each_row(shapes_
 
 def test_encoder_free_model_learns_a_fixed_batch_and_reloads(shapes_image, tmp_path):
     pipe = _load("tiny-fuyu")
-    torch.manual_seed(0)
-    ids, labels = pipe.processor.chat_ids([("What colour is the circle?", 1, "red")])
-    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-             "labels": torch.tensor([labels]), "pixel_values": pipe.processor.pixel_values([shapes_image])}
-    opt = torch.optim.AdamW(pipe.model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(15):
-        loss = pipe.model(und=batch)["loss"]
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.5 * first and pipe.model.encoder.newline.grad is not None
+    first, last = overfit_one_answer(pipe, shapes_image)
+    assert last < 0.5 * first and pipe.model.encoder.newline.grad is not None
     answer = pipe.chat(shapes_image, "What colour is the circle?", max_new_tokens=3, temperature=0)
     pipe.save_pretrained(tmp_path / "m")
     assert unimm.load(str(tmp_path / "m")).chat(shapes_image, "What colour is the circle?", max_new_tokens=3,
