@@ -187,7 +187,6 @@ class UnimmPipeline:
         object again).
         """
         prompts = _prompt_list(prompt_or_prompts)
-        reference = self._reference(reference_image, reference_scale)
         num_images = _positive_int(num_images, "num_images")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _positive_int(batch_size, "batch_size")
         check_output_fits(len(prompts) * num_images, self.image_size)
@@ -195,6 +194,7 @@ class UnimmPipeline:
         opts = self.sampling_options(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                      top_p=top_p, do_sample=do_sample, steps=steps, solver=solver, shift=shift,
                                      **options)
+        reference = self._reference(reference_image, reference_scale)  # after the cheap checks: it runs SigLIP
         rows = [self.processor.generation_ids(p, allow_empty=reference is not None)
                 for p in prompts for _ in range(num_images)]
         longest, limit = max(len(r) for r in rows), self.model.backbone.max_positions
