@@ -235,3 +235,25 @@ def test_parts_trained_on_one_model_attach_to_another_with_the_same_generator(tm
         plain.attach(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="holds no part"):
         plain.attach(tmp_path / "base" / "transformer")
+
+
+def test_a_failed_attach_leaves_the_model_as_it_was_and_a_good_one_keeps_the_scale(tmp_path, reference):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        wide = unimm.load({"base": "tiny-dit-ip", "encoder": {"siglip": {"hidden_size": 48, "intermediate_size": 96}},
+                           "generation": {"generator": {"ip_adapter": {"reference_scale": 0.7}}}})
+        same = unimm.load({"base": "tiny-dit-ip", "generation": {"generator": {"ip_adapter": {"reference_scale": 0.7}}}})
+        base = unimm.load("tiny-dit")
+    wide.save_pretrained(tmp_path / "wide")
+    same.save_pretrained(tmp_path / "same")
+    before = base.generate("a red circle", seed=4, steps=2)[0].tobytes()
+    processors = dict(base.model.gen_head.transformer.attn_processors)
+    with pytest.raises(ConfigError, match="ip_adapter/config.json does not match the model's config: embed_dim"):
+        base.attach(tmp_path / "wide" / "ip_adapter")  # trained on a 48-wide SigLIP; this one is 32 wide
+    assert base.model.gen_head.ip_adapter is None and base.config.generation.generator.get("ip_adapter") is None
+    assert dict(base.model.gen_head.transformer.attn_processors) == processors  # the plain processors are back
+    assert base.generate("a red circle", seed=4, steps=2)[0].tobytes() == before
+    base.attach(tmp_path / "same" / "ip_adapter")
+    assert base.model.gen_head.ip_adapter.scale == 0.7 == base.config.generation.generator["ip_adapter"]["reference_scale"]
+    base.generate("a red object", seed=4, steps=2, reference_image=reference, reference_scale=0.0)
+    assert base.model.gen_head.ip_adapter.scale == 0.7  # a call's scale does not stay behind

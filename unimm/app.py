@@ -431,7 +431,7 @@ def _image_tab(h: Handlers, pipe):
                 with gr.Accordion("Reference (IP-Adapter)", open=False):
                     reference_image = gr.Image(label="Reference picture", type="filepath", elem_id="reference-image")
                     reference_scale = gr.Slider(0, lim.max_reference_scale,
-                                                value=pipe.model.gen_head.config.ip_adapter.scale, step=0.05,
+                                                value=pipe.model.gen_head.config.ip_adapter.reference_scale, step=0.05,
                                                 label="Reference scale", elem_id="reference-scale",
                                                 info="With a reference the prompt may be empty")
             button = gr.Button("Generate", variant="primary", elem_id="generate")

@@ -25,7 +25,7 @@ class Autoregressive(GenerationFamily):
     summary = "next-token prediction over VQ ids with a static KV cache"
     compilable = True
 
-    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int):
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int | None = None):
         from ..heads.autoregressive import ARImageHead
 
         return ARImageHead(config, image_tokenizer.num_codes, image_tokenizer.config.quantizer.dim, hidden_size)

@@ -36,7 +36,7 @@ class DiT(GenerationFamily):
     def check_config(self, generation_config) -> None:
         self.generator_config(generation_config.generator)
 
-    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int):
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int | None = None):
         from ..heads.dit import DiTHead
 
         return DiTHead(self.generator_config(config.generator), image_tokenizer.latent_channels, image_tokenizer.grid,
@@ -74,8 +74,8 @@ class DiT(GenerationFamily):
             if any(not isinstance(v, int) for v in ip.values()):
                 raise ConfigError(f"{folder / 'config.json'} is not an IP-Adapter config (num_queries, hidden_dim, "
                                   "timestep_in_dim)")
-            if isinstance(config.get("scale"), (int, float)):
-                ip["scale"] = float(config["scale"])  # the reference scale it was trained and shipped with
+            if isinstance(config.get("_scale"), (int, float)):
+                ip["reference_scale"] = float(config["_scale"])  # the reference scale it was trained and shipped with
             return {**generator, "ip_adapter": {**(generator.get("ip_adapter") or {}), **ip}}, "ip_adapter"
         if config.get("_class_name") == "SD3ControlNetModel":
             kind = folder.name.removeprefix("controlnet_")

@@ -24,7 +24,7 @@ class Flow(GenerationFamily):
     options = FlowOptions
     summary = "rectified flow on VAE latents, CFG on the velocity"
 
-    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int):
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int | None = None):
         from ..heads.flow import FlowHead
 
         return FlowHead(config, image_tokenizer.latent_channels, image_tokenizer.grid, hidden_size)

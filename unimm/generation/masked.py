@@ -20,7 +20,7 @@ class Masked(GenerationFamily):
     options = MaskedOptions
     summary = "MaskGIT decoding of VQ ids with omni-attention"
 
-    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int):
+    def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int | None = None):
         from ..heads.masked import MaskedImageHead
 
         return MaskedImageHead(config, image_tokenizer.num_codes, image_tokenizer.config.quantizer.dim, hidden_size)

@@ -143,7 +143,7 @@ class DiTHead(nn.Module):
     """Queries (or prompt-state reading), connector, and a diffusers transformer over latents."""
 
     def __init__(self, config: DiTGeneratorConfig, latent_channels: int, latent_grid: int, hidden_size: int,
-                 encoder_width: int):
+                 encoder_width: int | None = None):
         super().__init__()
         self.config = config
         self.c, self.grid = latent_channels, latent_grid
@@ -165,11 +165,7 @@ class DiTHead(nn.Module):
             self.transformer = _generator_class(config.cls)(**kwargs)
         except (TypeError, ValueError) as e:  # a value of the wrong type or out of range for diffusers
             raise ConfigError(f"generation.generator.config: {config.cls} cannot be built: {e}") from None
-        too_deep = {k: n for k, n in config.controlnets.items() if n >= self.transformer.config.num_layers}
-        if too_deep:
-            raise ConfigError(f"generation.generator.controlnets: {too_deep} — a ControlNet copies the generator's "
-                              f"first blocks and may have at most num_layers - 1 = "
-                              f"{self.transformer.config.num_layers - 1} layers")
+        _check_controlnet_depth(config.controlnets, self.transformer)
         cond_dim = self.transformer.config[width_key]
         self.has_pooled = "pooled_projection_dim" in self.transformer.config
         self.connector = Connector(hidden_size, cond_dim, config.connector_layers, config.connector_heads)
@@ -179,6 +175,8 @@ class DiTHead(nn.Module):
                                           for kind, layers in config.controlnets.items()})
         if config.conditioning == "queries":
             self.queries = nn.Parameter(torch.randn(config.num_queries, hidden_size) / math.sqrt(hidden_size))
+        if config.ip_adapter is not None and encoder_width is None:
+            raise ConfigError("generation.generator.ip_adapter reads the understanding encoder: its width is needed")
         self.ip_adapter = (IPAdapter(config.ip_adapter, self.transformer, encoder_width)
                            if config.ip_adapter is not None else None)
 
@@ -190,6 +188,7 @@ class DiTHead(nn.Module):
             module = self.ip_adapter
         else:
             kind = part.removeprefix("controlnet_")
+            _check_controlnet_depth({kind: config.controlnets[kind]}, self.transformer)
             module = self.controlnets[kind] = controlnet_from(self.transformer, config.controlnets[kind])
         self.config = config
         return module
@@ -315,6 +314,14 @@ class DiTHead(nn.Module):
             reference = (reference * keep[:, None, None].to(reference.dtype), 1.0)
         v = self.velocity(x, sigma, self.condition(model, prompt_ids, prompt_mask), control, reference)
         return F.mse_loss(v, noise - targets.float())
+
+
+def _check_controlnet_depth(controlnets: dict, transformer) -> None:
+    too_deep = {k: n for k, n in controlnets.items() if n >= transformer.config.num_layers}
+    if too_deep:
+        raise ConfigError(f"generation.generator.controlnets: {too_deep} — a ControlNet copies the generator's "
+                          f"first blocks and may have at most num_layers - 1 = "
+                          f"{transformer.config.num_layers - 1} layers")
 
 
 def controlnet_from(transformer, num_layers: int):

@@ -39,7 +39,7 @@ class IPAdapterConfig:
     num_queries: int = 16  # image-prompt tokens the projection makes from the reference's patches
     hidden_dim: int = 64  # the projection's width: a multiple of 64 (heads of 64 channels)
     timestep_dim: int = 64  # sinusoidal timestep features fed to the projection
-    scale: float = 1.0  # the default reference_scale at sampling
+    reference_scale: float = 1.0  # the default reference_scale at sampling
     drop: float = 0.1  # training: the share of items whose reference is dropped (zeros), for guidance
 
     def __post_init__(self):
@@ -50,8 +50,9 @@ class IPAdapterConfig:
             raise ConfigError(f"generation.generator.ip_adapter.timestep_dim must be even, got {self.timestep_dim}")
         if not 0 <= self.drop < 1:
             raise ConfigError(f"generation.generator.ip_adapter.drop must be in [0, 1), got {self.drop}")
-        if self.scale < 0:
-            raise ConfigError(f"generation.generator.ip_adapter.scale must be >= 0, got {self.scale}")
+        if self.reference_scale < 0:
+            raise ConfigError(f"generation.generator.ip_adapter.reference_scale must be >= 0, "
+                              f"got {self.reference_scale}")
 
 
 class IPAdapter(nn.Module):
@@ -73,7 +74,9 @@ class IPAdapter(nn.Module):
         self.config = {"embed_dim": embed_dim, "output_dim": inner, "hidden_dim": config.hidden_dim,
                        "depth": DEPTH, "heads": config.hidden_dim // HEAD_DIM,
                        "num_queries": config.num_queries, "timestep_in_dim": config.timestep_dim,
-                       "num_blocks": len(transformer.attn_processors), "scale": config.scale}
+                       "num_blocks": len(transformer.attn_processors),
+                       # The sampling default, not a shape: "_" keeps it out of the config check on load.
+                       "_scale": config.reference_scale}
         self.image_proj = IPAdapterTimeImageProjection(
             embed_dim=embed_dim, output_dim=inner, hidden_dim=config.hidden_dim, depth=DEPTH,
             dim_head=HEAD_DIM, heads=config.hidden_dim // HEAD_DIM, num_queries=config.num_queries,
@@ -81,7 +84,7 @@ class IPAdapter(nn.Module):
         self.ip_adapter = nn.ModuleList(
             SD3IPAdapterJointAttnProcessor2_0(hidden_size=inner, ip_hidden_states_dim=inner,
                                               head_dim=tc.attention_head_dim, timesteps_emb_dim=config.hidden_dim,
-                                              scale=config.scale)
+                                              scale=config.reference_scale)
             for _ in range(self.config["num_blocks"]))
         attentions = [m for m in transformer.modules() if hasattr(m, "set_processor")]
         if len(attentions) != len(self.ip_adapter):

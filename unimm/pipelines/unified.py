@@ -96,8 +96,9 @@ class UnimmPipeline:
         before, done = dict(model.config.generation.generator), []
         try:
             for part, folder in added.items():
-                module = family.add_part(model, generator, part).to(device=model.device, dtype=model.dtype)
+                module = family.add_part(model, generator, part)
                 done.append(part)
+                module.to(device=model.device, dtype=model.dtype).train(model.training)
                 load_library_part(module, folder)
         except BaseException:  # a part that does not fit: the model is left as it was
             for part in reversed(done):
@@ -245,7 +246,7 @@ class UnimmPipeline:
             raise ValueError("reference_image takes one picture")
         from ..generation.options import check_value
 
-        scale = head.config.ip_adapter.scale if scale is None else check_value("reference_scale", scale, float,
+        scale = head.config.ip_adapter.reference_scale if scale is None else check_value("reference_scale", scale, float,
                                                                                   {"low": 0})
         pixels = self.processor.pixel_values(_image_list(image)).to(self.device, self.model.dtype)
         with torch.inference_mode():
