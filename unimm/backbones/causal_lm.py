@@ -95,13 +95,12 @@ class Backbone(nn.Module):
 
     # -- mixture-of-experts backbones (Qwen2-MoE, OLMoE, Mixtral, ...) -------------------
     def routers(self) -> list[nn.Module]:
-        """The expert routers: each MoE block's `gate` (a module beside its `experts`)."""
-        found = []
-        for module in self.lm.modules():
-            gate = getattr(module, "gate", None)
-            if isinstance(gate, nn.Module) and hasattr(module, "experts"):
-                found.append(gate)
-        return found
+        """The expert routers: each MoE block's `gate` (a module beside its `experts`). Found once:
+        the training step asks on every call."""
+        if "_routers" not in self.__dict__:
+            self.__dict__["_routers"] = [m.gate for m in self.lm.modules()
+                                         if isinstance(getattr(m, "gate", None), nn.Module) and hasattr(m, "experts")]
+        return self.__dict__["_routers"]
 
     @contextlib.contextmanager
     def routing(self):
