@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the default model from scratch on the shapes world, evaluate it and install it
-# as weights/default. Every step is a unimm command with a config in configs/recipes/;
-# extra arguments are passed to every training stage (e.g. steps=... for a quick try).
+# as weights/default. Every step is a unimm command with a config in configs/recipes/ or
+# configs/tokenizers/; extra arguments are passed to every training stage (e.g. steps=...
+# for a quick try).
 # Usage: bash scripts/train_default.sh
 #
 # The stages run as one process with 16 samples per step, as the shipped weights were
@@ -9,10 +10,23 @@
 # batch_size is per process, so halve it to keep 16 samples per step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The understanding encoder: SigLIP with shape and place hard negatives.
 unimm train-siglip configs/recipes/siglip-shapes.yaml
-unimm train-tokenizer configs/recipes/vq-shapes32.yaml
-# Only the VQ decoder learns here; the codes the stages train on do not change.
-unimm train-tokenizer configs/recipes/vq-shapes32-decoder.yaml
+# The 64 px VQ (16x16 FSQ codes): from scratch, two L1 continuations, then three with the
+# outline pixels weighted ever more (BENCHMARKS.md, "64 px image tokenizers", has each ceiling).
+T=configs/tokenizers
+unimm train-tokenizer $T/vq-shapes64-4x.yaml output_dir=runs/default/vq64-1
+unimm train-tokenizer $T/vq-shapes64-4x-continue.yaml tokenizer.checkpoint=runs/default/vq64-1/tokenizer \
+  output_dir=runs/default/vq64-2 steps=900 lr=6.0e-4 warmup_steps=20 data.seed=13
+unimm train-tokenizer $T/vq-shapes64-4x-continue.yaml tokenizer.checkpoint=runs/default/vq64-2/tokenizer \
+  output_dir=runs/default/vq64-3
+unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/default/vq64-3/tokenizer \
+  output_dir=runs/default/vq64-4
+unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/default/vq64-4/tokenizer \
+  output_dir=runs/default/vq64-5 edge_weight=16 data.seed=17
+unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/default/vq64-5/tokenizer \
+  output_dir=runs/default/vq64-6 edge_weight=24 data.seed=19
+# The unified model: three stages on the frozen SigLIP and VQ (targets cached once).
 unimm train configs/recipes/stage1.yaml "$@"
 unimm train configs/recipes/stage2.yaml "$@"
 unimm train configs/recipes/stage3.yaml "$@"
@@ -21,3 +35,4 @@ unimm train configs/recipes/stage3.yaml "$@"
 python -c "import unimm; unimm.load('runs/default/stage3/final').save_pretrained('weights/default', dtype='bfloat16')"
 unimm eval --model weights/default --task all --n 400 --out runs/default/eval.json --grid runs/default/eval.png
 unimm eval --model weights/default --task tokenizer --n 400 --out runs/default/eval-tokenizer.json
+python scripts/sample_grid.py --model weights/default --out runs/default/samples.png

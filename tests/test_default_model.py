@@ -40,6 +40,17 @@ def test_load_with_no_argument_opens_it(monkeypatch):
     assert pipe.config.name == "unimm-shapes" and pipe.model.dtype.is_floating_point
 
 
+def test_shipped_models_open_by_name(tmp_path, monkeypatch):
+    from unimm.pipelines.load import shipped_models
+
+    assert "default" in shipped_models()
+    monkeypatch.chdir(tmp_path)  # not from the repository: the name, not a folder here, finds it
+    pipe = unimm.load("default")
+    assert pipe.config.name == "unimm-shapes" and pipe.config.generation.paradigm == "autoregressive"
+    with pytest.raises(FileNotFoundError, match="shipped models: .*default"):
+        unimm.load("default-nope")
+
+
 def test_the_app_opens_it_when_no_model_is_named(monkeypatch):
     from unimm import app as demo
 

@@ -36,6 +36,23 @@ def test_pixel_shuffle_merges_2x2_neighbours_and_pads_odd_grids():
         proj(torch.randn(1, 10, 4))
 
 
+def test_pixel_shuffle_position_embedding_tells_tokens_apart_and_checks_the_grid():
+    plain = build_projector({"type": "pixel_shuffle"}, 4, 8, 16)
+    proj = build_projector({"type": "pixel_shuffle", "position_embedding": True}, 4, 8, 16)
+    proj.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, 16, 4)
+    assert proj.position.shape == (4, 8) and torch.equal(proj(x), plain(x))  # zero at the start
+    with torch.no_grad():
+        proj.position.normal_()
+    same = torch.zeros(1, 16, 4)  # identical patches: only the position embedding separates the tokens
+    y = proj(same)
+    assert not torch.allclose(y[0, 0], y[0, 1])
+    with pytest.raises(ValueError, match="built for 4 tokens, got 9"):
+        proj(torch.randn(1, 36, 4))
+    with pytest.raises(ValueError, match="position_embedding must be bool"):
+        build_projector({"type": "pixel_shuffle", "position_embedding": "yes"}, 4, 8, 16)
+
+
 @pytest.mark.parametrize("name", ["tiny", "tiny-linear", "tiny-pixel-shuffle", "tiny-qformer", "tiny-perceiver", "tiny-qwen2",
                                   "tiny-moe"])
 def test_every_config_variant_chats_generates_and_trains(name, shapes_image):

@@ -47,3 +47,41 @@ def test_a_resumed_log_keeps_the_last_record_of_each_step(tmp_path):
     log = _log(tmp_path / "r.jsonl", [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, {"step": 3, "loss": 9.0},
                                       {"step": 3, "loss": 2.0}, {"step": 4, "loss": 1.5}])  # resumed after step 2
     assert [(r["step"], r["loss"]) for r in read_metrics(log)] == [(1, 3.0), (2, 2.5), (3, 2.0), (4, 1.5)]
+
+
+def test_captioned_grid_keeps_pixels_crisp_and_writes_each_caption(tmp_path):
+    import runpy
+    from pathlib import Path
+
+    import numpy as np
+
+    from unimm.images import captioned_grid, upscale
+
+    im = Image.new("RGB", (4, 4), (255, 255, 255))
+    im.putpixel((1, 2), (255, 0, 0))
+    big = np.asarray(upscale(im, 3))
+    assert big.shape == (12, 12, 3) and (big[6:9, 3:6] == (255, 0, 0)).all() and set(map(tuple, big.reshape(-1, 3))) == {
+        (255, 255, 255), (255, 0, 0)}  # nearest neighbour: no blended colours
+    with pytest.raises(ValueError, match="upscale factor must be >= 1"):
+        upscale(im, 0)
+    sheet = np.asarray(captioned_grid([im, im, im], ["a", "b", "a much longer caption that wraps onto lines"], 4, 2))
+    assert sheet.shape[1] == 2 * (16 + 6) + 6
+    cell = sheet[6:22, 6:22]
+    assert (cell == np.asarray(upscale(im, 4))).all()  # the image sits unchanged in its cell
+    assert (sheet[22:40, 6:22] < 128).any()  # caption ink under it
+    with pytest.raises(ValueError, match="one caption per image"):
+        captioned_grid([im], ["a", "b"])
+    # the README grid's script: prompts in, a sheet out (an untrained config stands in for the default)
+    out = tmp_path / "grid.png"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "sample_grid.py"
+    import sys
+    argv = sys.argv
+    try:
+        sys.argv = [str(script), "a red circle", "two blue squares", "--model", "tiny", "--out", str(out), "--columns", "2"]
+        with pytest.warns(UserWarning, match="untrained"):
+            with pytest.raises(SystemExit) as done:
+                runpy.run_path(str(script), run_name="__main__")
+        assert done.value.code == 0
+    finally:
+        sys.argv = argv
+    assert Image.open(out).size[0] == 2 * (2 * 32 + 6) + 6  # tiny draws 32 px, upscaled 2x

@@ -195,31 +195,42 @@ def _free_port() -> int:
 
 def test_default_model_recipe_configs_parse():
     """scripts/train_default.sh runs these; a typo must fail here, not an hour into a run."""
+    from dataclasses import fields
+
+    from unimm.config import apply_overrides, read_config_file
     from unimm.training.siglip import load_siglip_config
+    from unimm.training.tokenizer import TokenizerTrainConfig
     from unimm.training.tokenizer import load_train_config as load_tokenizer_config
 
     recipes = ROOT / "configs" / "recipes"
-    assert load_siglip_config(str(recipes / "siglip-shapes.yaml")).vision["image_size"] == 64
-    assert load_tokenizer_config(str(recipes / "vq-shapes32.yaml")).tokenizer["image_size"] == 32
+    siglip = load_siglip_config(str(recipes / "siglip-shapes.yaml"))
+    assert siglip.vision["image_size"] == 64 and len(siglip.hard_negatives) == 2
     stages = [load_train_config(str(recipes / f"stage{n}.yaml")) for n in (1, 2, 3)]
     assert stages[0].model == "shapes-default"
     assert stages[1].init_from == stages[0].output_dir + "/final" and stages[2].init_from == stages[1].output_dir + "/final"
     assert stages[2].export_dtype == "bfloat16"  # what gets shipped in weights/default
-    script = (ROOT / "scripts" / "train_default.sh").read_text()
-    runs = [ln.split()[:3] for ln in script.splitlines() if ln.startswith("unimm train")]
-    assert runs == [["unimm", "train-siglip", "configs/recipes/siglip-shapes.yaml"],
-                    ["unimm", "train-tokenizer", "configs/recipes/vq-shapes32.yaml"],
-                    ["unimm", "train-tokenizer", "configs/recipes/vq-shapes32-decoder.yaml"],
-                    *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in (1, 2, 3)]]
-    # Parsing this one opens the checkpoint it fine-tunes, which only a recipe run makes; check its keys.
-    from dataclasses import fields
-
-    from unimm.config import read_config_file
-    from unimm.training.tokenizer import TokenizerTrainConfig
-
-    decoder = read_config_file(str(recipes / "vq-shapes32-decoder.yaml"))
-    assert set(decoder) <= {f.name for f in fields(TokenizerTrainConfig)}
-    assert decoder["decoder_only"] is True and decoder["tokenizer"] == {"checkpoint": "runs/default/vq/tokenizer"}
+    assert {s.data.cache_dir for s in stages} == {"runs/default/cache"}  # the VQ's targets, computed once
+    script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
+    joined = script.replace("\\\n", " ")  # continued lines
+    runs = [ln.split() for ln in joined.splitlines() if ln.startswith("unimm train")]
+    assert [r[:3] for r in runs] == [
+        ["unimm", "train-siglip", "configs/recipes/siglip-shapes.yaml"],
+        ["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x.yaml"],
+        *[["unimm", "train-tokenizer", f"configs/tokenizers/vq-shapes64-4x-{k}.yaml"] for k in ("continue", "continue")],
+        *[["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x-edges.yaml"]] * 3,
+        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in (1, 2, 3)]]
+    # The VQ chain: each run starts from the one before, and the model reads the last.
+    outs = []
+    for r in runs[1:7]:
+        data = apply_overrides(read_config_file(r[2]), r[3:])
+        assert set(data) <= {f.name for f in fields(TokenizerTrainConfig)}
+        if outs:
+            assert data["tokenizer"] == {"checkpoint": outs[-1] + "/tokenizer"}
+        outs.append(data["output_dir"])
+    assert load_tokenizer_config(runs[1][2]).tokenizer["image_size"] == 64
+    model = read_config_file(str(ROOT / "configs" / "models" / "shapes-default.yaml"))
+    assert model["image_tokenizer"] == {"checkpoint": outs[-1] + "/tokenizer"}
+    assert model["encoder"]["pretrained"] == siglip.output_dir + "/model"
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-flow"])

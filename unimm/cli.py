@@ -84,9 +84,8 @@ def sampling_kwargs(args: argparse.Namespace, pipe) -> dict:
 
 
 def cmd_generate(args) -> int:
-    from PIL import Image
-
     from unimm.console import check_image_format, check_output_file
+    from unimm.images import upscale
     from unimm.pipelines.unified import check_output_fits
 
     if args.upscale < 1:
@@ -113,8 +112,7 @@ def cmd_generate(args) -> int:
     temps: list[Path] = []
     try:  # every image to a temporary file first; files already there are replaced only once all are written
         for im, path in zip(images, paths):
-            if args.upscale > 1:  # nearest neighbour: every model pixel becomes a crisp N x N block
-                im = im.resize((im.width * args.upscale, im.height * args.upscale), Image.Resampling.NEAREST)
+            im = upscale(im, args.upscale)  # nearest neighbour: every model pixel becomes a crisp N x N block
             temps.append(_write_temp(im, path))
     except BaseException:
         for tmp in temps:  # a run that stops half way (e.g. a full disk) leaves nothing of its own behind

@@ -80,3 +80,39 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> PIL images."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def upscale(image: Image.Image, factor: int) -> Image.Image:
+    """`factor` times larger with nearest neighbour: every model pixel becomes a crisp block."""
+    if factor < 1:
+        raise ValueError(f"upscale factor must be >= 1, got {factor}")
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor),
+                                                   Image.Resampling.NEAREST)
+
+
+def captioned_grid(images, captions, factor: int = 2, columns: int = 4) -> Image.Image:
+    """Tile images (nearest-neighbour upscaled by `factor`) with each caption written under its image,
+    wrapped to the cell's width."""
+    import textwrap
+
+    from PIL import ImageDraw, ImageFont
+
+    images, captions = list(images), list(captions)
+    if not images or len(images) != len(captions):
+        raise ValueError(f"captioned_grid needs one caption per image, got {len(images)} images and {len(captions)} captions")
+    cells = [upscale(im.convert("RGB"), factor) for im in images]
+    w, h = max(c.width for c in cells), max(c.height for c in cells)
+    font = ImageFont.load_default()
+    chars = max(8, w // 6)  # the default bitmap font is ~6 px a character
+    lines = [textwrap.wrap(c, chars) or [""] for c in captions]
+    text_h = 12 * max(len(ls) for ls in lines) + 6
+    pad, columns = 6, min(columns, len(cells))
+    rows = -(-len(cells) // columns)
+    sheet = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + text_h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (cell, ls) in enumerate(zip(cells, lines)):
+        x, y = pad + (k % columns) * (w + pad), pad + (k // columns) * (h + text_h + pad)
+        sheet.paste(cell, (x, y))
+        for i, line in enumerate(ls):
+            draw.text((x, y + h + 3 + 12 * i), line, fill=(0, 0, 0), font=font)
+    return sheet

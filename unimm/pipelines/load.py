@@ -30,7 +30,15 @@ def _package_folder(package: str, repo_folder: str) -> Path:
 
 # Named configs: the package's configs/models, then ./configs/models of the working directory.
 CONFIG_DIRS = [_package_folder("unimm.configs", "configs") / "models", Path("configs") / "models"]
-DEFAULT_MODEL_DIR = _package_folder("unimm.weights", "weights") / "default"
+WEIGHTS_DIR = _package_folder("unimm.weights", "weights")
+DEFAULT_MODEL_DIR = WEIGHTS_DIR / "default"
+
+
+def shipped_models() -> list[str]:
+    """Names of the trained models shipped under weights/ ("default", "default-masked", ...)."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / CONFIG_NAME).is_file())
 
 
 def available_configs() -> list[str]:
@@ -96,8 +104,8 @@ def resolve_config(spec) -> UnifiedConfig:
     if named is not None:
         return UnifiedConfig.from_dict(read_model_config(named))
     raise FileNotFoundError(
-        f"{spec!r} is neither a unimm model directory, a config file, nor a config name; "
-        f"available configs: {', '.join(available_configs())}"
+        f"{spec!r} is neither a unimm model directory, a shipped model, a config file, nor a config name; "
+        f"shipped models: {', '.join(shipped_models()) or 'none'}; available configs: {', '.join(available_configs())}"
     )
 
 
@@ -124,6 +132,8 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
     - a config (file path, name under configs/models, dict or UnifiedConfig): a fresh,
       untrained model with random weights drawn from `seed`, e.g. for training or tests
       (an UntrainedModelWarning says so);
+    - the name of a model shipped under weights/ ("default", "default-masked", ...; a local
+      directory of that name comes first);
     - nothing: the default model shipped under weights/default.
     """
     from .unified import UnimmPipeline, check_device
@@ -137,6 +147,9 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
                 f"name ({', '.join(available_configs())})"
             )
     is_dir = isinstance(path_or_config, (str, os.PathLike)) and Path(path_or_config).is_dir()
+    if (not is_dir and isinstance(path_or_config, str) and not Path(path_or_config).is_file()
+            and path_or_config in shipped_models()):
+        path_or_config, is_dir = WEIGHTS_DIR / path_or_config, True
     if is_dir and _find_named_config(str(path_or_config)) is None:
         with reading(path_or_config):  # a save swapping this folder in waits until it is read
             if not (Path(path_or_config) / CONFIG_NAME).is_file():

@@ -19,6 +19,11 @@ from .base import Projector
 @dataclass
 class PixelShuffleProjectorConfig:
     scale: int = 2  # side of the merged neighbourhood; tokens shrink by scale**2
+    # A learned embedding per output token, added after the MLP: each image token then says
+    # where in the grid it sits, instead of the backbone inferring it from token order under
+    # RoPE (the default model's "Where is ...?" answers sat at chance without it: BENCHMARKS.md).
+    # Ties the projector to its encoder's grid: a different token count is refused.
+    position_embedding: bool = False
 
     def __post_init__(self):
         if self.scale < 1:
@@ -32,6 +37,9 @@ class PixelShuffleProjector(Projector):
         merged = in_dim * config.scale**2
         self.norm = nn.LayerNorm(merged)
         self.mlp = mlp(merged, out_dim, depth=2)
+        self.position = None
+        if config.position_embedding:  # zeros: a model starts as it would without it
+            self.position = nn.Parameter(torch.zeros(self.num_output_tokens(num_input_tokens), out_dim))
 
     def _grid(self, n: int) -> int:
         side = math.isqrt(n)
@@ -52,4 +60,10 @@ class PixelShuffleProjector(Projector):
             x = F.pad(x, (0, pad, 0, pad))
         x = F.pixel_unshuffle(x, s)  # (B, D*s*s, S/s, S/s)
         x = x.flatten(2).transpose(1, 2)  # (B, M, D*s*s)
-        return self.mlp(self.norm(x))  # (B, M, D_llm)
+        x = self.mlp(self.norm(x))  # (B, M, D_llm)
+        if self.position is not None:
+            if x.shape[1] != self.position.shape[0]:
+                raise ValueError(f"pixel_shuffle position_embedding was built for {self.position.shape[0]} tokens, "
+                                 f"got {x.shape[1]} (from {N} encoder tokens): the encoder's grid changed")
+            x = x + self.position
+        return x

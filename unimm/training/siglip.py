@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..config import from_dict, to_dict
 from ..folders import atomic_directory, check_destination
@@ -37,9 +40,21 @@ class SiglipTrainConfig:
     warmup_steps: int = 100
     log_every: int = 50
     seed: int = 0
+    # Groups of interchangeable words or phrases, e.g. the shapes and the "on the left"-style
+    # places: every caption gets a copy with one of its words swapped for another of its group,
+    # an extra negative for its image. Contrast with captions that differ in one attribute is
+    # what makes the towers keep that attribute (plain batches rarely share all the others).
+    hard_negatives: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not isinstance(self.hard_negatives, list) or not all(
+                isinstance(g, list) and len(g) >= 2 and all(isinstance(w, str) and w.strip() for w in g)
+                for g in self.hard_negatives):
+            raise ValueError("hard_negatives must be a list of groups, each a list of two or more words or phrases, "
+                             f"got {self.hard_negatives!r}")
 
 
-def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0.5)):
+def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0.5), with_captions: bool = False):
     from ..images import fit_square, to_tensor
 
     images, texts = [], []
@@ -50,7 +65,33 @@ def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0
         images.append(to_tensor(fit_square(rec["image"], size, "resize", (127, 127, 127)), processor_mean, (0.5, 0.5, 0.5)))
         texts.append(rec["caption"])
     enc = tok(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    if with_captions:
+        return torch.stack(images), enc["input_ids"], texts
     return torch.stack(images), enc["input_ids"]
+
+
+def _swap_patterns(groups):
+    """One regex per group, matching any member as whole words (plural "s"/"es" kept as a suffix)."""
+    return [(re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(g, key=len, reverse=True)) + r")(e?s?)\b"), g)
+            for g in groups]
+
+
+def hard_negative(caption: str, patterns, rng: random.Random) -> str | None:
+    """`caption` with one matched word swapped for another member of its group, or None if none matches."""
+    hits = [(m, g) for pat, g in patterns for m in pat.finditer(caption)]
+    if not hits:
+        return None
+    m, group = hits[rng.randrange(len(hits))]
+    new = rng.choice([w for w in group if w != m.group(1)])
+    return caption[:m.start()] + new + m.group(2) + caption[m.end():]
+
+
+def sigmoid_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss for (B, B + extra) logits: text i is image i's only match."""
+    B = logits_per_image.shape[0]
+    labels = -torch.ones_like(logits_per_image)
+    labels[torch.arange(B), torch.arange(B)] = 1.0
+    return -F.logsigmoid(labels * logits_per_image).sum(-1).mean()
 
 
 def retrieval_accuracy(model, images, ids) -> float:
@@ -58,6 +99,16 @@ def retrieval_accuracy(model, images, ids) -> float:
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=images)
     return float((out.logits_per_image.argmax(-1) == torch.arange(len(ids))).float().mean())
+
+
+def hard_negative_accuracy(model, images, ids, negative_ids) -> float:
+    """Share of images that score their own caption above its one-word-swapped copy."""
+    with torch.no_grad():
+        out = model(input_ids=torch.cat([ids, negative_ids]), pixel_values=images)
+    B = len(ids)
+    own = out.logits_per_image[torch.arange(B), torch.arange(B)]
+    swapped = out.logits_per_image[torch.arange(B), B + torch.arange(B)]
+    return float((own > swapped).float().mean())
 
 
 def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool = False) -> dict:
@@ -83,8 +134,17 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
     source = build_source(cfg.data)
     size = cfg.vision["image_size"]
     g = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    patterns = _swap_patterns(cfg.hard_negatives)
     held_out = range(len(source) - 256, len(source))  # never trained on
-    eval_images, eval_ids = _batch(source, list(held_out)[: cfg.batch_size], tok, size, cfg.text_length)
+    eval_images, eval_ids, eval_captions = _batch(source, list(held_out)[: cfg.batch_size], tok, size, cfg.text_length,
+                                                  with_captions=True)
+    eval_negatives = None
+    if patterns:  # each held-out image's caption against its own swapped copy
+        eval_rng = random.Random(cfg.seed + 1)
+        swapped = [hard_negative(c, patterns, eval_rng) or c for c in eval_captions]
+        eval_negatives = tok(swapped, padding="max_length", truncation=True, max_length=cfg.text_length,
+                             return_tensors="pt")["input_ids"]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     out = Path(cfg.output_dir)
@@ -95,8 +155,13 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
     model.train()
     for step in tqdm(range(1, cfg.steps + 1), desc="siglip", disable=not progress):
         idx = torch.randint(0, len(source) - 256, (cfg.batch_size,), generator=g).tolist()
-        images, ids = _batch(source, idx, tok, size, cfg.text_length)
-        loss = model(input_ids=ids, pixel_values=images, return_loss=True).loss
+        images, ids, captions = _batch(source, idx, tok, size, cfg.text_length, with_captions=True)
+        if patterns:
+            negatives = [n for c in captions if (n := hard_negative(c, patterns, rng)) is not None]
+            if negatives:
+                ids = torch.cat([ids, tok(negatives, padding="max_length", truncation=True, max_length=cfg.text_length,
+                                          return_tensors="pt")["input_ids"]])
+        loss = sigmoid_loss(model(input_ids=ids, pixel_values=images).logits_per_image)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SigLIP loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -107,6 +172,8 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
         if step % cfg.log_every == 0 or step == cfg.steps:
             model.eval()
             metrics = {"step": step, "loss": loss.item(), "retrieval_acc": retrieval_accuracy(model, eval_images, eval_ids)}
+            if eval_negatives is not None:
+                metrics["hard_negative_acc"] = hard_negative_accuracy(model, eval_images, eval_ids, eval_negatives)
             model.train()
             log.write(json.dumps(metrics) + "\n")
             log.flush()
