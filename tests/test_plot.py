@@ -85,3 +85,18 @@ def test_captioned_grid_keeps_pixels_crisp_and_writes_each_caption(tmp_path):
     finally:
         sys.argv = argv
     assert Image.open(out).size[0] == 2 * (2 * 32 + 6) + 6  # tiny draws 32 px, upscaled 2x
+
+
+def test_seed_pass_rate_script_counts_the_seeds_the_evaluator_accepts():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "seed_pass_rate.py"
+    run = subprocess.run([sys.executable, str(script), "a red circle", "--model", "tiny", "--n", "2"],
+                         capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                          "PYTHONWARNINGS": "ignore"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    first, second = run.stdout.strip().splitlines()
+    assert first.startswith("'a red circle': ") and "of seeds 0-1 pass" in first  # an untrained model: noise
+    assert second.startswith("passing seeds: [")
