@@ -54,7 +54,7 @@ def test_pixel_shuffle_position_embedding_tells_tokens_apart_and_checks_the_grid
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-linear", "tiny-pixel-shuffle", "tiny-qformer", "tiny-perceiver", "tiny-qwen2",
-                                  "tiny-moe"])
+                                  "tiny-moe", "tiny-xattn"])
 def test_every_config_variant_chats_generates_and_trains(name, shapes_image):
     torch.manual_seed(0)
     pipe = unimm.load(name)

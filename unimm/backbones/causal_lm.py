@@ -46,7 +46,7 @@ class BackboneConfig:
 
 
 class Backbone(nn.Module):
-    def __init__(self, config: BackboneConfig, vocab_size: int):
+    def __init__(self, config: BackboneConfig, vocab_size: int, cross_attention=None):
         super().__init__()
         self.config = config
         if config.pretrained:
@@ -61,6 +61,12 @@ class Backbone(nn.Module):
             # New special tokens (image placeholder, begin/end of image) need rows; tables that
             # checkpoints pad beyond the tokenizer (Qwen2) are kept as they are.
             self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
+        if cross_attention is not None:  # gated blocks that read images beside the LM's layers
+            from ..models.cross_attention import CrossAttentionStack
+
+            text = self.lm.config.get_text_config()
+            self.cross_attn = CrossAttentionStack(cross_attention, self.hidden_size, len(self.decoder_layers()),
+                                                  text.num_attention_heads)
 
     # -- what the unified model and samplers use ---------------------------------
     @property
@@ -92,6 +98,15 @@ class Backbone(nn.Module):
         if cache is not None:
             kwargs[_cache_keyword(type(decoder))] = cache
         return decoder(inputs_embeds=inputs_embeds, use_cache=kwargs.pop("use_cache", True), **kwargs)
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.lm.get_decoder().layers
+
+    def seeing(self, visual: torch.Tensor, key_mask: torch.Tensor):
+        """A context in which the cross-attention blocks read `visual` (B, V, D) where `key_mask` (B, V)."""
+        if not hasattr(self, "cross_attn"):
+            raise ValueError("this backbone has no cross-attention layers (cross_attention: in the model config)")
+        return self.cross_attn.seeing(self.decoder_layers(), visual, key_mask)
 
     # -- mixture-of-experts backbones (Qwen2-MoE, OLMoE, Mixtral, ...) -------------------
     def routers(self) -> list[nn.Module]:

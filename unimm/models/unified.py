@@ -36,6 +36,7 @@ from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 from ..tokenizers.text import TextTokenizerConfig, build_text_tokenizer
+from .cross_attention import CrossAttentionConfig, rows_of_images
 from .masks import attention_mask_4d
 
 CONFIG_NAME = "config.json"
@@ -94,6 +95,9 @@ class UnifiedConfig:
     # others, naming them. A list, "shapes" (the shapes world's caption words), or None
     # (unknown: no warning).
     vocabulary: list[str] | str | None = None
+    # Cross-attention fusion (Flamingo): images read by gated cross-attention layers instead of
+    # filling sequence positions (one marker token each); None: images spliced into the sequence.
+    cross_attention: CrossAttentionConfig | None = None
 
     def __post_init__(self):
         if self.format_version != FORMAT_VERSION:
@@ -130,7 +134,8 @@ class UnifiedModel(nn.Module):
         self.config = config
         self.token_ids = config.token_ids
         self.encoder = SiglipEncoder(config.encoder)
-        self.backbone = Backbone(config.backbone, vocab_size=config.token_ids.vocab_size)
+        self.backbone = Backbone(config.backbone, vocab_size=config.token_ids.vocab_size,
+                                 cross_attention=config.cross_attention)
         D = self.backbone.hidden_size
         self.projector = build_projector(config.projector, self.encoder.hidden_size, D, self.encoder.num_patches)
         self.image_tokenizer = build_image_tokenizer(config.image_tokenizer)
@@ -140,7 +145,10 @@ class UnifiedModel(nn.Module):
     # -- sizes ------------------------------------------------------------------
     @property
     def num_understanding_tokens(self) -> int:
-        """Placeholders one understood image occupies in the sequence (M)."""
+        """Placeholders one understood image occupies in the sequence (M): its projected tokens,
+        or one marker where cross-attention layers read them."""
+        if self.config.cross_attention is not None:
+            return 1
         return self.projector.num_output_tokens(self.encoder.num_patches)
 
     @property
@@ -166,13 +174,18 @@ class UnifiedModel(nn.Module):
         return self.projector(feats)  # (I, M, D)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings with image features spliced in at the placeholders, in reading order."""
+        """Text embeddings with image features spliced in at the placeholders, in reading order
+        (with cross-attention the markers keep their own embedding: `seeing` feeds the images)."""
         embeds = self.backbone.embed(input_ids)  # (B, T, D)
         is_image = input_ids == self.token_ids.image
         n_slots = int(is_image.sum())
         if pixel_values is None:
             if n_slots:
                 raise ValueError(f"the input has {n_slots} image placeholders but no images were given")
+            return embeds
+        if self.config.cross_attention is not None:
+            if n_slots != pixel_values.shape[0]:
+                raise ValueError(f"the input has {n_slots} image markers but {pixel_values.shape[0]} image(s) were given")
             return embeds
         feats = self.encode_images(pixel_values)  # (I, M, D)
         if n_slots != feats.shape[0] * feats.shape[1]:
@@ -181,6 +194,14 @@ class UnifiedModel(nn.Module):
                 f"tokens were encoded"
             )
         return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
+
+    def seeing(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None):
+        """The context for a forward pass over `input_ids`: with cross-attention fusion, the
+        blocks read each row's images inside it; otherwise (or with no images) nothing to do."""
+        if self.config.cross_attention is None or pixel_values is None:
+            return contextlib.nullcontext()
+        visual, key_mask = rows_of_images(input_ids, self.token_ids.image, self.encode_images(pixel_values))
+        return self.backbone.seeing(visual.to(self.dtype), key_mask)
 
     def embed_image_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.gen_head.embed(ids)  # (B, N) -> (B, N, D)
@@ -233,8 +254,9 @@ class UnifiedModel(nn.Module):
     def understanding_loss(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
         """Next-token loss on the positions whose label is not -100 (answer text only)."""
         embeds = self.embed_inputs(input_ids, pixel_values)
-        h = self.hidden_states(embeds, attention_mask=attention_mask,
-                               position_ids=positions(attention_mask), use_cache=False)
+        with self.seeing(input_ids, pixel_values):
+            h = self.hidden_states(embeds, attention_mask=attention_mask,
+                                   position_ids=positions(attention_mask), use_cache=False)
         targets = labels[:, 1:]
         keep = targets != -100  # only score answer positions: the LM head never sees the rest
         logits = self.text_logits(h[:, :-1][keep])  # (n_answer, V)

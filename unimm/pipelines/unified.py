@@ -353,6 +353,8 @@ class UnimmPipeline:
         prints = image_fingerprints(pixels)
         state = self._weights_state()
         past, cache = self.chat_cache.take(ids, spans, prints, state)
+        if self.model.config.cross_attention is not None:  # the cached turns' images are not kept: run all
+            past, cache = 0, None
         if cache is None:
             cache = DynamicCache(config=self.model.backbone.hf_config)
         first_new = next((k for k, (start, _) in enumerate(spans) if start >= past), len(spans))

@@ -30,7 +30,6 @@ def generate_text(model: UnifiedModel, input_ids: torch.Tensor, attention_mask: 
     `attention_mask` and `pixel_values` cover only what follows them; the
     cache is extended in place.
     """
-    eos = model.token_ids.eos
     mask = attention_mask
     padded = not bool(mask.all())  # without padding the model's own causal mask is all that is needed
     if cache is None:
@@ -41,8 +40,14 @@ def generate_text(model: UnifiedModel, input_ids: torch.Tensor, attention_mask: 
         raise ValueError(f"the cache holds {cache.get_seq_length()} tokens, not past_length {past_length} "
                          "(and a reused cache needs unpadded rows)")
     embeds = model.embed_inputs(input_ids, pixel_values)  # (B, T, D)
-    pos = positions(mask) + past_length
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    with model.seeing(input_ids, pixel_values):  # cross-attention fusion: every step reads the images
+        yield from _decode(model, embeds, mask, padded, positions(mask) + past_length, cache, max_new_tokens,
+                           temperature, top_k, top_p, generator)
+
+
+def _decode(model, embeds, mask, padded, pos, cache, max_new_tokens, temperature, top_k, top_p, generator):
+    eos = model.token_ids.eos
+    done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
     for _ in range(max_new_tokens):
         h = model.hidden_states(embeds, attention_mask=mask if padded else None, position_ids=pos, cache=cache)
         logits = model.text_logits(h[:, -1])  # (B, V)

@@ -1,0 +1,82 @@
+"""Cross-attention fusion (Flamingo / Llama 3.2 Vision): one marker per image, gated blocks read it."""
+import warnings
+
+import pytest
+import torch
+
+import unimm
+from unimm.config import ConfigError
+from unimm.models.cross_attention import rows_of_images
+from model_helpers import overfit_one_answer
+
+
+def _load(spec):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        return unimm.load(spec)
+
+
+def _last_logits(model, ids, pixels):
+    embeds = model.embed_inputs(ids, pixels)
+    with model.seeing(ids, pixels):
+        h = model.hidden_states(embeds, use_cache=False)
+    return model.text_logits(h[:, -1])
+
+
+def test_an_image_takes_one_marker_and_zero_gates_leave_the_lm_as_it_was(shapes_image):
+    pipe = _load("tiny-xattn")
+    model = pipe.model
+    assert model.num_understanding_tokens == 1
+    ids, _ = pipe._chat_inputs([shapes_image], "What colour is the circle?", None)
+    assert ids.count(model.token_ids.image) == 1  # the image does not fill decoder positions
+    stack = model.backbone.cross_attn
+    assert stack.layer_ids == [0, 1] and all(b.attn_gate.item() == 0 and b.ffn_gate.item() == 0 for b in stack.blocks)
+    blank = torch.zeros(1, 3, 32, 32)
+    pixels = pipe.processor.pixel_values([shapes_image])
+    t = torch.tensor([ids])
+    # gates at zero: what the image holds cannot change the answer yet
+    torch.testing.assert_close(_last_logits(model, t, pixels), _last_logits(model, t, blank))
+    with torch.no_grad():
+        for b in stack.blocks:
+            b.attn_gate.fill_(0.5)
+    assert not torch.allclose(_last_logits(model, t, pixels), _last_logits(model, t, blank))
+    # outside `seeing` the LM runs without the blocks: no hook is left behind
+    assert all(not layer._forward_pre_hooks for layer in model.backbone.decoder_layers())
+
+
+def test_visual_tokens_are_grouped_by_the_row_of_their_marker():
+    ids = torch.tensor([[1, 9, 2, 9], [1, 2, 3, 4], [9, 1, 2, 3]])
+    feats = torch.arange(3 * 2 * 1, dtype=torch.float).reshape(3, 2, 1)  # 3 images x 2 tokens
+    visual, mask = rows_of_images(ids, 9, feats)
+    assert visual.shape == (3, 4, 1)
+    assert mask.tolist() == [[True] * 4, [False] * 4, [True, True, False, False]]
+    assert visual[0, :, 0].tolist() == [0, 1, 2, 3] and visual[2, :2, 0].tolist() == [4, 5]
+    with pytest.raises(ValueError, match="2 image markers but 3 image"):
+        rows_of_images(ids[:2], 9, feats)
+
+
+def test_a_fixed_batch_is_learned_and_a_saved_model_answers_the_same(shapes_image, tmp_path):
+    pipe = _load("tiny-xattn")
+    first, last = overfit_one_answer(pipe, shapes_image)
+    assert last < 0.5 * first
+    block = pipe.model.backbone.cross_attn.blocks[0]
+    assert float(block.attn_gate.detach().abs()) > 0  # the gates opened
+    answer = pipe.chat(shapes_image, "What colour is the circle?", max_new_tokens=3, temperature=0)
+    again_answer = pipe.chat(shapes_image, "What colour is the circle?", max_new_tokens=3, temperature=0)
+    assert again_answer == answer  # a second turn of the same question: no stale cache or hooks
+    pipe.save_pretrained(tmp_path / "m")
+    again = unimm.load(str(tmp_path / "m"))
+    assert again.config.cross_attention.every == 1
+    assert again.chat(shapes_image, "What colour is the circle?", max_new_tokens=3, temperature=0) == answer
+    # a frozen LM with the blocks trained (Flamingo's recipe) is a freeze line
+    from unimm.training.trainer import apply_freeze
+
+    rows = dict((p, (t, f)) for p, t, f in apply_freeze(again.model, {"backbone": True, "backbone.cross_attn": False}))
+    assert rows["backbone"][0] == sum(p.numel() for p in again.model.backbone.cross_attn.parameters())
+
+
+def test_bad_cross_attention_settings_are_named():
+    with pytest.raises(ConfigError, match="cross_attention.every must be >= 1"):
+        _load({"base": "tiny-xattn", "cross_attention": {"every": 0}})
+    with pytest.raises(ConfigError, match="unknown config key 'gate'"):
+        _load({"base": "tiny-xattn", "cross_attention": {"gate": 1}})
