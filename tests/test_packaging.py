@@ -55,7 +55,7 @@ print(unimm.app.parse_args([]).port)
 """).splitlines()
     assert out[0].startswith(str(installed / "site"))  # the installed copy, not the clone
     assert out[1] == str(site / "weights" / "default")
-    assert out[2:] == ["1", "(32, 32)", "7860"]
+    assert out[2:] == ["1", "(64, 64)", "7860"]
 
 
 def test_a_missing_optional_part_names_its_extra(monkeypatch, capsys):
