@@ -352,8 +352,9 @@ class UnimmPipeline:
         spans = image_spans(ids, self.model.token_ids.image, self.model.num_understanding_tokens)
         prints = image_fingerprints(pixels)
         state = self._weights_state()
-        past, cache = self.chat_cache.take(ids, spans, prints, state)
-        if self.model.config.cross_attention is not None:  # the cached turns' images are not kept: run all
+        if self.model.config.cross_attention is None:
+            past, cache = self.chat_cache.take(ids, spans, prints, state)
+        else:  # its blocks read every image at every step, and a cache keeps no images: run it all
             past, cache = 0, None
         if cache is None:
             cache = DynamicCache(config=self.model.backbone.hf_config)
