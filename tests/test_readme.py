@@ -59,7 +59,7 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
 
     lines = [a for a in _cli_lines() if a[0] not in SERVERS]
     assert [a[0] for a in lines] == ["generate", "eval", "chat", "generate", "train-tokenizer", "train-tokenizer",
-                                     "train", "train", "train", "eval", "eval", "eval"]
+                                     "train", "train", "train", "train", "eval", "eval", "eval", "eval"]
     # The main command's image must pass the evaluator (`eval --check` exits 0 only then).
     assert lines[1][:2] == ["eval", "--check"] and lines[1][2] == lines[0][lines[0].index("-o") + 1]
     monkeypatch.chdir(tmp_path)
@@ -67,6 +67,7 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
     for args in lines:
         assert main(args + SHORTEN.get(args[0], [])) == 0, args
     assert unimm.load(str(tmp_path / "runs" / "tiny-stage3" / "final")).config.name == "tiny"
+    assert (tmp_path / "runs" / "tiny-dpo" / "final" / "model.safetensors").is_file()  # the preference stage
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) >= {"generation", "vqa"} and (tmp_path / "grid.png").is_file()
     assert "tokenizer" in json.loads((tmp_path / "tokenizer-report.json").read_text())

@@ -136,8 +136,11 @@ def _write_temp(image, path: Path) -> Path:
 
 
 def cmd_chat(args) -> int:
+    from unimm.images import load_frames
+
+    images = list(args.image) + (load_frames(args.video, args.frames) if args.video else [])
     pipe = load_model(args)
-    pieces = pipe.chat(args.image or None, args.question, stream=True, max_new_tokens=args.max_new_tokens,
+    pieces = pipe.chat(images or None, args.question, stream=True, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     for piece in pieces:
         print(piece, end="", flush=True)
@@ -223,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="ask about one or more images")
     c.add_argument("question")
     c.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
+    c.add_argument("--video", default=None,
+                   help="a short clip (an animated GIF, APNG or WebP): its frames follow the images")
+    c.add_argument("--frames", type=int, default=8, help="--video: at most this many frames, sampled evenly")
     c.add_argument("--max-new-tokens", type=int, default=None)
     c.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
     c.add_argument("--top-k", type=int, default=None)

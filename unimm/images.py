@@ -39,6 +39,42 @@ def load_image(image) -> Image.Image:
     return to_rgb(image)
 
 
+def load_frames(video, max_frames: int = 8) -> list[Image.Image]:
+    """A short clip as RGB frames: an animated image file (GIF, APNG, WebP) or a list of frames
+    (paths, PIL images, arrays); more than `max_frames` are sampled evenly, first and last kept
+    (the clips of LLaVA-OneVision-style video questions)."""
+    if not isinstance(max_frames, int) or isinstance(max_frames, bool) or max_frames < 1:
+        raise ValueError(f"max_frames must be an int >= 1, got {max_frames!r}")
+    if isinstance(video, (list, tuple)):
+        frames = [load_image(f) for f in video]
+    else:
+        load_image(video)  # names a missing, unreadable or empty file or image
+        frames = []
+        with (Image.open(video) if isinstance(video, (str, os.PathLike)) else _kept(video)) as im:
+            for k in range(getattr(im, "n_frames", 1)):
+                im.seek(k)
+                frames.append(load_image(im.convert("RGBA") if im.mode == "P" else im.copy()))
+    if not frames:
+        raise ValueError("the clip has no frames")
+    if len(frames) > max_frames:
+        last = len(frames) - 1
+        frames = [frames[round(k * last / (max_frames - 1))] for k in range(max_frames)] if max_frames > 1 else frames[:1]
+    return frames
+
+
+class _kept:
+    """A caller's PIL image as a context manager that leaves it open."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def __enter__(self):
+        return self.image
+
+    def __exit__(self, *exc):
+        return False
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image

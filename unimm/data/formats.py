@@ -5,7 +5,7 @@ A *source* is what the trainer samples from by index:
     len(source)            number of items (stable: index i is always the same item)
     source.get(i)          a record dict, or None when item i is unusable
     source.skipped         collections.Counter: reason -> number of unusable items met so far
-    source.task            "understanding" | "text" | "generation"
+    source.task            "understanding" | "text" | "generation" | "preference"
     source.name            short description for logs
 
 Records are plain dicts:
@@ -13,6 +13,8 @@ Records are plain dicts:
     understanding  {"task": "understanding", "images": [PIL RGB, ...], "turns": [(question, answer), ...]}
     text           {"task": "text", "text": str}
     generation     {"task": "generation", "image": PIL RGB, "caption": str}
+    preference     {"task": "preference", "images": [PIL RGB, ...], "question": str, "chosen": str,
+                    "rejected": str}   (the DPO stage's pairs; unimm.data.preference)
 
 Understanding questions keep LLaVA's "<image>" placeholders verbatim (the caller
 maps them to its own image token). Where placeholders are present, their number
@@ -29,7 +31,8 @@ source, so counts made in workers stay in those workers.
 Problems with the source as a whole (file not found, no shards, unknown column,
 bad option) are configuration errors: they raise ConfigError at construction.
 
-Formats: LLaVA JSON/JSONL (LlavaJsonSource), caption JSONL (CaptionJsonlSource),
+Formats: LLaVA JSON/JSONL (LlavaJsonSource), caption JSONL (CaptionJsonlSource), preference
+pairs JSON/JSONL (PreferenceJsonlSource),
 WebDataset tar shards (WebDatasetSource), Hugging Face `datasets`
 (HFDatasetSource), the built-in shapes world (ShapesSource); `build_source(spec)`
 builds any of them from a config mapping.
@@ -43,6 +46,7 @@ import json
 import logging
 import operator
 import os
+import random
 import re
 import tarfile
 from collections import Counter
@@ -56,12 +60,13 @@ from ..images import load_image, to_rgb
 
 __all__ = [
     "SKIP_REASONS", "TASKS", "Source", "LlavaJsonSource", "CaptionJsonlSource", "WebDatasetSource",
-    "HFDatasetSource", "ShapesSource", "build_source",
+    "HFDatasetSource", "ShapesSource", "PreferenceJsonlSource", "build_source",
 ]
 
 log = logging.getLogger(__name__)
 
 TASKS = ("understanding", "text", "generation")
+SHAPES_TASKS = (*TASKS, "preference")  # the shapes world also makes DPO pairs
 IMAGE_PLACEHOLDER = "<image>"  # LLaVA's marker, kept verbatim in records
 
 # Reasons an item is skipped (keys of `source.skipped`).
@@ -344,6 +349,33 @@ class CaptionJsonlSource(_RecordFileSource):
         if not isinstance(path, str) or not path:
             raise _Skip(MALFORMED_ENTRY, f"'image' must be a path, got {path!r}")
         return {"task": "generation", "image": _open_image(_resolve(path, self.image_root)), "caption": caption}
+
+
+# --------------------------------------------------------------------------- preference pairs
+
+
+class PreferenceJsonlSource(_RecordFileSource):
+    """DPO pairs (RLHF-V / LLaVA-RLHF style): a JSON list or JSONL of
+    {"image": path | [paths] | absent, "question": str, "chosen": str, "rejected": str}
+    ("prompt" is accepted for "question"; "<image>" placeholders as in LLaVA data)."""
+
+    task = "preference"
+
+    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> None:
+        self.name = f"preference:{path}"
+        super().__init__(path, image_root)
+
+    def _load(self, i: int) -> dict:
+        entry = self.entries[i]
+        question = _caption_of(entry, ("question", "prompt"))
+        chosen, rejected = _text(entry.get("chosen"), "'chosen'"), _text(entry.get("rejected"), "'rejected'")
+        if chosen == rejected:
+            raise _Skip(MALFORMED_ENTRY, "'chosen' and 'rejected' are the same answer")
+        paths = _image_paths(entry.get("image"))
+        _check_placeholders([(question, chosen)], len(paths))
+        images = [_open_image(_resolve(p, self.image_root)) for p in paths]
+        return {"task": "preference", "images": images, "question": question, "chosen": chosen,
+                "rejected": rejected}
 
 
 # --------------------------------------------------------------------------- WebDataset
@@ -660,23 +692,36 @@ class ShapesSource(Source):
     """The built-in shapes world as any task (options are ShapesWorldConfig fields, e.g. image_size, seed).
 
     understanding: the scene image with its QA pairs as turns, the first question
-    prefixed "<image>\\n" as in LLaVA; text: the captions; generation: (image, caption).
+    prefixed "<image>\\n" as in LLaVA; text: the captions; generation: (image, caption);
+    preference: one of the scene's questions with its answer chosen and a wrong one rejected
+    (half of them "describe the image" against a hallucinating description). With
+    `sequence` (understanding only): items of several images, "compare" (two scenes) or
+    "clip" (`frames` frames of a moving object), from `unimm.data.sequences`.
     Every item is usable.
     """
 
-    def __init__(self, task: str, reference: bool = False, **shapes_world_options: Any) -> None:
+    def __init__(self, task: str, reference: bool = False, sequence: str | None = None, frames: int = 4,
+                 **shapes_world_options: Any) -> None:
+        from .sequences import SEQUENCES
         from .shapes import ShapesWorld
 
         super().__init__()
-        self.task = _check_task(task, TASKS, "shapes source")
+        self.task = _check_task(task, SHAPES_TASKS, "shapes source")
         if not isinstance(reference, bool):
             raise ConfigError(f"shapes source: reference must be true or false, got {reference!r}")
         if reference and task != "generation":
             raise ConfigError(f"shapes source: reference pairs are generation data, not {task!r}")
+        if sequence is not None and (sequence not in SEQUENCES or task != "understanding"):
+            raise ConfigError(f"shapes source: sequence must be one of {', '.join(SEQUENCES)} with task "
+                              f"understanding, got sequence={sequence!r}, task={task!r}")
+        if not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 2):
+            raise ConfigError(f"shapes source: frames must be an int >= 2, got {frames!r}")
         self.reference = reference  # IP-Adapter pairs (shapes.reference_pair) instead of the world's scenes
+        self.sequence, self.frames = sequence, frames  # several images per item (unimm.data.sequences)
         self.world = ShapesWorld(**shapes_world_options)
         cfg = self.world.config
-        self.name = f"shapes:{task}{' reference pairs' if reference else ''} (seed={cfg.seed}, n={cfg.num_samples})"
+        what = " reference pairs" if reference else f" {sequence}" if sequence else ""
+        self.name = f"shapes:{task}{what} (seed={cfg.seed}, n={cfg.num_samples})"
 
     def __len__(self) -> int:
         return len(self.world)
@@ -684,6 +729,10 @@ class ShapesSource(Source):
     def _load(self, i: int) -> dict:
         if self.task == "text":  # no rendering needed
             return {"task": "text", "text": self.world[i].caption}
+        if self.sequence:
+            from .sequences import sequence_record
+
+            return sequence_record(self.sequence, self.world, i, self.world.config.image_size, self.frames)
         if self.reference:
             from .shapes import REFERENCE_SIZE, reference_pair, render
 
@@ -695,6 +744,14 @@ class ShapesSource(Source):
         s = self.world.sample(i)
         if self.task == "generation":
             return {"task": "generation", "image": s["image"], "caption": s["caption"]}
+        if self.task == "preference":  # one question per scene, half of them "describe the image"
+            from .preference import rejected_answer
+
+            rng = random.Random(f"unimm-preference/{self.world.config.seed}/{i}")
+            captions = [qa for qa in s["qa"] if qa.type == "caption"]
+            qa = rng.choice(captions if captions and rng.random() < 0.5 else s["qa"])
+            return {"task": "preference", "images": [s["image"]], "question": f"{IMAGE_PLACEHOLDER}\n{qa.question}",
+                    "chosen": qa.answer, "rejected": rejected_answer(s["scene"], qa, rng)}
         turns = [(f"{IMAGE_PLACEHOLDER}\n{qa.question}" if k == 0 else qa.question, qa.answer)
                  for k, qa in enumerate(s["qa"])]
         return _understanding([s["image"]], turns)
@@ -744,7 +801,8 @@ _FORMATS: dict[str, tuple[Callable[[dict], Source], tuple[str, ...], Callable[[]
     "webdataset": (lambda o: WebDatasetSource(**o), ("shards",), lambda: ("task",)),
     "hf": (lambda o: HFDatasetSource(o.pop("path"), **o), ("path",),
            lambda: ("task", "image_column", "caption_column", "split", "cache_dir")),
-    "shapes": (lambda o: ShapesSource(**o), ("task",), lambda: [*_shapes_keys(), "reference"]),
+    "shapes": (lambda o: ShapesSource(**o), ("task",), lambda: [*_shapes_keys(), "reference", "sequence", "frames"]),
+    "preference": (lambda o: PreferenceJsonlSource(**o), ("path",), lambda: ("image_root",)),
 }
 
 

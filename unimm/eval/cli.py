@@ -31,13 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     from ..cli import model_args
 
     model_args(p)
-    p.add_argument("--task", default="all", choices=["generation", "vqa", "all", "tokenizer", "control", "reference"],
+    p.add_argument("--task", default="all",
+                   choices=["generation", "vqa", "all", "tokenizer", "control", "reference", "hallucination",
+                            "multi-image"],
                    help="tokenizer: score ground-truth images after a trip through the model's image "
                         "tokenizer, the ceiling it sets on the generation score; control / reference: "
-                        "adherence to ControlNet maps / IP-Adapter references, and to the prompt, apart")
+                        "adherence to ControlNet maps / IP-Adapter references, and to the prompt, apart; "
+                        "hallucination: objects and counts the model's descriptions of scenes get wrong; "
+                        "multi-image: questions over two scenes or the frames of a clip")
     p.add_argument("--control-type", default=None, choices=["edges", "segmentation"],
                    help="--task control: the map to steer with (default: the model's only ControlNet)")
-    p.add_argument("--n", type=int, default=400, help="generation prompts (a multiple of 4) and VQA questions")
+    p.add_argument("--n", type=int, default=400,
+                   help="generation prompts (a multiple of 4), VQA questions and scenes described")
     p.add_argument("--seed", type=int, default=0, help="picks the prompts, sampling seeds and VQA scenes")
     p.add_argument("--out", default="report.json", help="JSON report path (default: report.json)")
     p.add_argument("--grid", default=None, help="PNG of generated images with pass/fail frames")
@@ -141,6 +146,18 @@ def format_report(report: dict[str, Any]) -> str:
                       f"  {what + ' adherence':24s}{_pct(res[task + '_adherence'])}",
                       f"  {'prompt adherence':24s}{_pct(res['prompt_adherence'])}",
                       f"  {'both':24s}{_pct(res['both'])}"]
+    if hal := report.get("hallucination"):
+        lines += ["", f"hallucination: {hal['num_scenes']} scenes described at {hal['image_size']} px (world seed "
+                      f"{hal['world_seed']}), {hal['time_s']:.1f} s",
+                  f"  {'descriptions with a hallucinated object or count':50s}{_pct(hal['hallucination_rate'])}",
+                  f"  {'named objects not in the scene (CHAIR_i)':50s}{_pct(hal['object_rate'])}",
+                  f"  {'wrong counts':50s}{_pct(hal['count_error_rate'])}",
+                  f"  {'complete and correct descriptions':50s}{_pct(hal['complete_rate'])}"]
+    if multi := report.get("multi_image"):
+        lines += [""] + _table(
+            f"multi-image: {multi['num_questions']} questions over two scenes or {multi['frames']}-frame clips at "
+            f"{multi['image_size']} px (world seed {multi['world_seed']}), {multi['time_s']:.1f} s", multi["types"],
+            multi["accuracy"], multi["correct"], multi["num_questions"])
     if vqa := report.get("vqa"):
         lines += [""] + _table(
             f"vqa: {vqa['num_questions']} questions at {vqa['image_size']} px (world seed {vqa['world_seed']}), "
@@ -178,6 +195,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             report["reference"] = evaluate_reference(pipe, n=args.n, seed=args.seed, progress=not args.quiet,
                                                      **sampling_kwargs(args, pipe))
+    if args.task == "hallucination":
+        from .hallucination import evaluate_hallucination
+
+        report["hallucination"] = evaluate_hallucination(pipe, n=args.n, seed=args.seed, progress=not args.quiet)
+    if args.task == "multi-image":
+        from .vqa import evaluate_multi_image
+
+        report["multi_image"] = evaluate_multi_image(pipe, n=args.n, seed=args.seed,
+                                                     max_new_tokens=args.max_new_tokens, progress=not args.quiet)
     if args.task in ("vqa", "all"):
         report["vqa"] = evaluate_vqa(pipe, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
                                      progress=not args.quiet)

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..data.shapes import QA, QA_TYPES, Scene, ShapesWorld, render
 
-__all__ = ["WORLD_SEED_BASE", "evaluate_vqa", "normalise_answer", "vqa_items"]
+__all__ = ["WORLD_SEED_BASE", "evaluate_multi_image", "evaluate_vqa", "multi_image_items", "normalise_answer",
+           "vqa_items"]
 
 WORLD_SEED_BASE = 1_000_000  # eval world seed = WORLD_SEED_BASE + seed; training uses small seeds
 DEFAULT_IMAGE_SIZE = 64  # when the pipe does not say what its encoder takes
@@ -59,39 +60,81 @@ def evaluate_vqa(pipe: Any, n: int = 400, seed: int = 0, max_new_tokens: int = 8
     "image_size", "world_seed", "time_s", "questions_per_s", "samples": per
     question {question, answer, prediction, type, correct}}.
     """
-    from tqdm.auto import tqdm
+    size = _image_size(pipe, image_size)
+    return {"task": "vqa", **_ask(pipe, [([scene], qa) for scene, qa in vqa_items(n, seed)], QA_TYPES, size,
+                                  max_new_tokens, progress, "vqa", chat_kwargs), "seed": seed,
+            "world_seed": WORLD_SEED_BASE + seed}
 
+
+def multi_image_items(n: int, seed: int = 0, frames: int = 4) -> list[tuple[list[Scene], QA]]:
+    """n (scenes, question) pairs of several images each (`unimm.data.sequences`), the types of
+    SEQUENCE_TYPES in turn: two scenes to compare, or the frames of a clip; a pure function of (n, seed)."""
+    from ..data.sequences import SEQUENCE_TYPES, clip_item, compare_item
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    world = ShapesWorld(seed=WORLD_SEED_BASE + seed, num_samples=20 * n + 100)
+    rng = random.Random(f"unimm-multi-image/{seed}")
+    items: list[tuple[list[Scene], QA]] = []
+    index = 0
+    while len(items) < n:
+        want = SEQUENCE_TYPES[len(items) % len(SEQUENCE_TYPES)]
+        scenes, qa = clip_item(world.config, index, frames) if want == "motion" else compare_item(world, index)
+        index += 1
+        candidates = [q for q in qa if q.type == want]
+        if candidates:
+            items.append((scenes, rng.choice(candidates)))
+    return items
+
+
+def evaluate_multi_image(pipe: Any, n: int = 400, seed: int = 0, max_new_tokens: int = 8, frames: int = 4,
+                         image_size: int | None = None, progress: bool = False, **chat_kwargs: Any) -> dict[str, Any]:
+    """Questions over several images (two scenes to compare, the frames of a clip), asked with
+    pipe.chat(images, question); exact-match accuracy per type, as evaluate_vqa reports."""
+    from ..data.sequences import SEQUENCE_TYPES
+
+    size = _image_size(pipe, image_size)
+    return {"task": "multi_image", **_ask(pipe, multi_image_items(n, seed, frames), SEQUENCE_TYPES, size,
+                                          max_new_tokens, progress, "multi-image", chat_kwargs),
+            "seed": seed, "world_seed": WORLD_SEED_BASE + seed, "frames": frames}
+
+
+def _image_size(pipe: Any, image_size: int | None) -> int:
     encoder = _encoder_size(pipe)
     size = image_size or encoder or DEFAULT_IMAGE_SIZE
     if encoder is not None and size < encoder:
         raise ValueError(f"image_size {size} is below the model's encoder input size {encoder}")
-    items = vqa_items(n, seed)
+    return size
+
+
+def _ask(pipe: Any, items: list[tuple[list[Scene], QA]], types, size: int, max_new_tokens: int, progress: bool,
+         desc: str, chat_kwargs: dict) -> dict[str, Any]:
+    """Ask every question about its scenes, rendered at `size`; accuracies per type and overall."""
+    from tqdm.auto import tqdm
+
     samples = []
     seconds = 0.0
-    for scene, qa in tqdm(items, desc="vqa", unit="q", disable=not progress, leave=False):
-        image = render(scene, size)
+    for scenes, qa in tqdm(items, desc=desc, unit="q", disable=not progress, leave=False):
+        images = [render(scene, size) for scene in scenes]
         start = time.perf_counter()
-        prediction = pipe.chat(image, qa.question, max_new_tokens=max_new_tokens, **chat_kwargs)
+        prediction = pipe.chat(images[0] if len(images) == 1 else images, qa.question,
+                               max_new_tokens=max_new_tokens, **chat_kwargs)
         seconds += time.perf_counter() - start
         samples.append({"question": qa.question, "answer": qa.answer, "prediction": prediction, "type": qa.type,
                         "correct": normalise_answer(prediction) == normalise_answer(qa.answer)})
-
-    types = {}
-    for t in QA_TYPES:
+    per_type = {}
+    for t in types:
         results = [s["correct"] for s in samples if s["type"] == t]
         if results:
-            types[t] = {"accuracy": sum(results) / len(results), "correct": sum(results), "n": len(results)}
+            per_type[t] = {"accuracy": sum(results) / len(results), "correct": sum(results), "n": len(results)}
     correct = sum(s["correct"] for s in samples)
     return {
-        "task": "vqa",
         "accuracy": correct / len(samples),  # over questions; the types are balanced
         "correct": correct,
-        "types": types,
+        "types": per_type,
         "num_questions": len(samples),
         "image_size": size,
-        "world_seed": WORLD_SEED_BASE + seed,
         "time_s": seconds,
         "questions_per_s": len(samples) / seconds if seconds > 0 else None,
-        "seed": seed,
         "samples": samples,
     }

@@ -251,16 +251,28 @@ class UnifiedModel(nn.Module):
         return h[:, L:]
 
     # -- losses -----------------------------------------------------------------
-    def understanding_loss(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
-        """Next-token loss on the positions whose label is not -100 (answer text only)."""
+    def _answer_logits(self, input_ids, attention_mask, labels, pixel_values):
+        """(logits at the answer positions (n_answer, V), their targets (n_answer,), their rows (n_answer,))."""
         embeds = self.embed_inputs(input_ids, pixel_values)
         with self.seeing(input_ids, pixel_values):
             h = self.hidden_states(embeds, attention_mask=attention_mask,
                                    position_ids=positions(attention_mask), use_cache=False)
         targets = labels[:, 1:]
         keep = targets != -100  # only score answer positions: the LM head never sees the rest
-        logits = self.text_logits(h[:, :-1][keep])  # (n_answer, V)
-        return F.cross_entropy(logits.float(), targets[keep])
+        rows = keep.nonzero()[:, 0]
+        return self.text_logits(h[:, :-1][keep]).float(), targets[keep], rows
+
+    def understanding_loss(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
+        """Next-token loss on the positions whose label is not -100 (answer text only)."""
+        logits, targets, _ = self._answer_logits(input_ids, attention_mask, labels, pixel_values)
+        return F.cross_entropy(logits, targets)
+
+    def answer_logprobs(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
+        """(B,) each row's log-probability of its answer: the sum over the positions whose label is
+        not -100 (what a preference loss compares between a chosen and a rejected answer)."""
+        logits, targets, rows = self._answer_logits(input_ids, attention_mask, labels, pixel_values)
+        token = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
+        return torch.zeros(input_ids.shape[0], device=token.device, dtype=token.dtype).index_add(0, rows, token)
 
     def generation_loss(self, prompt_ids, prompt_mask, targets, generator=None, control=None,
                         reference=None) -> torch.Tensor:
@@ -279,8 +291,11 @@ class UnifiedModel(nn.Module):
                 raise ValueError(f"the training data has {what} but the {self.family.name} paradigm takes none")
         return self.family.loss(self, prompt_ids, prompt_mask, targets, generator, **extra)
 
-    def forward(self, und: dict | None = None, gen: dict | None = None) -> dict[str, torch.Tensor]:
-        """Losses for an understanding batch, a generation batch, or both (summed). A
+    def forward(self, und: dict | None = None, gen: dict | None = None, pref: dict | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Losses for an understanding batch, a generation batch, or both (summed); for a
+        preference batch (`pref`, chat rows as `und` has them) each row's answer log-probability
+        ("pref_logps", (B,)), which a preference loss compares with a reference model's. A
         mixture-of-experts backbone adds its routers' load-balancing loss ("router_loss") and
         the expert load it measured ("expert_load_max" / "_min", tensors without gradient)."""
         out: dict[str, torch.Tensor] = {}
@@ -290,8 +305,11 @@ class UnifiedModel(nn.Module):
                 out["und_loss"] = self.understanding_loss(**und)
             if gen is not None:
                 out["gen_loss"] = self.generation_loss(**gen)
+            if pref is not None:
+                out["pref_logps"] = self.answer_logprobs(**pref)
         if not out:
-            raise ValueError("forward needs an understanding batch (und=...) or a generation batch (gen=...)")
+            raise ValueError("forward needs an understanding batch (und=...), a generation batch (gen=...) "
+                             "or a preference batch (pref=...)")
         if routed:
             out["router_loss"], load = self.backbone.router_loss(routed)
             out.update({k: torch.tensor(v) for k, v in load.items()})

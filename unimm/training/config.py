@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from ..config import ConfigError, from_dict
 
 PARTS = ("encoder", "projector", "backbone", "image_tokenizer", "gen_head")
+LOSSES = ("understanding", "generation", "preference")  # the names loss_weights may set
 
 
 @dataclass
@@ -55,6 +56,18 @@ class LoraConfig:
 
 
 @dataclass
+class DPOConfig:
+    # The preference stage (RLHF-V / DPO): answers of `task: preference` sources scored against
+    # a frozen reference model, the stage's starting model unless `reference` names a model directory.
+    beta: float = 0.1  # the reward's scale: larger keeps the model closer to the reference
+    reference: str | None = None
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+
+
+@dataclass
 class TrainConfig:
     # What to start from: `init_from` (a saved model directory, e.g. the previous stage's
     # final/), else `model` (a config name, file or mapping: a fresh model).
@@ -69,12 +82,14 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps
     batch_size: int = 8  # per process, per micro-step
     grad_accum: int = 1
-    loss_weights: dict = field(default_factory=lambda: {"understanding": 1.0, "generation": 1.0})
+    loss_weights: dict = field(default_factory=lambda: {"understanding": 1.0, "generation": 1.0, "preference": 1.0})
     mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU; or no / bf16 / fp16
     ema_decay: float | None = None  # e.g. 0.999: keep an EMA of the trainable weights and export it
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the model (GPU)
     lora: LoraConfig | None = None  # LoRA on the backbone instead of full fine-tuning
+    # Preference tuning (DPO) on the data's `task: preference` sources; see DPOConfig.
+    dpo: DPOConfig | None = None
     save_every: int = 500
     keep_last: int = 3
     log_every: int = 10
@@ -100,6 +115,9 @@ class TrainConfig:
         if self.data.cache_dir is not None and not self.freeze.get("image_tokenizer", False):
             raise ValueError("data.cache_dir keeps the frozen image tokenizer's targets; this stage trains the "
                              "image tokenizer (freeze.image_tokenizer: false), so its targets change every step")
+        unknown = set(self.loss_weights) - set(LOSSES)
+        if unknown:
+            raise ValueError(f"unknown loss(es) {sorted(unknown)} in loss_weights; losses: {', '.join(LOSSES)}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

@@ -108,20 +108,33 @@ class TrainingDataset(Dataset):
                 return None
             return {"task": "understanding", "input_ids": ids, "labels": ids, "pixel_values": None}
         images = record["images"]
-        # LLaVA data marks images with "<image>"; map it to this model's placeholder.
-        turns_text = [(q.replace("<image>", p.image_token), a) for q, a in record["turns"]]
-        counts = [q.count(p.image_token) for q, _ in turns_text]
-        if sum(counts) == 0 and images:
-            counts[0] = len(images)  # no placeholders: images go first in the first turn
-        ids, labels = p.chat_ids([(q, c, a) for (q, a), c in zip(turns_text, counts)])
+        if task == "preference":  # one question, answered twice: chosen and rejected
+            rows = [self._chat_ids([(record["question"], answer)], images) for answer in
+                    (record["chosen"], record["rejected"])]
+            if any(self._too_long(len(ids)) for ids, _ in rows):
+                return None
+            (chosen, chosen_labels), (rejected, rejected_labels) = rows
+            return {"task": "preference", "chosen_ids": chosen, "chosen_labels": chosen_labels,
+                    "rejected_ids": rejected, "rejected_labels": rejected_labels,
+                    "pixel_values": p.pixel_values(images) if images else None}
+        ids, labels = self._chat_ids(record["turns"], images)
         if self._too_long(len(ids)):
             return None
         pixels = p.pixel_values(images) if images else None
         return {"task": "understanding", "input_ids": ids, "labels": labels, "pixel_values": pixels}
 
+    def _chat_ids(self, turns: list[tuple[str, str]], images: list) -> tuple[list[int], list[int]]:
+        p = self.processor
+        # LLaVA data marks images with "<image>"; map it to this model's placeholder.
+        turns_text = [(q.replace("<image>", p.image_token), a) for q, a in turns]
+        counts = [q.count(p.image_token) for q, _ in turns_text]
+        if sum(counts) == 0 and images:
+            counts[0] = len(images)  # no placeholders: images go first in the first turn
+        return p.chat_ids([(q, c, a) for (q, a), c in zip(turns_text, counts)])
+
 
 class Collator:
-    """List of samples -> {"und": ... or None, "gen": ... or None, "n_samples", "n_tokens"}."""
+    """List of samples -> {"und": ... or None, "gen": ... or None, "pref": ... or None, "n_samples", "n_tokens"}."""
 
     def __init__(self, pad_id: int, uncond):
         self.pad_id, self.uncond = pad_id, uncond  # uncond: ids -> unconditional ids (model's rule)
@@ -129,16 +142,18 @@ class Collator:
     def __call__(self, samples: list[dict]) -> dict:
         und = [s for s in samples if s["task"] == "understanding"]
         gen = [s for s in samples if s["task"] == "generation"]
-        out = {"und": None, "gen": None, "n_samples": len(samples), "n_tokens": 0,
+        pref = [s for s in samples if s["task"] == "preference"]
+        out = {"und": None, "gen": None, "pref": None, "n_samples": len(samples), "n_tokens": 0,
                "skipped": dict(sum((s.get("skipped", Counter()) for s in samples), Counter()))}
         if und:
-            ids, mask = left_pad([s["input_ids"] for s in und], self.pad_id)
-            labels, _ = left_pad([s["labels"] for s in und], -100)
-            labels[:, 0] = -100  # a first token is never predicted
-            pixels = [s["pixel_values"] for s in und if s["pixel_values"] is not None]
-            out["und"] = {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                          "pixel_values": torch.cat(pixels) if pixels else None}
-            out["n_tokens"] += int(mask.sum())
+            out["und"] = self._chat_batch([s["input_ids"] for s in und], [s["labels"] for s in und],
+                                          [s["pixel_values"] for s in und])
+            out["n_tokens"] += int(out["und"]["attention_mask"].sum())
+        if pref:  # rows 0..P-1 the chosen answers, P..2P-1 the rejected ones, each with its images
+            out["pref"] = self._chat_batch([s["chosen_ids"] for s in pref] + [s["rejected_ids"] for s in pref],
+                                           [s["chosen_labels"] for s in pref] + [s["rejected_labels"] for s in pref],
+                                           [s["pixel_values"] for s in pref] * 2)
+            out["n_tokens"] += int(out["pref"]["attention_mask"].sum())
         if gen:
             rows = [self.uncond(s["prompt_ids"]) if s["drop"] else s["prompt_ids"] for s in gen]
             ids, mask = left_pad(rows, self.pad_id)
@@ -161,6 +176,15 @@ class Collator:
                 out["gen"]["reference_images"] = torch.stack([s["reference"] for s in gen])
             out["n_tokens"] += int(mask.sum())  # the trainer adds the image tokens, which it knows
         return out
+
+
+    def _chat_batch(self, ids: list, labels: list, pixels: list) -> dict:
+        ids, mask = left_pad(ids, self.pad_id)
+        labels, _ = left_pad(labels, -100)
+        labels[:, 0] = -100  # a first token is never predicted
+        pixels = [x for x in pixels if x is not None]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                "pixel_values": torch.cat(pixels) if pixels else None}
 
 
 def warn_skipped(counts: dict[str, int]) -> None:

@@ -25,6 +25,7 @@ from .checkpoints import (latest_checkpoint, list_checkpoints, remove_checkpoint
                           save_checkpoint)
 from .config import PARTS, TrainConfig
 from .data import Collator, TrainingDataset, warn_skipped
+from .preference import dpo_loss
 from .outputs import claim_output_dir
 
 
@@ -133,8 +134,8 @@ def _set_frozen_eval(model, freeze: dict) -> None:
         model.get_submodule(name).train(not freeze[name])
 
 
-def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    und, gen = batch["und"], batch["gen"]
+def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None) -> dict[str, torch.Tensor]:
+    und, gen, pref = batch["und"], batch["gen"], batch.get("pref")
     if gen is not None:
         if "targets" in gen:  # precomputed (data.cache_dir); latents in the model's dtype
             targets = gen["targets"].to(unwrapped.dtype) if gen["targets"].is_floating_point() else gen["targets"].long()
@@ -151,11 +152,38 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig) -> dict[str, torch.T
         gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets, **extra}
     if und is not None and und["pixel_values"] is not None:
         und = {**und, "pixel_values": und["pixel_values"].to(unwrapped.dtype)}
-    out = model(und=und, gen=gen)
+    if pref is not None and pref["pixel_values"] is not None:
+        pref = {**pref, "pixel_values": pref["pixel_values"].to(unwrapped.dtype)}
+    out = model(und=und, gen=gen, pref=pref)
+    if pref is not None:  # DPO: the same answers scored by the frozen reference
+        with torch.no_grad():
+            ref_logps = reference.answer_logprobs(**pref)
+        out.update(dpo_loss(out.pop("pref_logps"), ref_logps, cfg.dpo.beta))
     w = cfg.loss_weights
     out["loss"] = (w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
+                   + w.get("preference", 1.0) * out.get("dpo_loss", 0)
                    + out.get("router_loss", 0))  # a mixture-of-experts backbone's load balancing
     return out
+
+
+def _reference_model(cfg: TrainConfig, model, sources: dict, device):
+    """The DPO stage's frozen reference: a copy of the starting model (or `dpo.reference`); None
+    without preference data. Preference sources need `dpo`, and `dpo` needs preference sources."""
+    pref = [n for n, src in sources.items() if src.task == "preference" and cfg.data.ratios[n] > 0]
+    if pref and cfg.dpo is None:
+        raise ValueError(f"data source(s) {', '.join(pref)} hold preference pairs, which only the DPO stage "
+                         "reads: set `dpo: {beta: 0.1}` in the training config")
+    if cfg.dpo is None:
+        return None
+    if not pref:
+        raise ValueError("dpo is set but no data source with a positive ratio holds preference pairs: add one "
+                         "such as {format: shapes, task: preference} or {format: preference, path: pairs.jsonl}")
+    import copy
+
+    reference = load_pipeline(cfg.dpo.reference).model if cfg.dpo.reference else copy.deepcopy(model)
+    if reference.config.token_ids != model.config.token_ids:
+        raise ValueError(f"dpo.reference {cfg.dpo.reference} has another text vocabulary than the model trained")
+    return reference.requires_grad_(False).eval().to(device, model.dtype)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None,
@@ -201,6 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     from ..data.formats import build_source
 
     sources = {name: build_source(spec) for name, spec in cfg.data.sources.items()}
+    reference = _reference_model(cfg, model, sources, acc.device)  # with LoRA: fresh adapters add nothing
     total = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes
     caches = _target_caches(cfg, sources, model, acc, progress)
     dataset = TrainingDataset(
@@ -247,7 +276,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         if step >= end:
             break
         with acc.accumulate(model):
-            losses = _step_losses(step_fn, unwrapped, batch, cfg)
+            losses = _step_losses(step_fn, unwrapped, batch, cfg, reference)
             if not torch.isfinite(losses["loss"]).all():
                 last = latest_checkpoint(out_dir)
                 raise FloatingPointError(
