@@ -29,6 +29,17 @@ def test_descriptions_are_read_object_by_object():
     assert mentions("nothing here") == []
 
 
+def test_an_object_named_twice_is_a_wrong_count():
+    from unimm.data.shapes import Obj, Scene
+
+    red = Obj("circle", "red", "small", "left", 0.2, 0.5, 0.09)
+    blue = Obj("star", "blue", "small", "right", 0.8, 0.5, 0.09)
+    scene = Scene("pair", [red, blue], "a red circle on the left and a blue star on the right", [])
+    verdict = judge("a red circle and a red circle", scene)
+    assert verdict["hallucinated"] == [] and verdict["wrong_counts"] == ["2 red circle (holds 1)"]
+    assert not verdict["complete"] and judge("a blue star and a red circle", scene)["complete"]
+
+
 def test_every_rejected_description_is_a_hallucination_and_every_caption_is_not():
     world, rng = ShapesWorld(seed=7, num_samples=300), random.Random(0)
     kinds = set()

@@ -50,7 +50,8 @@ def _word(word: str) -> re.Pattern:
 
 def hallucinated_caption(scene: Scene, rng: random.Random) -> str:
     """The scene's caption with one mistake: an object named with a colour or shape that makes a
-    (colour, shape) pair the scene does not hold, or (scenes of two or three copies) a wrong count."""
+    (colour, shape) pair the scene does not hold; in scenes of two or three copies, a wrong count;
+    in pair scenes also the first object named twice (the mistake small models make most)."""
     present = {o.composition for o in scene.objects}
     obj = rng.choice(scene.objects)
     options = [("colour", c) for c in COLOURS if (c, obj.shape) not in present]
@@ -58,12 +59,25 @@ def hallucinated_caption(scene: Scene, rng: random.Random) -> str:
     n = len(scene.objects)
     if scene.kind == "counting" and n > 1:  # "two red circles" -> "three red circles" (never "one ... circles")
         options += [("count", c) for c in COUNTS[1:] if c != COUNTS[n - 1]]
+    if scene.kind == "pair":  # the first object named twice, the second left out
+        options += [("repeat", None)] * 4
     kind, value = rng.choice(options)
+    if kind == "repeat":
+        first, second = scene.objects
+        head, tail = scene.caption.split(" and ", 1)
+        for old, new in ((second.colour, first.colour), (second.shape, first.shape)):
+            tail = _word(old).sub(new, tail, count=1)
+        return _articles(f"{head} and {tail}")
     old = {"colour": obj.colour, "shape": obj.shape, "count": COUNTS[n - 1]}[kind]
     new, count = _word(old).subn(value, scene.caption, count=1)
     if not count:  # every caption template names each object's colour, shape and (counting) number
         raise ValueError(f"caption {scene.caption!r} does not name {old!r}")
-    return _a_an(re.sub(r"\ban(?= [^aeiou\W])", "a", new))  # "an orange" <-> "a black" after the change
+    return _articles(new)
+
+
+def _articles(text: str) -> str:
+    """"an" before a consonant and "a" before a vowel put right after a word was changed."""
+    return _a_an(re.sub(r"\ban(?= [^aeiou\W])", "a", text))
 
 
 class Mention(NamedTuple):
