@@ -32,12 +32,16 @@ class GenerationFamily:
     # Extra conditions sample() and loss() take as keyword arguments: "control" (ControlNet
     # maps), "reference" (SigLIP features of reference pictures for an IP-Adapter).
     conditions: ClassVar[tuple[str, ...]] = ()
+    position_embedding: ClassVar[bool] = False  # its head takes generation.position_embedding
 
     def check_config(self, generation_config) -> None:
         """Check the family's own settings (`generation.generator`) when a config is read."""
         if generation_config.generator:
             raise ValueError(f"generation.generator configures a separate generator; the {self.name} "
                              f"paradigm builds none")
+        if generation_config.position_embedding and not self.position_embedding:
+            raise ValueError(f"generation.position_embedding is an autoregressive head's option; the {self.name} "
+                             "paradigm's head places image tokens itself")
 
     def library_parts(self, model) -> dict[str, torch.nn.Module]:
         """Submodules saved in their library's own layout, each in a subfolder of the model

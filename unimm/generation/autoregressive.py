@@ -24,18 +24,20 @@ class Autoregressive(GenerationFamily):
     progress_unit = "token"
     summary = "next-token prediction over VQ ids with a static KV cache"
     compilable = True
+    position_embedding = True
 
     def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int | None = None):
         from ..heads.autoregressive import ARImageHead
 
-        return ARImageHead(config, image_tokenizer.num_codes, image_tokenizer.config.quantizer.dim, hidden_size)
+        return ARImageHead(config, image_tokenizer.num_codes, image_tokenizer.config.quantizer.dim, hidden_size,
+                           image_tokenizer.num_tokens)
 
     def loss(self, model, prompt_ids, prompt_mask, targets, generator=None) -> torch.Tensor:
         """The prompt predicts the image ids (B, N) one by one."""
         from ..models.unified import positions
 
         L = prompt_ids.shape[1]
-        embeds = torch.cat([model.backbone.embed(prompt_ids), model.gen_head.embed(targets[:, :-1])], 1)
+        embeds = torch.cat([model.backbone.embed(prompt_ids), model.embed_image_tokens(targets[:, :-1])], 1)
         mask = model.span_key_mask(prompt_mask, targets.shape[1] - 1)  # (B, L + N - 1)
         h = model.hidden_states(embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
         return model.gen_head.loss(h[:, L - 1:], targets)  # positions L-1 .. L+N-2 predict tokens 0 .. N-1

@@ -34,6 +34,9 @@ class DiT(GenerationFamily):
         return from_dict(DiTGeneratorConfig, generator, "generation.generator")
 
     def check_config(self, generation_config) -> None:
+        if generation_config.position_embedding:
+            raise ValueError("generation.position_embedding is an autoregressive head's option; the dit "
+                             "paradigm's generator places image tokens itself")
         self.generator_config(generation_config.generator)
 
     def build_head(self, config, image_tokenizer, hidden_size: int, encoder_width: int | None = None):

@@ -15,7 +15,8 @@ from .config import GenerationConfig
 
 
 class ARImageHead(nn.Module):
-    def __init__(self, config: GenerationConfig, num_codes: int, code_dim: int, hidden_size: int):
+    def __init__(self, config: GenerationConfig, num_codes: int, code_dim: int, hidden_size: int,
+                 num_tokens: int | None = None):
         super().__init__()
         embed_dim = config.embed_dim or code_dim
         head_hidden = config.head_hidden or hidden_size
@@ -23,9 +24,16 @@ class ARImageHead(nn.Module):
         self.aligner = mlp(embed_dim, hidden_size, config.aligner_depth, config.activation)
         self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), activation(config.activation),
                                   nn.Linear(head_hidden, num_codes))
+        # generation.position_embedding: one learned vector per image-token position, zeros at first
+        self.position = nn.Parameter(torch.zeros(num_tokens, hidden_size)) if config.position_embedding else None
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.aligner(self.embedding(ids))  # (B, T) -> (B, T, D)
+    def embed(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """(B, T) ids of image tokens start, start + 1, ... -> (B, T, D); `start` an int or a (1,) tensor."""
+        x = self.aligner(self.embedding(ids))
+        if self.position is None:
+            return x
+        index = torch.arange(ids.shape[1], device=ids.device) + start
+        return x + self.position.index_select(0, index).to(x.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)  # (B, T, D) -> (B, T, K)

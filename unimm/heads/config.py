@@ -22,6 +22,10 @@ class GenerationConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0
+    # autoregressive: a learned vector per image-token position added to the token's embedding,
+    # zeros at first (a model given it later starts unchanged); without it the image grid is
+    # known to the backbone only through 1-D rotary positions over the raster order.
+    position_embedding: bool = False
     # The family's own settings for a generator it builds beside the backbone (the dit
     # family's diffusers transformer and connector: unimm.heads.dit.DiTGeneratorConfig).
     generator: dict = field(default_factory=dict)

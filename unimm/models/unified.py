@@ -203,8 +203,9 @@ class UnifiedModel(nn.Module):
         visual, key_mask = rows_of_images(input_ids, self.token_ids.image, self.encode_images(pixel_values))
         return self.backbone.seeing(visual.to(self.dtype), key_mask)
 
-    def embed_image_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.gen_head.embed(ids)  # (B, N) -> (B, N, D)
+    def embed_image_tokens(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """Image token ids (B, T) that stand at image positions start, start + 1, ... -> (B, T, D)."""
+        return self.gen_head.embed(ids, start)
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.gen_head.logits(hidden)  # (B, ..., D) -> (B, ..., K)

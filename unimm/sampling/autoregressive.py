@@ -44,10 +44,11 @@ def next_token(model: UnifiedModel, embeds: torch.Tensor, attention_mask, pos: t
 def decode_step(model: UnifiedModel, tokens: torch.Tensor, attention_mask, pos: torch.Tensor,
                 cache_pos: torch.Tensor, cache, batch: int, guidance_scale: float, temperature: float, top_k: int,
                 top_p: float, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """The previous image token (batch,) -> the next (batch,); every tensor keeps its shape from step to step."""
+                generator: torch.Generator | None = None, index: torch.Tensor | int = 0) -> torch.Tensor:
+    """The previous image token (batch,), image token `index` ((1,) tensor), -> the next (batch,);
+    every tensor keeps its shape from step to step."""
     rows = tokens if pos.shape[0] == batch else torch.cat([tokens, tokens])  # CFG: the same token in both halves
-    embeds = model.embed_image_tokens(rows[:, None])  # (rows, 1, D)
+    embeds = model.embed_image_tokens(rows[:, None], index)  # (rows, 1, D)
     return next_token(model, embeds, attention_mask, pos, cache_pos, cache, batch, guidance_scale, temperature,
                       top_k, top_p, noise, generator)
 
@@ -105,7 +106,7 @@ def generate_image_tokens(model: UnifiedModel, prompt_ids: torch.Tensor, prompt_
             progress(i, N)
         pos, cache_pos, seen = pos + 1, cache_pos + 1, seen + 1
         nxt = step(model, nxt, mask(cache_pos), pos, cache_pos, cache, B, guidance_scale, temperature, top_k,
-                   top_p, noise(), generator)
+                   top_p, noise(), generator, cache_pos - L)  # the token fed is image token i - 1
         out[:, i] = nxt
     if progress is not None:
         progress(N, N)

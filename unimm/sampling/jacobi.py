@@ -113,7 +113,7 @@ def generate_image_tokens_jacobi(model: UnifiedModel, prompt_ids: torch.Tensor, 
         q = None if greedy else q[:, :W - 1]
         inputs = torch.cat([out[:, n - 1:n], drafts], 1)  # (B, W)
         rows = inputs if ids.shape[0] == B else torch.cat([inputs, inputs])
-        p = run(model.embed_image_tokens(rows), L + n - 1)  # (B, W, K): p[:, i] is position n + i
+        p = run(model.embed_image_tokens(rows, n - 1), L + n - 1)  # (B, W, K): p[:, i] is position n + i
         passes += 1
         if greedy:
             best = p.argmax(-1)  # (B, W)

@@ -1,0 +1,71 @@
+"""generation.position_embedding: a learned vector per image-token position in the AR head."""
+import warnings
+
+import pytest
+import torch
+
+import unimm
+from unimm.processing import left_pad
+from unimm.sampling.autoregressive import generate_image_tokens
+from unimm.sampling.jacobi import generate_image_tokens_jacobi
+
+
+def _tiny(**generation):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        return unimm.load({"base": "tiny", "generation": {"paradigm": "autoregressive", **generation}})
+
+
+def test_the_table_starts_at_zero_so_a_model_given_it_is_unchanged(tiny_pipe):
+    pipe = _tiny(position_embedding=True)
+    table = pipe.model.gen_head.position
+    assert table.shape == (pipe.model.num_image_tokens, pipe.model.backbone.hidden_size) and not table.any()
+    plain = tiny_pipe.model.state_dict()
+    missing = pipe.model.load_state_dict(plain, strict=False).missing_keys
+    assert missing == ["gen_head.position"]  # an existing model's weights load as they are
+    ids = torch.randint(0, pipe.model.image_tokenizer.num_codes, (2, 5))
+    torch.testing.assert_close(pipe.model.embed_image_tokens(ids, 3), tiny_pipe.model.embed_image_tokens(ids, 3))
+
+
+@pytest.mark.parametrize("window", [3, 8])
+def test_positions_reach_every_decoding_path_alike(tmp_path, window):
+    pipe = _tiny(position_embedding=True)
+    model = pipe.model.eval()
+    with torch.no_grad():
+        model.gen_head.position.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    ids, mask = left_pad([pipe.processor.generation_ids(p) for p in ("a red circle", "two blue stars")],
+                         model.token_ids.pad)
+    seq = generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0)
+    jac = generate_image_tokens_jacobi(model, ids, mask, guidance_scale=3.0, temperature=0, window=window)
+    assert torch.equal(seq, jac)
+    # the same as one uncached forward over prompt + image tokens (teacher forcing, where the loss looks)
+    with torch.no_grad():
+        from unimm.models.unified import positions
+
+        B, L = ids.shape
+        rows = torch.cat([ids, model.unconditional_ids(ids)])
+        m = torch.cat([mask, mask])
+        toks = torch.cat([seq, seq])
+        embeds = torch.cat([model.backbone.embed(rows), model.embed_image_tokens(toks[:, :-1])], 1)
+        full = torch.cat([m, m.new_ones(toks[:, :-1].shape)], 1)
+        logits = model.image_logits(model.hidden_states(embeds, attention_mask=full, position_ids=positions(full),
+                                                        use_cache=False)[:, L - 1:]).float()
+        guided = logits[B:] + 3.0 * (logits[:B] - logits[B:])
+    assert torch.equal(guided.argmax(-1), seq)
+    pipe.model.gen_head.position.data.zero_()  # without the positions the image differs
+    assert not torch.equal(generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0), seq)
+    pipe.save_pretrained(tmp_path / "m")
+    assert unimm.load(str(tmp_path / "m")).model.config.generation.position_embedding is True
+
+
+def test_the_table_learns_and_other_paradigms_refuse_it():
+    pipe = _tiny(position_embedding=True)
+    model = pipe.model
+    ids, mask = left_pad([pipe.processor.generation_ids("a red circle")], model.token_ids.pad)
+    targets = torch.randint(0, model.image_tokenizer.num_codes, (1, model.num_image_tokens))
+    model.generation_loss(ids, mask, targets).backward()
+    assert model.gen_head.position.grad[:-1].abs().sum() > 0  # every fed position gets a gradient
+    assert model.gen_head.position.grad[-1].abs().sum() == 0  # the last token is never fed
+    for paradigm in ("masked", "flow"):
+        with pytest.raises(ValueError, match="position_embedding is an autoregressive head's option"):
+            _tiny(paradigm=paradigm, position_embedding=True)
