@@ -26,9 +26,11 @@ unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/def
   output_dir=runs/default/vq64-5 edge_weight=16 data.seed=17
 unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/default/vq64-5/tokenizer \
   output_dir=runs/default/vq64-6 edge_weight=24 data.seed=19
-# The unified model: three stages on the frozen SigLIP and VQ (targets cached once).
+# The unified model: three stages on the frozen SigLIP and VQ (targets cached once), stage 2
+# continued with more generation as the shipped model was.
 unimm train configs/recipes/stage1.yaml "$@"
 unimm train configs/recipes/stage2.yaml "$@"
+unimm train configs/recipes/stage2b.yaml "$@"
 unimm train configs/recipes/stage3.yaml "$@"
 # Installed with save_pretrained: an earlier default there is swapped out atomically, anything
 # else someone put in weights/default is refused rather than deleted.

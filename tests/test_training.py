@@ -205,10 +205,10 @@ def test_default_model_recipe_configs_parse():
     recipes = ROOT / "configs" / "recipes"
     siglip = load_siglip_config(str(recipes / "siglip-shapes.yaml"))
     assert siglip.vision["image_size"] == 64 and len(siglip.hard_negatives) == 2
-    stages = [load_train_config(str(recipes / f"stage{n}.yaml")) for n in (1, 2, 3)]
+    stages = [load_train_config(str(recipes / f"stage{n}.yaml")) for n in ("1", "2", "2b", "3")]
     assert stages[0].model == "shapes-default"
-    assert stages[1].init_from == stages[0].output_dir + "/final" and stages[2].init_from == stages[1].output_dir + "/final"
-    assert stages[2].export_dtype == "bfloat16"  # what gets shipped in weights/default
+    assert all(b.init_from == a.output_dir + "/final" for a, b in zip(stages, stages[1:]))  # each from the last
+    assert stages[-1].export_dtype == "bfloat16"  # what gets shipped in weights/default
     assert {s.data.cache_dir for s in stages} == {"runs/default/cache"}  # the VQ's targets, computed once
     script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
     joined = script.replace("\\\n", " ")  # continued lines
@@ -218,7 +218,7 @@ def test_default_model_recipe_configs_parse():
         ["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x.yaml"],
         *[["unimm", "train-tokenizer", f"configs/tokenizers/vq-shapes64-4x-{k}.yaml"] for k in ("continue", "continue")],
         *[["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x-edges.yaml"]] * 3,
-        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in (1, 2, 3)]]
+        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in ("1", "2", "2b", "3")]]
     # The VQ chain: each run starts from the one before, and the model reads the last.
     outs = []
     for r in runs[1:7]:
