@@ -209,6 +209,8 @@ def test_default_model_recipe_configs_parse():
     assert stages[0].model == "shapes-default"
     assert all(b.init_from == a.output_dir + "/final" for a, b in zip(stages, stages[1:]))  # each from the last
     assert stages[-1].export_dtype == "bfloat16"  # what gets shipped in weights/default
+    dpo = load_train_config(str(recipes / "dpo.yaml"))  # the optional preference stage after stage 3
+    assert dpo.init_from == stages[-1].output_dir + "/final" and dpo.dpo.beta == 0.1 and dpo.freeze["gen_head"]
     assert {s.data.cache_dir for s in stages} == {"runs/default/cache"}  # the VQ's targets, computed once
     script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
     joined = script.replace("\\\n", " ")  # continued lines
