@@ -53,7 +53,7 @@ class MarkovChain:
         D = self.K + 1
         one_hot = lambda i: torch.nn.functional.one_hot(i, D).float()
         monkeypatch.setattr(model, "hidden_states", lambda embeds, **kw: embeds)
-        monkeypatch.setattr(model, "embed_image_tokens", one_hot)
+        monkeypatch.setattr(model, "embed_image_tokens", lambda ids, start=0: one_hot(ids))
         monkeypatch.setattr(model.backbone, "embed", lambda ids: one_hot(torch.full_like(ids, self.K)))
         monkeypatch.setattr(model, "image_logits", lambda h: h @ table)
         monkeypatch.setattr(type(model.image_tokenizer), "num_codes", property(lambda s: self.K))
