@@ -88,8 +88,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     real = UnifiedModel.forward
     calls = {"n": 0}
 
-    def poisoned(self, und=None, gen=None):
-        out = real(self, und=und, gen=gen)
+    def poisoned(self, und=None, gen=None, pref=None):
+        out = real(self, und=und, gen=gen, pref=pref)
         calls["n"] += 1
         if calls["n"] == 3:
             out["gen_loss"] = out["gen_loss"] * float("nan")

@@ -28,7 +28,7 @@ from typing import NamedTuple
 from .corpus import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES
 from .shapes import QA, Scene, _a_an
 
-__all__ = ["Mention", "mentions", "rejected_answer", "hallucinated_caption"]
+__all__ = ["Mention", "hallucinated_caption", "mentions", "rejected_answer", "scene_counts"]
 
 # One-word answers: the values a wrong answer of each question type is drawn from.
 _VALUES = {"colour": COLOURS, "shape": SHAPES, "position": POSITIONS, "size": SIZES, "count": COUNTS}
