@@ -17,3 +17,18 @@ def overfit_one_answer(pipe, image, steps: int = 15, lr: float = 3e-3) -> tuple[
         loss.backward()
         opt.step()
     return losses[0], losses[-1]
+
+
+def uncached_image_logits(model, prompt_ids, prompt_mask, tokens, scale):
+    """Recompute every step's guided logits with one full forward (no cache)."""
+    from unimm.models.unified import positions
+
+    B, L = prompt_ids.shape
+    ids = torch.cat([prompt_ids, model.unconditional_ids(prompt_ids)])
+    mask = torch.cat([prompt_mask, prompt_mask])
+    toks = torch.cat([tokens, tokens])
+    embeds = torch.cat([model.backbone.embed(ids), model.embed_image_tokens(toks[:, :-1])], 1)
+    full_mask = torch.cat([mask, mask.new_ones(toks[:, :-1].shape)], 1)
+    h = model.hidden_states(embeds, attention_mask=full_mask, position_ids=positions(full_mask), use_cache=False)
+    logits = model.image_logits(h[:, L - 1:]).float()
+    return logits[B:] + scale * (logits[:B] - logits[B:])

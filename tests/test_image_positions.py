@@ -8,6 +8,7 @@ import unimm
 from unimm.processing import left_pad
 from unimm.sampling.autoregressive import generate_image_tokens
 from unimm.sampling.jacobi import generate_image_tokens_jacobi
+from model_helpers import uncached_image_logits
 
 
 def _tiny(**generation):
@@ -40,17 +41,7 @@ def test_positions_reach_every_decoding_path_alike(tmp_path, window):
     assert torch.equal(seq, jac)
     # the same as one uncached forward over prompt + image tokens (teacher forcing, where the loss looks)
     with torch.no_grad():
-        from unimm.models.unified import positions
-
-        B, L = ids.shape
-        rows = torch.cat([ids, model.unconditional_ids(ids)])
-        m = torch.cat([mask, mask])
-        toks = torch.cat([seq, seq])
-        embeds = torch.cat([model.backbone.embed(rows), model.embed_image_tokens(toks[:, :-1])], 1)
-        full = torch.cat([m, m.new_ones(toks[:, :-1].shape)], 1)
-        logits = model.image_logits(model.hidden_states(embeds, attention_mask=full, position_ids=positions(full),
-                                                        use_cache=False)[:, L - 1:]).float()
-        guided = logits[B:] + 3.0 * (logits[:B] - logits[B:])
+        guided = uncached_image_logits(model, ids, mask, seq, 3.0)
     assert torch.equal(guided.argmax(-1), seq)
     pipe.model.gen_head.position.data.zero_()  # without the positions the image differs
     assert not torch.equal(generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0), seq)

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from unimm.models.unified import positions
 from unimm.processing import left_pad
 from unimm.sampling.autoregressive import generate_image_tokens
 from unimm.sampling.logits import check_sampling_args, make_generator, sample_next, sample_with_noise
 from unimm.sampling.text import generate_text
+from model_helpers import uncached_image_logits
 
 
 def test_greedy_is_argmax():
@@ -51,19 +51,6 @@ def test_bad_sampling_args_are_named(args, msg):
         check_sampling_args(*args)
 
 
-def _uncached_image_logits(model, prompt_ids, prompt_mask, tokens, scale):
-    """Recompute every step's guided logits with one full forward (no cache)."""
-    B, L = prompt_ids.shape
-    ids = torch.cat([prompt_ids, model.unconditional_ids(prompt_ids)])
-    mask = torch.cat([prompt_mask, prompt_mask])
-    toks = torch.cat([tokens, tokens])
-    embeds = torch.cat([model.backbone.embed(ids), model.embed_image_tokens(toks[:, :-1])], 1)
-    full_mask = torch.cat([mask, mask.new_ones(toks[:, :-1].shape)], 1)
-    h = model.hidden_states(embeds, attention_mask=full_mask, position_ids=positions(full_mask), use_cache=False)
-    logits = model.image_logits(h[:, L - 1:]).float()
-    return logits[B:] + scale * (logits[:B] - logits[B:])
-
-
 @pytest.mark.parametrize("prompts", [["a red circle", "two small blue squares on the left"],  # left-padded
                                      ["a red circle", "a red circle"]])  # no padding
 def test_static_cache_decoding_matches_full_forward(tiny_pipe, prompts):
@@ -73,7 +60,7 @@ def test_static_cache_decoding_matches_full_forward(tiny_pipe, prompts):
     tokens = generate_image_tokens(model, ids, mask, guidance_scale=3.0, temperature=0)
     assert tokens.shape == (2, model.num_image_tokens)
     with torch.no_grad():
-        ref = _uncached_image_logits(model, ids, mask, tokens, 3.0)
+        ref = uncached_image_logits(model, ids, mask, tokens, 3.0)
     # Greedy: each sampled token is the argmax of the uncached guided logits.
     assert torch.equal(ref.argmax(-1), tokens)
 

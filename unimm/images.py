@@ -1,6 +1,7 @@
 """Image I/O and transforms shared by understanding, generation and the app."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def load_frames(video, max_frames: int = 8) -> list[Image.Image]:
     else:
         load_image(video)  # names a missing, unreadable or empty file or image
         frames = []
-        with (Image.open(video) if isinstance(video, (str, os.PathLike)) else _kept(video)) as im:
+        with (Image.open(video) if isinstance(video, (str, os.PathLike)) else contextlib.nullcontext(video)) as im:
             for k in range(getattr(im, "n_frames", 1)):
                 im.seek(k)
                 frames.append(load_image(im.convert("RGBA") if im.mode == "P" else im.copy()))
@@ -60,19 +61,6 @@ def load_frames(video, max_frames: int = 8) -> list[Image.Image]:
         last = len(frames) - 1
         frames = [frames[round(k * last / (max_frames - 1))] for k in range(max_frames)] if max_frames > 1 else frames[:1]
     return frames
-
-
-class _kept:
-    """A caller's PIL image as a context manager that leaves it open."""
-
-    def __init__(self, image):
-        self.image = image
-
-    def __enter__(self):
-        return self.image
-
-    def __exit__(self, *exc):
-        return False
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ import hashlib
 import random
 
 from .corpus import SIZES
-from .shapes import BORDER, QA, RADIUS, Obj, Scene, ShapesWorld, ShapesWorldConfig, position_of, render
+from .shapes import BORDER, QA, RADIUS, Obj, Scene, ShapesWorld, ShapesWorldConfig, _a_an, position_of, render
 
 __all__ = ["SEQUENCES", "SEQUENCE_TYPES", "DIRECTIONS", "clip_item", "compare_item", "sequence_record"]
 
@@ -65,13 +65,7 @@ def _compare_questions(a: Scene, b: Scene, rng: random.Random) -> list[QA]:
         qa.append(QA(f"Which image shows a {colour} {shape}?", ORDINALS[0] if (colour, shape) in in_a else ORDINALS[1],
                      "shows"))
     rng.shuffle(qa)
-    return [q._replace(question=_an(q.question)) for q in qa]
-
-
-def _an(text: str) -> str:
-    from .shapes import _a_an
-
-    return _a_an(text)
+    return [q._replace(question=_a_an(q.question)) for q in qa]
 
 
 def clip_item(config: ShapesWorldConfig, index: int, frames: int) -> tuple[list[Scene], list[QA]]:
@@ -95,8 +89,8 @@ def clip_item(config: ShapesWorldConfig, index: int, frames: int) -> tuple[list[
     for t in along:
         x, y = (t, cross) if dx else (cross, t)
         obj = Obj(shape, colour, size, position_of(x, y) or "corner", round(x, 4), round(y, 4), r)
-        scenes.append(Scene("single", [obj], _an(f"a {size} {colour} {shape}"), []))
-    question = _an(f"Which way does the {colour} {shape} move?")
+        scenes.append(Scene("single", [obj], _a_an(f"a {size} {colour} {shape}"), []))
+    question = _a_an(f"Which way does the {colour} {shape} move?")
     return scenes, [QA(question, direction, "motion")]
 
 

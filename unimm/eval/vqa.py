@@ -117,6 +117,7 @@ def _ask(pipe: Any, items: list[tuple[list[Scene], QA]], types, size: int, max_n
     for scenes, qa in tqdm(items, desc=desc, unit="q", disable=not progress, leave=False):
         images = [render(scene, size) for scene in scenes]
         start = time.perf_counter()
+        # one image as itself: evaluate_vqa takes anything with chat(image, question)
         prediction = pipe.chat(images[0] if len(images) == 1 else images, qa.question,
                                max_new_tokens=max_new_tokens, **chat_kwargs)
         seconds += time.perf_counter() - start

@@ -150,10 +150,12 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None) -> d
         if "reference_images" in gen:  # IP-Adapter references: the model encodes them with its SigLIP
             extra["reference"] = gen["reference_images"]
         gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets, **extra}
-    if und is not None and und["pixel_values"] is not None:
-        und = {**und, "pixel_values": und["pixel_values"].to(unwrapped.dtype)}
-    if pref is not None and pref["pixel_values"] is not None:
-        pref = {**pref, "pixel_values": pref["pixel_values"].to(unwrapped.dtype)}
+    def in_model_dtype(chat):  # an understanding or preference batch's pixels
+        if chat is None or chat["pixel_values"] is None:
+            return chat
+        return {**chat, "pixel_values": chat["pixel_values"].to(unwrapped.dtype)}
+
+    und, pref = in_model_dtype(und), in_model_dtype(pref)
     out = model(und=und, gen=gen, pref=pref)
     if pref is not None:  # DPO: the same answers scored by the frozen reference
         with torch.no_grad():
