@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import unimm
+from unimm.config import ConfigError
 from unimm.processing import left_pad
 from unimm.sampling.autoregressive import generate_image_tokens
 from unimm.sampling.jacobi import generate_image_tokens_jacobi
@@ -17,15 +18,30 @@ def _tiny(**generation):
         return unimm.load({"base": "tiny", "generation": {"paradigm": "autoregressive", **generation}})
 
 
-def test_the_table_starts_at_zero_so_a_model_given_it_is_unchanged(tiny_pipe):
-    pipe = _tiny(position_embedding=True)
+def test_the_table_starts_at_zero_so_a_model_given_it_is_unchanged(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "plain")
+    # A trained model gains the table when opened with the change (a training stage's init_changes).
+    pipe = unimm.load(str(tmp_path / "plain"), changes={"generation": {"position_embedding": True}})
     table = pipe.model.gen_head.position
     assert table.shape == (pipe.model.num_image_tokens, pipe.model.backbone.hidden_size) and not table.any()
     plain = tiny_pipe.model.state_dict()
-    missing = pipe.model.load_state_dict(plain, strict=False).missing_keys
-    assert missing == ["gen_head.position"]  # an existing model's weights load as they are
+    for k, v in pipe.model.state_dict().items():
+        if k != "gen_head.position":
+            assert torch.equal(v, plain[k]), k  # every saved weight is loaded as it was
     ids = torch.randint(0, pipe.model.image_tokenizer.num_codes, (2, 5))
     torch.testing.assert_close(pipe.model.embed_image_tokens(ids, 3), tiny_pipe.model.embed_image_tokens(ids, 3))
+
+
+def test_a_change_that_drops_saved_weights_is_refused(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="has weights the config does not build: projector"):
+        unimm.load(str(tmp_path / "plain"), changes={"projector": {"depth": 1}})
+    with pytest.raises(ValueError, match="changes apply to a saved model"):
+        unimm.load("tiny", changes={"generation": {"position_embedding": True}})
+    from unimm.training.config import load_train_config
+
+    with pytest.raises(ValueError, match="init_changes changes init_from's model"):
+        load_train_config({"model": "tiny", "init_changes": {"generation": {"position_embedding": True}}})
 
 
 @pytest.mark.parametrize("window", [3, 8])

@@ -185,6 +185,18 @@ def test_gradient_checkpointing_gives_the_same_first_step(tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def test_a_stage_adds_an_option_to_the_model_it_starts_from(tmp_path, capsys):
+    start = _stage1(tmp_path)
+    final = train(_cfg(2, tmp_path / "b", "steps=2", "optim.warmup_steps=0", "init_changes={generation: {position_embedding: true}}",
+                       init_from=start), progress=False)
+    model = unimm.load(str(final)).model
+    assert model.config.generation.position_embedding is True
+    assert model.gen_head.position.abs().sum() > 0  # it started at zero and trained
+    before = unimm.load(start).model.state_dict()
+    assert torch.equal(model.encoder.state_dict()["model.embeddings.patch_embedding.weight"],
+                       before["encoder.model.embeddings.patch_embedding.weight"])  # frozen, loaded as saved
+
+
 def _free_port() -> int:
     import socket
 

@@ -183,6 +183,25 @@ def typed_from_dict(registry: dict[str, type], spec: dict | None, default: str, 
     return kind, from_dict(registry[kind], spec, f"{where} ({kind})")
 
 
+# The family a section without `type` belongs to (the defaults of their config readers).
+_DEFAULT_TYPES = {"projector": "mlp", "image_tokenizer": "vq", "quantizer": "vq"}
+
+
+def merge_config(base: dict, over: dict) -> dict:
+    """Deep merge, except that a mapping replaces the base's when it names another `type`
+    than the base names (a projector or quantizer of another family) or a `checkpoint`
+    (an image tokenizer whose config comes from the checkpoint)."""
+    out = dict(base)
+    for k, v in over.items():
+        b = out.get(k)
+        if not (isinstance(b, dict) and isinstance(v, dict)):
+            out[k] = v
+            continue
+        other_kind = "type" in v and v["type"] != b.get("type", _DEFAULT_TYPES.get(k))
+        out[k] = v if other_kind or "checkpoint" in v else merge_config(b, v)
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply command-line `dotted.key=value` overrides; values are parsed as YAML (numbers, lists, null)."""
     import copy

@@ -70,12 +70,14 @@ def read_weights(directory: str | os.PathLike, name: str = WEIGHTS_NAME) -> dict
     return state
 
 
-def load_weights(module: torch.nn.Module, directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> None:
+def load_weights(module: torch.nn.Module, directory: str | os.PathLike, skip: tuple[str, ...] = (),
+                 new: frozenset[str] = frozenset()) -> None:
     """Load safetensors weights into `module`, failing loudly on any mismatch.
 
     Keys absent from the files are allowed only when they alias a stored tensor
-    (tied embeddings), since those were deduplicated when saving, or when they start
-    with a prefix in `skip` (parts loaded from their own subfolders).
+    (tied embeddings), since those were deduplicated when saving, when they start
+    with a prefix in `skip` (parts loaded from their own subfolders), or when they are
+    in `new` (weights a config change adds; they keep their initialisation).
     """
     directory = Path(directory)
     check_weights_files(directory)
@@ -104,7 +106,7 @@ def load_weights(module: torch.nn.Module, directory: str | os.PathLike, skip: tu
         by_ptr.setdefault(v.data_ptr(), []).append(k)
     missing = [
         k for k in expected
-        if k not in state and not any(alias in state for alias in by_ptr[expected[k].data_ptr()])
+        if k not in state and k not in new and not any(alias in state for alias in by_ptr[expected[k].data_ptr()])
     ]
     if missing:
         raise ConfigError(f"checkpoint {directory} lacks weights for: {preview(sorted(missing))}")

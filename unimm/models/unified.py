@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone, BackboneConfig
-from ..config import ConfigError, from_dict, to_dict, write_json
+from ..config import ConfigError, from_dict, merge_config, to_dict, write_json
 from ..encoders import SiglipEncoder, SiglipEncoderConfig
 from ..folders import atomic_directory
 from ..generation import get_family
@@ -354,7 +354,10 @@ class UnifiedModel(nn.Module):
                 tokenizer.save_pretrained(tmp)
 
     @classmethod
-    def from_pretrained(cls, directory) -> "UnifiedModel":
+    def from_pretrained(cls, directory, changes: dict | None = None) -> "UnifiedModel":
+        """Open a saved model. `changes` (a mapping merged into its config, e.g.
+        {"generation": {"position_embedding": True}}) builds it with those options; weights the
+        change adds keep their initialisation and every other weight must still load."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
@@ -363,9 +366,15 @@ class UnifiedModel(nn.Module):
             data = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"cannot parse {cfg_path}: {e}") from e
+        new: frozenset[str] = frozenset()
+        if changes:
+            saved = set(cls(UnifiedConfig.from_dict(data)).state_dict())  # the saved config's weight names
+            data = merge_config(data, changes)
         model = cls(UnifiedConfig.from_dict(data))
+        if changes:
+            new = frozenset(set(model.state_dict()) - saved)
         parts = model._library_parts()
-        load_weights(model, directory, skip=tuple(parts))
+        load_weights(model, directory, skip=tuple(parts), new=new)
         for folder, part in parts.values():
             load_library_part(part, directory / folder)
         return model.eval()

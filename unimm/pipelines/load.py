@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, read_config_file
+from ..config import ConfigError, merge_config, read_config_file
 from ..folders import reading
 from ..models.unified import CONFIG_NAME, UnifiedConfig
 
@@ -54,25 +54,6 @@ def _find_named_config(name: str) -> Path | None:
     return None
 
 
-# The family a section without `type` belongs to (the defaults of their config readers).
-_DEFAULT_TYPES = {"projector": "mlp", "image_tokenizer": "vq", "quantizer": "vq"}
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """Deep merge, except that a mapping replaces the base's when it names another `type`
-    than the base names (a projector or quantizer of another family) or a `checkpoint`
-    (an image tokenizer whose config comes from the checkpoint)."""
-    out = dict(base)
-    for k, v in over.items():
-        b = out.get(k)
-        if not (isinstance(b, dict) and isinstance(v, dict)):
-            out[k] = v
-            continue
-        other_kind = "type" in v and v["type"] != b.get("type", _DEFAULT_TYPES.get(k))
-        out[k] = v if other_kind or "checkpoint" in v else _merge(b, v)
-    return out
-
-
 def read_model_config(path: Path, _seen: tuple = ()) -> dict:
     """Read a model config file; `base: NAME_OR_PATH` inherits from another config (deep merge)."""
     if path.resolve() in _seen:
@@ -88,7 +69,7 @@ def _with_base(data: dict, folder: Path, where: str, seen: tuple = ()) -> dict:
     base_path = _find_named_config(base) if not str(base).endswith((".yaml", ".yml", ".json")) else folder / base
     if base_path is None or not base_path.is_file():
         raise ConfigError(f"config {where}: base {base!r} not found; available: {', '.join(available_configs())}")
-    return _merge(read_model_config(base_path, seen), data)
+    return merge_config(read_model_config(base_path, seen), data)
 
 
 def resolve_config(spec) -> UnifiedConfig:
@@ -125,7 +106,7 @@ def build_pipeline(config: UnifiedConfig, seed: int = 0):
 
 
 def load(path_or_config=None, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-         seed: int = 0):
+         seed: int = 0, changes: dict | None = None):
     """Open a pipeline.
 
     - a directory written by `save_pretrained` (config.json + safetensors + tokenizer);
@@ -135,6 +116,9 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
     - the name of a model shipped under weights/ ("default", "default-masked", ...; a local
       directory of that name comes first);
     - nothing: the default model shipped under weights/default.
+
+    `changes` (saved models only) merges options into the saved config; weights they add keep
+    their initialisation (e.g. {"generation": {"position_embedding": True}} before fine-tuning).
     """
     from .unified import UnimmPipeline, check_device
 
@@ -154,10 +138,12 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
         with reading(path_or_config):  # a save swapping this folder in waits until it is read
             if not (Path(path_or_config) / CONFIG_NAME).is_file():
                 raise FileNotFoundError(f"{path_or_config} is not a unimm model directory: {CONFIG_NAME} is missing")
-            pipe = UnimmPipeline.from_pretrained(path_or_config)
+            pipe = UnimmPipeline.from_pretrained(path_or_config, changes)
     elif is_dir and (Path(path_or_config) / CONFIG_NAME).is_file():
-        pipe = UnimmPipeline.from_pretrained(path_or_config)
+        pipe = UnimmPipeline.from_pretrained(path_or_config, changes)
     else:
+        if changes:
+            raise ValueError("changes apply to a saved model; for a config, edit the config (or use its base:)")
         config = resolve_config(path_or_config)
         what = repr(path_or_config) if isinstance(path_or_config, (str, os.PathLike)) else "this config"
         warnings.warn(f"{what} builds an untrained model with random weights (seed {seed}): its images and answers "

@@ -73,6 +73,9 @@ class TrainConfig:
     # final/), else `model` (a config name, file or mapping: a fresh model).
     model: str | dict | None = None
     init_from: str | None = None
+    # Options changed on init_from's model (merged into its config), e.g. {generation:
+    # {position_embedding: true}}: weights the change adds start from their initialisation.
+    init_changes: dict | None = None
     output_dir: str = "runs/train"
     # Per part: true = frozen. Janus stage 1: only projector and generation head train.
     freeze: dict = field(default_factory=lambda: {
@@ -101,6 +104,8 @@ class TrainConfig:
     def __post_init__(self):
         if (self.model is None) == (self.init_from is None):
             raise ValueError("set exactly one of 'model' (a fresh model) and 'init_from' (a saved model directory)")
+        if self.init_changes and self.init_from is None:
+            raise ValueError("init_changes changes init_from's model; a fresh model takes its options in 'model'")
         unknown = {k for k in self.freeze if k.split(".")[0] not in PARTS}
         if unknown:
             raise ValueError(f"unknown part(s) {sorted(unknown)} in freeze; parts: {', '.join(PARTS)} "
