@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .encoders.tiling import TilingConfig, choose_grid, runs, tiles
 from .images import fit_square, load_image, to_tensor
 
 
@@ -74,7 +75,8 @@ class TokenIds:
 
 class Processor:
     def __init__(self, tokenizer, prompt: PromptConfig, token_ids: TokenIds, image_size: int,
-                 image_mean, image_std, resize_mode: str, num_image_tokens: int, min_size: int = 1):
+                 image_mean, image_std, resize_mode: str, num_image_tokens: int, min_size: int = 1,
+                 tiling: TilingConfig | None = None):
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.ids = token_ids
@@ -82,29 +84,47 @@ class Processor:
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.resize_mode = resize_mode
         self.min_size = min_size  # "pad": the shorter side's minimum after resizing
-        self.num_image_tokens = num_image_tokens  # placeholders per image (projector output count)
+        self.num_image_tokens = num_image_tokens  # placeholders per view (projector output count)
+        self.tiling = tiling  # AnyRes: a thumbnail and a grid of tiles per image (encoders/tiling.py)
         self.image_token = tokenizer.convert_ids_to_tokens(token_ids.image)
         self.boi_token = tokenizer.convert_ids_to_tokens(token_ids.boi)
         self.eoi_token = tokenizer.convert_ids_to_tokens(token_ids.eoi)
 
     # -- images -----------------------------------------------------------------
     def pixel_values(self, images) -> torch.Tensor:
-        """Images (paths / PIL / arrays) -> (B, 3, S, S) normalised for the encoder."""
+        """Images (paths / PIL / arrays) -> (V, 3, S, S) normalised for the encoder: one view per
+        image, or with tiling each image's thumbnail and tiles (see `prepare`)."""
+        return self.prepare(images)[0]
+
+    def prepare(self, images) -> tuple[torch.Tensor, list[list[int]]]:
+        """(views (V, 3, S, S) normalised for the encoder, each image's runs of placeholders).
+
+        Untiled, an image is one view and one run of `num_image_tokens`; tiled, its thumbnail
+        and then its tiles row by row, and the runs `tiling.runs` lays out (chat_ids takes them)."""
         fill = tuple(int(m * 255) for m in self.image_mean)
-        return torch.stack([
-            to_tensor(fit_square(load_image(im), self.image_size, self.resize_mode, fill, self.min_size),
-                      self.image_mean, self.image_std)
-            for im in images
-        ])
+        views, layout = [], []
+        for im in images:
+            im = load_image(im)
+            views.append(fit_square(im, self.image_size, self.resize_mode, fill, self.min_size))
+            if self.tiling is None:
+                layout.append([self.num_image_tokens])
+                continue
+            grid = choose_grid(im.width, im.height, self.tiling.grids, self.image_size)
+            views += tiles(im, grid, self.image_size, fill)
+            layout.append(runs(grid, self.num_image_tokens))
+        return torch.stack([to_tensor(v, self.image_mean, self.image_std) for v in views]), layout
 
     # -- text -------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _image_block(self) -> str:
-        return self.boi_token + self.image_token * self.num_image_tokens + self.eoi_token
+    def _image_block(self, runs: list[int]) -> str:
+        """An image's placeholders: one run, or a tiled image's runs each ended by a newline."""
+        if len(runs) == 1:
+            return self.boi_token + self.image_token * runs[0] + self.eoi_token
+        return self.boi_token + "".join(self.image_token * n + "\n" for n in runs) + self.eoi_token
 
-    def _user_content(self, question: str, num_images: int) -> str:
+    def _user_content(self, question: str, num_images: int, layout=None) -> str:
         """Expand <image> placeholders; images without one go first (Janus), laid out per prompt.image_layout."""
         if self.prompt.normalise:
             pieces = question.split(self.image_token)
@@ -129,17 +149,25 @@ class Processor:
         for i, item in enumerate(items):
             if item is not None:
                 out.append(item)
-            elif self.prompt.image_layout == "newlines":
-                out.append(("\n" if i else "") + self._image_block() + ("\n" if i < last else ""))
+                continue
+            runs = next(layout, None) if layout is not None else [self.num_image_tokens]
+            if runs is None:
+                raise ValueError("the conversation has more images than image layouts were given")
+            block = self._image_block(runs)
+            if self.prompt.image_layout == "newlines":
+                out.append(("\n" if i else "") + block + ("\n" if i < last else ""))
             else:
-                out.append(self._image_block() + ("\n" if i < lead else ""))
+                out.append(block + ("\n" if i < lead else ""))
         return "".join(out)
 
-    def chat_ids(self, turns: list[tuple[str, int, str | None]]) -> tuple[list[int], list[int]]:
+    def chat_ids(self, turns: list[tuple[str, int, str | None]], layout: list[list[int]] | None = None
+                 ) -> tuple[list[int], list[int]]:
         """Token ids and labels for a conversation.
 
         turns: (question, number of images in that turn, answer or None). A final
         turn with answer None ends with the assistant prefix, ready to generate.
+        layout: each image's runs of placeholders, in order (from `prepare`; needed for
+        tiled images), else one run of `num_image_tokens` per image.
         Labels are -100 everywhere except the answers and their end-of-sequence
         token: the next-token loss is on answer text only. Prompt text between two
         answers (turn end, system, user turn, assistant prefix) is tokenised as one
@@ -149,6 +177,7 @@ class Processor:
         ids: list[int] = [self.ids.bos] if p.add_bos and self.ids.bos is not None else []
         labels = [-100] * len(ids)
         pending = p.system  # prompt text not tokenised yet
+        layout_iter = iter(layout) if layout is not None else None
 
         def flush():
             nonlocal pending
@@ -158,7 +187,7 @@ class Processor:
             pending = ""
 
         for i, (question, n_images, answer) in enumerate(turns):
-            pending += p.user.format(content=self._user_content(question, n_images)) + p.assistant_prefix
+            pending += p.user.format(content=self._user_content(question, n_images, layout_iter)) + p.assistant_prefix
             if answer is None:
                 if i != len(turns) - 1:
                     raise ValueError("only the last turn may be unanswered")

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from ..config import ConfigError, check_keys
+from .tiling import TilingConfig
 
 FUSIONS = ("channel", "sequence")
 TOWERS = ("siglip", "patches")
@@ -65,6 +66,9 @@ class SiglipEncoderConfig:
     # then `image_size` and `patch_size` say how the picture is cut.
     tower: str = "siglip"
     patch_size: int | None = None
+    # Any resolution by tiling (LLaVA-NeXT AnyRes): each image is read as a thumbnail plus a
+    # grid of tiles at the encoder's size, the grid chosen from its aspect ratio (tiling.py).
+    tiling: TilingConfig | None = None
 
     def __post_init__(self):
         if self.tower not in TOWERS:
@@ -74,6 +78,8 @@ class SiglipEncoderConfig:
                 raise ConfigError("encoder.tower 'patches' needs image_size and patch_size (ints >= 1)")
             if self.pretrained or self.also:
                 raise ConfigError("encoder.tower 'patches' has no vision transformer: drop pretrained and also")
+            if self.tiling is not None:
+                raise ConfigError("encoder.tiling reads views through a vision tower; tower 'patches' has none")
             self.siglip = {}  # not read (a base config's tower settings may be inherited here)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"encoder.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
@@ -145,7 +151,7 @@ class SiglipEncoder(nn.Module):
             pretrained=None, siglip=siglip, feature_layer=self.config.feature_layer,
             image_size=self.tower_size, image_mean=self.config.image_mean,
             image_std=self.config.image_std, resize_mode=self.config.resize_mode, min_size=self.config.min_size,
-            also=also, fusion=self.config.fusion,
+            also=also, fusion=self.config.fusion, tiling=self.config.tiling,
         )
 
     @property

@@ -36,6 +36,7 @@ from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 from ..tokenizers.text import TextTokenizerConfig, build_text_tokenizer
+from ..encoders import tiling
 from .cross_attention import CrossAttentionConfig, rows_of_images
 from .masks import attention_mask_4d
 
@@ -141,6 +142,11 @@ class UnifiedModel(nn.Module):
         self.image_tokenizer = build_image_tokenizer(config.image_tokenizer)
         self.family = get_family(config.generation.paradigm)  # owns head, loss, sampler and options
         self.gen_head = self.family.build_head(config.generation, self.image_tokenizer, D, self.encoder.hidden_size)
+        if config.encoder.tiling is not None:
+            if config.cross_attention is not None:
+                raise ConfigError("encoder.tiling lays tiles out in the sequence; cross-attention fusion reads "
+                                  "one marker per image (drop one of them)")
+            tiling.side(self.num_understanding_tokens)  # the tiles' tokens must form a square grid
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -188,12 +194,34 @@ class UnifiedModel(nn.Module):
                 raise ValueError(f"the input has {n_slots} image markers but {pixel_values.shape[0]} image(s) were given")
             return embeds
         feats = self.encode_images(pixel_values)  # (I, M, D)
+        if self.config.encoder.tiling is not None:  # views -> each image's tokens, as its ids lay them out
+            feats = self._tiled_tokens(input_ids, feats)
+            if n_slots != feats.shape[0]:
+                raise ValueError(f"the input has {n_slots} image placeholders but the images' views give "
+                                 f"{feats.shape[0]} tokens")
+            return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
         if n_slots != feats.shape[0] * feats.shape[1]:
             raise ValueError(
                 f"the input has {n_slots} image placeholders but {feats.shape[0]} image(s) x {feats.shape[1]} "
                 f"tokens were encoded"
             )
         return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
+
+    def _tiled_tokens(self, input_ids: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Tiled images' view features (V, m, D) -> their tokens in reading order (n_slots, D): each
+        image's grid is read from its block of placeholders (encoders/tiling.py)."""
+        m, out, used = views.shape[1], [], 0
+        for row in input_ids.tolist():
+            for block in tiling.blocks(row, self.token_ids.image, self.token_ids.eoi):
+                grid = tiling.grid_of(block, m)
+                n = 1 + grid[0] * grid[1]
+                if used + n > views.shape[0]:
+                    raise ValueError(f"the input's image placeholders need more than the {views.shape[0]} views given")
+                out.append(tiling.arrange(views[used:used + n], grid))
+                used += n
+        if used != views.shape[0]:
+            raise ValueError(f"the input's image placeholders take {used} views but {views.shape[0]} were given")
+        return torch.cat(out) if out else views.new_zeros(0, views.shape[-1])
 
     def seeing(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None):
         """The context for a forward pass over `input_ids`: with cross-attention fusion, the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import os
 import random
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
+from ..encoders.tiling import blocks, grid_of
 from ..images import to_pil
 from ..folders import reading
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
@@ -34,7 +36,7 @@ class UnimmPipeline:
         self.processor = Processor(
             tokenizer, model.config.prompt, model.token_ids, enc.image_size, enc.config.image_mean,
             enc.config.image_std, enc.config.resize_mode, model.num_understanding_tokens,
-            min_size=enc.config.min_size,
+            min_size=enc.config.min_size, tiling=enc.config.tiling,
         )
         self.last_seed: int | None = None  # the seed the last generate() call used
         # The last conversation's KV cache: a follow-up turn prefills only what is new (prefix_cache.py).
@@ -249,7 +251,8 @@ class UnimmPipeline:
 
         scale = head.config.ip_adapter.reference_scale if scale is None else check_value("reference_scale", scale, float,
                                                                                   {"low": 0})
-        pixels = self.processor.pixel_values(_image_list(image)).to(self.device, self.model.dtype)
+        # the picture as one view (a tiling model's thumbnail): the adapter reads one image's features
+        pixels = self.processor.pixel_values(_image_list(image))[:1].to(self.device, self.model.dtype)
         with torch.inference_mode():
             return self.model.encoder(pixels), scale
 
@@ -328,9 +331,9 @@ class UnimmPipeline:
         images = _image_list(images)
         turns.append((question, len(images), None))
         all_images += images
-        ids, _ = self.processor.chat_ids(turns)
-        pixels = self.processor.pixel_values(all_images).to(self.device, self.model.dtype) if all_images else None
-        return ids, pixels
+        pixels, layout = self.processor.prepare(all_images) if all_images else (None, [])
+        ids, _ = self.processor.chat_ids(turns, layout)
+        return ids, (pixels.to(self.device, self.model.dtype) if pixels is not None else None)
 
     def _answer_tokens(self, images, question, history, max_new_tokens, temperature, top_k, top_p, seed):
         """Check and build everything now; return an iterator of answer token ids (EOS excluded)."""
@@ -350,8 +353,11 @@ class UnimmPipeline:
                 )
             max_new = min(max_new, limit - len(ids))
         # Reuse the keys and values of the conversation's earlier turns when the last call left them.
-        spans = image_spans(ids, self.model.token_ids.image, self.model.num_understanding_tokens)
-        prints = image_fingerprints(pixels)
+        tok = self.model.token_ids
+        layout = blocks(ids, tok.image, tok.eoi)  # each image's runs of placeholders (several when tiled)
+        spans = image_spans(ids, tok.image, [sum(runs) for runs in layout])
+        views = [1 + math.prod(grid_of(runs, self.processor.num_image_tokens)) for runs in layout]
+        prints = image_fingerprints(pixels, views)
         state = self._weights_state()
         if self.model.config.cross_attention is None:
             past, cache = self.chat_cache.take(ids, spans, prints, state)
@@ -362,7 +368,8 @@ class UnimmPipeline:
         first_new = next((k for k, (start, _) in enumerate(spans) if start >= past), len(spans))
         input_ids = torch.tensor([ids[past:]], device=self.device)
         steps = generate_text(
-            self.model, input_ids, torch.ones_like(input_ids), pixels[first_new:] if first_new < len(spans) else None,
+            self.model, input_ids, torch.ones_like(input_ids),
+            pixels[sum(views[:first_new]):] if first_new < len(spans) else None,
             max_new_tokens=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
             generator=make_generator(None if seed is None else _seed(seed), self.device), cache=cache,
             past_length=past,

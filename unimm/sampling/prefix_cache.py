@@ -26,20 +26,38 @@ import torch
 __all__ = ["PrefixCache", "image_fingerprints", "image_spans"]
 
 
-def image_fingerprints(pixel_values: torch.Tensor | None) -> list[bytes]:
-    """A digest of each processed image (I, C, H, W): equal pixels, equal digest."""
+def image_fingerprints(pixel_values: torch.Tensor | None, views: list[int] | None = None) -> list[bytes]:
+    """A digest of each processed image: equal pixels, equal digest. `pixel_values` (V, C, H, W)
+    holds `views[k]` rows for image k (a tiled image's thumbnail and tiles), one each by default."""
     if pixel_values is None:
         return []
-    return [hashlib.blake2b(p.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
-            for p in pixel_values]
+    views = views or [1] * pixel_values.shape[0]
+    out, start = [], 0
+    for n in views:
+        digest = hashlib.blake2b(digest_size=16)
+        for p in pixel_values[start:start + n]:
+            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        out.append(digest.digest())
+        start += n
+    return out
 
 
-def image_spans(ids: list[int], image_token: int, tokens_per_image: int) -> list[tuple[int, int]]:
-    """[start, end) of each image's placeholder run in `ids`, in reading order."""
+def image_spans(ids: list[int], image_token: int, tokens_per_image: int | list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each image's placeholders in `ids`, in reading order (a tiled image's span
+    holds the newlines between its runs too); `tokens_per_image`: a count for every image, or
+    each image's count in order."""
     slots = [i for i, t in enumerate(ids) if t == image_token]
-    if len(slots) % tokens_per_image:
-        raise ValueError(f"{len(slots)} image placeholders is not a multiple of {tokens_per_image} per image")
-    return [(slots[k], slots[k + tokens_per_image - 1] + 1) for k in range(0, len(slots), tokens_per_image)]
+    if isinstance(tokens_per_image, int):
+        if len(slots) % tokens_per_image:
+            raise ValueError(f"{len(slots)} image placeholders is not a multiple of {tokens_per_image} per image")
+        tokens_per_image = [tokens_per_image] * (len(slots) // tokens_per_image)
+    if sum(tokens_per_image) != len(slots):
+        raise ValueError(f"{len(slots)} image placeholders but the images take {sum(tokens_per_image)}")
+    spans, k = [], 0
+    for n in tokens_per_image:
+        spans.append((slots[k], slots[k + n - 1] + 1))
+        k += n
+    return spans
 
 
 @dataclass

@@ -107,30 +107,28 @@ class TrainingDataset(Dataset):
             if self._too_long(len(ids)):
                 return None
             return {"task": "understanding", "input_ids": ids, "labels": ids, "pixel_values": None}
-        images = record["images"]
+        pixels, layout = p.prepare(record["images"]) if record["images"] else (None, None)
         if task == "preference":  # one question, answered twice: chosen and rejected
-            rows = [self._chat_ids([(record["question"], answer)], images) for answer in
+            rows = [self._chat_ids([(record["question"], answer)], len(record["images"]), layout) for answer in
                     (record["chosen"], record["rejected"])]
             if any(self._too_long(len(ids)) for ids, _ in rows):
                 return None
             (chosen, chosen_labels), (rejected, rejected_labels) = rows
             return {"task": "preference", "chosen_ids": chosen, "chosen_labels": chosen_labels,
-                    "rejected_ids": rejected, "rejected_labels": rejected_labels,
-                    "pixel_values": p.pixel_values(images) if images else None}
-        ids, labels = self._chat_ids(record["turns"], images)
+                    "rejected_ids": rejected, "rejected_labels": rejected_labels, "pixel_values": pixels}
+        ids, labels = self._chat_ids(record["turns"], len(record["images"]), layout)
         if self._too_long(len(ids)):
             return None
-        pixels = p.pixel_values(images) if images else None
         return {"task": "understanding", "input_ids": ids, "labels": labels, "pixel_values": pixels}
 
-    def _chat_ids(self, turns: list[tuple[str, str]], images: list) -> tuple[list[int], list[int]]:
+    def _chat_ids(self, turns: list[tuple[str, str]], n_images: int, layout) -> tuple[list[int], list[int]]:
         p = self.processor
         # LLaVA data marks images with "<image>"; map it to this model's placeholder.
         turns_text = [(q.replace("<image>", p.image_token), a) for q, a in turns]
         counts = [q.count(p.image_token) for q, _ in turns_text]
-        if sum(counts) == 0 and images:
-            counts[0] = len(images)  # no placeholders: images go first in the first turn
-        return p.chat_ids([(q, c, a) for (q, a), c in zip(turns_text, counts)])
+        if sum(counts) == 0 and n_images:
+            counts[0] = n_images  # no placeholders: images go first in the first turn
+        return p.chat_ids([(q, c, a) for (q, a), c in zip(turns_text, counts)], layout)
 
 
 class Collator:

@@ -1,0 +1,153 @@
+"""AnyRes tiling (LLaVA-NeXT): a thumbnail plus a grid of tiles per image, laid out row by row."""
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+import unimm
+from unimm.config import ConfigError
+from unimm.encoders import tiling
+from model_helpers import overfit_one_answer
+
+
+def _load(spec="tiny-anyres"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        return unimm.load(spec)
+
+
+def _picture(width, height, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)
+
+
+def test_the_grid_follows_the_aspect_ratio():
+    grids = [[1, 2], [2, 1], [2, 2]]
+    assert tiling.choose_grid(96, 40, grids, 32) == (1, 2)  # wide
+    assert tiling.choose_grid(30, 80, grids, 32) == (2, 1)  # tall
+    assert tiling.choose_grid(64, 64, grids, 32) == (2, 2)  # large square: 2x2 keeps all its pixels
+    assert tiling.choose_grid(200, 60, [[1, 2], [1, 3], [1, 4]], 32) == (1, 4)
+    # every grid keeps a small picture whole: the one that pads least wins
+    assert tiling.choose_grid(20, 20, [[2, 2], [1, 2]], 32) == (1, 2)
+    for bad in ([], [[0, 1]], [[1, 2, 3]], "2x2"):
+        with pytest.raises(ConfigError, match="encoder.tiling.grids must be a non-empty list"):
+            tiling.TilingConfig(grids=bad)
+
+
+def test_views_are_the_thumbnail_then_the_tiles_of_the_picture():
+    pipe = _load()
+    proc = pipe.processor
+    wide = _picture(64, 32)  # exactly a 1x2 canvas of 32 px tiles: the tiles are its halves
+    pixels, layout = proc.prepare([wide, _picture(30, 80, 1), _picture(64, 64, 2)])
+    assert pixels.shape == (3 + 3 + 5, 3, 32, 32)
+    assert layout == [[4, 4, 4], [4, 2, 2, 2, 2], [4, 4, 4, 4, 4]]
+    from unimm.images import to_tensor
+
+    mean, std = proc.image_mean, proc.image_std
+    torch.testing.assert_close(pixels[1], to_tensor(wide.crop((0, 0, 32, 32)), mean, std))
+    torch.testing.assert_close(pixels[2], to_tensor(wide.crop((32, 0, 64, 32)), mean, std))
+    assert torch.equal(pixels[0], proc.pixel_values([wide])[0])  # the thumbnail: the picture fitted as usual
+    # the block: the thumbnail's run, then one run per token row, each ended by a newline
+    ids, _ = proc.chat_ids([("What colour?", 1, None)], layout[:1])
+    text = proc.tokenizer.decode(ids)
+    img = proc.image_token
+    assert proc.boi_token + (img * 4 + "\n") * 3 + proc.eoi_token in text
+    assert tiling.blocks(ids, pipe.model.token_ids.image, pipe.model.token_ids.eoi) == [[4, 4, 4]]
+    for grid in [(1, 2), (2, 1), (2, 2), (3, 1)]:
+        assert tiling.grid_of(tiling.runs(grid, 4), 4) == grid
+    with pytest.raises(ValueError, match=r"an image's placeholders run \[4, 4, 2\]"):
+        tiling.grid_of([4, 4, 2], 4)
+
+
+def test_tile_tokens_are_laid_out_as_the_tiles_pixels_are():
+    g, D = 2, 3
+    views = torch.zeros(1 + 4, g * g, D)
+    for t in range(4):  # tile t's token (y, x) holds (t, y, x)
+        for y in range(g):
+            for x in range(g):
+                views[1 + t, y * g + x] = torch.tensor([t, y, x], dtype=torch.float)
+    tokens = tiling.arrange(views, (2, 2))
+    assert tokens.shape == (4 + 16, D)
+    canvas = tokens[4:].reshape(4, 4, D)  # the canvas's 4 token rows of 4
+    for Y in range(4):
+        for X in range(4):
+            tile = (Y // g) * 2 + X // g
+            assert canvas[Y, X].tolist() == [tile, Y % g, X % g]
+
+
+def test_the_model_splices_each_images_tokens_where_its_block_stands():
+    pipe = _load()
+    model = pipe.model
+    images = [_picture(96, 40), _picture(40, 40, 3)]  # wide: 1x2; square: 2x2 keeps all its pixels
+    ids, pixels = pipe._chat_inputs(images, "Compare them.", None)
+    ids_t = torch.tensor([ids])
+    with torch.no_grad():
+        embeds = model.embed_inputs(ids_t, pixels)
+        views = model.encode_images(pixels)
+    slots = embeds[0][ids_t[0] == model.token_ids.image]
+    expected = torch.cat([tiling.arrange(views[:3], (1, 2)), tiling.arrange(views[3:], (2, 2))])
+    torch.testing.assert_close(slots, expected)
+    assert pixels.shape[0] == 3 + 5
+    with pytest.raises(ValueError, match="need more than the 7 views given"):
+        model.embed_inputs(ids_t, pixels[:7])
+    with pytest.raises(ValueError, match="take 8 views but 9 were given"):
+        model.embed_inputs(ids_t, torch.cat([pixels, pixels[:1]]))
+    # a batch of two rows, each with its own grids, splices row by row
+    a, pa = pipe._chat_inputs([_picture(30, 80)], "What?", None)
+    b, pb = pipe._chat_inputs([_picture(64, 64)], "What?", None)
+    from unimm.processing import left_pad
+
+    both, _ = left_pad([a, b], model.token_ids.pad)
+    with torch.no_grad():
+        batch = model.embed_inputs(both, torch.cat([pa, pb]))
+        alone = model.embed_inputs(torch.tensor([b]), pb)
+    torch.testing.assert_close(batch[1, -len(b):], alone[0])
+
+
+def test_the_anyres_model_learns_a_fixed_batch_chats_and_reloads(shapes_image, tmp_path):
+    pipe = _load()
+    first, last = overfit_one_answer(pipe, shapes_image)
+    assert last < 0.5 * first
+    wide = _picture(80, 36)
+    history = [{"question": "Describe it.", "answer": "a red circle", "images": [wide]}]
+    answer = pipe.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3, temperature=0)
+    # a follow-up reuses the cached turns with tiled images in them and answers as a fresh run does
+    follow = [*history, {"question": "What colour is the circle?", "answer": answer, "images": [shapes_image]}]
+    cached = pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0)
+    pipe.chat_cache.clear()
+    assert pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0) == cached
+    pipe.save_pretrained(tmp_path / "m")
+    again = unimm.load(str(tmp_path / "m"))
+    assert again.model.config.encoder.tiling.grids == [[1, 2], [2, 1], [2, 2]]
+    assert again.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3,
+                      temperature=0) == answer
+
+
+def test_tiling_refuses_what_it_cannot_lay_out():
+    with pytest.raises(ConfigError, match="needs a projector whose tokens form a square grid"):
+        _load({"base": "tiny-anyres", "projector": {"type": "perceiver", "num_latents": 6, "num_layers": 1, "num_heads": 2}})
+    with pytest.raises(ConfigError, match="cross-attention fusion reads one marker per image"):
+        _load({"base": "tiny-xattn", "encoder": {"tiling": {}}})
+    with pytest.raises(ConfigError, match="tower 'patches' has none"):
+        _load({"base": "tiny-fuyu", "encoder": {"tiling": {}}})
+
+
+def test_a_training_stage_feeds_tiled_images(tmp_path):
+    from pathlib import Path
+
+    from unimm.training.config import load_train_config
+    from unimm.training.trainer import train
+
+    stage = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-stage1.yaml"
+    cfg = load_train_config(stage, ["model=tiny-anyres", "steps=2", "batch_size=4", "log_every=1",
+                                    f"output_dir={tmp_path / 'run'}"])
+    final = train(cfg, progress=False)
+    model = unimm.load(str(final)).model
+    assert model.config.encoder.tiling is not None
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    und = [r["und_loss"] for r in rows if "und_loss" in r]
+    assert und and all(torch.isfinite(torch.tensor(und)))
