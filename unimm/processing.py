@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .encoders.tiling import TilingConfig, choose_grid, runs, tiles
+from .encoders.layouts import SingleLayout
 from .images import fit_square, load_image, to_tensor
 
 
@@ -76,7 +76,7 @@ class TokenIds:
 class Processor:
     def __init__(self, tokenizer, prompt: PromptConfig, token_ids: TokenIds, image_size: int,
                  image_mean, image_std, resize_mode: str, num_image_tokens: int, min_size: int = 1,
-                 tiling: TilingConfig | None = None):
+                 layout: SingleLayout | None = None):
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.ids = token_ids
@@ -85,33 +85,42 @@ class Processor:
         self.resize_mode = resize_mode
         self.min_size = min_size  # "pad": the shorter side's minimum after resizing
         self.num_image_tokens = num_image_tokens  # placeholders per view (projector output count)
-        self.tiling = tiling  # AnyRes: a thumbnail and a grid of tiles per image (encoders/tiling.py)
+        # How a picture becomes views and placeholders: one view, AnyRes tiles or native resolution
+        # (encoders/layouts.py; the model's own, so both read images alike).
+        self.layout = layout or SingleLayout(None, image_size)
         self.image_token = tokenizer.convert_ids_to_tokens(token_ids.image)
         self.boi_token = tokenizer.convert_ids_to_tokens(token_ids.boi)
         self.eoi_token = tokenizer.convert_ids_to_tokens(token_ids.eoi)
 
     # -- images -----------------------------------------------------------------
     def pixel_values(self, images) -> torch.Tensor:
-        """Images (paths / PIL / arrays) -> (V, 3, S, S) normalised for the encoder: one view per
-        image, or with tiling each image's thumbnail and tiles (see `prepare`)."""
+        """Images (paths / PIL / arrays) -> (V, 3, h, w) normalised for the encoder: one view per
+        image, or the views the model's layout cuts each into (see `prepare`)."""
         return self.prepare(images)[0]
 
-    def prepare(self, images) -> tuple[torch.Tensor, list[list[int]]]:
-        """(views (V, 3, S, S) normalised for the encoder, each image's runs of placeholders).
-
-        Untiled, an image is one view and one run of `num_image_tokens`; tiled, its thumbnail
-        and then its tiles row by row, and the runs `tiling.runs` lays out (chat_ids takes them)."""
+    def whole_values(self, images) -> torch.Tensor:
+        """Each picture as one S x S view whatever the layout (B, 3, S, S): what reads a whole
+        picture's features at once (an IP-Adapter's reference image)."""
         fill = tuple(int(m * 255) for m in self.image_mean)
+        return torch.stack([to_tensor(fit_square(load_image(im), self.image_size, self.resize_mode, fill, self.min_size),
+                                      self.image_mean, self.image_std) for im in images])
+
+    def prepare(self, images) -> tuple[torch.Tensor, list[list[int]]]:
+        """(views (V, 3, h, w) normalised for the encoder, each image's runs of placeholders).
+
+        One view and one run of `num_image_tokens` per image, unless the model's layout cuts
+        pictures otherwise (a thumbnail and tiles, or native-resolution cells); chat_ids takes
+        the runs."""
+        fill = tuple(int(m * 255) for m in self.image_mean)
+
+        def fit(im):  # the picture whole at the encoder's size
+            return fit_square(im, self.image_size, self.resize_mode, fill, self.min_size)
+
         views, layout = [], []
         for im in images:
-            im = load_image(im)
-            views.append(fit_square(im, self.image_size, self.resize_mode, fill, self.min_size))
-            if self.tiling is None:
-                layout.append([self.num_image_tokens])
-                continue
-            grid = choose_grid(im.width, im.height, self.tiling.grids, self.image_size)
-            views += tiles(im, grid, self.image_size, fill)
-            layout.append(runs(grid, self.num_image_tokens))
+            cut, runs = self.layout.views(load_image(im), fit, fill, self.num_image_tokens)
+            views += cut
+            layout.append(runs)
         return torch.stack([to_tensor(v, self.image_mean, self.image_std) for v in views]), layout
 
     # -- text -------------------------------------------------------------------

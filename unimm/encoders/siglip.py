@@ -28,7 +28,7 @@ from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from ..config import ConfigError, check_keys
-from .tiling import TilingConfig
+from .layouts import NativeConfig, TilingConfig, rope_2d
 
 FUSIONS = ("channel", "sequence")
 TOWERS = ("siglip", "patches")
@@ -67,8 +67,11 @@ class SiglipEncoderConfig:
     tower: str = "siglip"
     patch_size: int | None = None
     # Any resolution by tiling (LLaVA-NeXT AnyRes): each image is read as a thumbnail plus a
-    # grid of tiles at the encoder's size, the grid chosen from its aspect ratio (tiling.py).
+    # grid of tiles at the encoder's size, the grid chosen from its aspect ratio (layouts.py).
     tiling: TilingConfig | None = None
+    # Native resolution (Qwen2-VL): each picture at about its own size and aspect ratio, its
+    # patches' 2-D positions interpolated, merge x merge patches per token (layouts.py).
+    native: NativeConfig | None = None
 
     def __post_init__(self):
         if self.tower not in TOWERS:
@@ -78,8 +81,9 @@ class SiglipEncoderConfig:
                 raise ConfigError("encoder.tower 'patches' needs image_size and patch_size (ints >= 1)")
             if self.pretrained or self.also:
                 raise ConfigError("encoder.tower 'patches' has no vision transformer: drop pretrained and also")
-            if self.tiling is not None:
-                raise ConfigError("encoder.tiling reads views through a vision tower; tower 'patches' has none")
+            if self.tiling is not None or self.native is not None:
+                raise ConfigError("encoder.tiling and encoder.native read pictures through a vision tower; "
+                                  "tower 'patches' has none")
             self.siglip = {}  # not read (a base config's tower settings may be inherited here)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"encoder.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
@@ -134,6 +138,26 @@ class SiglipEncoder(nn.Module):
             self._patches = self.grid ** 2
         # The pixels the pipeline prepares: enough for the most detailed tower.
         self.image_size = max([self.tower_size, *(e.image_size for e in self.extra)])
+        self._patch_grid = (self.grid, self.grid)  # (rows, cols) of the pixels being read; the rotary hooks use it
+        if config.native is not None and config.native.rope and self.model is not None:
+            self._add_rope()
+
+    def _add_rope(self) -> None:
+        """2-D rotary positions (encoder.native.rope): a forward hook on every layer's q and k
+        projection turns its output by the patches' rows and columns (no weights added)."""
+        vc = self.model.config
+        heads = vc.num_attention_heads
+        if (vc.hidden_size // heads) % 4:
+            raise ConfigError(f"encoder.native.rope needs a head width divisible by 4 (half for rows, half for "
+                              f"columns, in pairs); this tower's is {vc.hidden_size // heads}")
+        # every layer's attention, wherever this transformers version nests the encoder; a bound
+        # method (not a closure), so a deep copy of this encoder (EMA, a DPO reference) hooks itself
+        for attention in (m for m in self.model.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj")):
+            attention.q_proj.register_forward_hook(self._rotate)
+            attention.k_proj.register_forward_hook(self._rotate)
+
+    def _rotate(self, module, args, output):
+        return rope_2d(output, *self._patch_grid, self.model.config.num_attention_heads, self.config.native.rope_theta)
 
     def resolved_config(self) -> SiglipEncoderConfig:
         """The config that rebuilds this module without the original checkpoint."""
@@ -151,7 +175,7 @@ class SiglipEncoder(nn.Module):
             pretrained=None, siglip=siglip, feature_layer=self.config.feature_layer,
             image_size=self.tower_size, image_mean=self.config.image_mean,
             image_std=self.config.image_std, resize_mode=self.config.resize_mode, min_size=self.config.min_size,
-            also=also, fusion=self.config.fusion, tiling=self.config.tiling,
+            also=also, fusion=self.config.fusion, tiling=self.config.tiling, native=self.config.native,
         )
 
     @property
@@ -178,6 +202,11 @@ class SiglipEncoder(nn.Module):
             parts.append(f.flatten(2).transpose(1, 2))
         return torch.cat(parts, 1 if self.config.fusion == "sequence" else 2)
 
+    def tower_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The main tower at the pixels' own size, any aspect ratio (its position embeddings
+        interpolated to the patch grid): (B, C, H, W) -> (B, H/p * W/p, D), patches row by row."""
+        return self._tower(pixel_values)
+
     def _tower(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.model is None:  # encoder-free: patch pixels row by row, each row ended by the newline vector
             B, p, g = pixel_values.shape[0], self.patch_size, self.grid
@@ -185,6 +214,7 @@ class SiglipEncoder(nn.Module):
             rows = patches.transpose(1, 2).reshape(B, g, g, -1)
             newline = self.newline.expand(B, g, 1, -1)
             return torch.cat([rows, newline], 2).reshape(B, g * (g + 1), -1)
+        self._patch_grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
         out = self.model(
             pixel_values=pixel_values.to(self.model.dtype),
             output_hidden_states=True,

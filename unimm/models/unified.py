@@ -36,7 +36,7 @@ from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 from ..tokenizers.text import TextTokenizerConfig, build_text_tokenizer
-from ..encoders import tiling
+from ..encoders.layouts import blocks, build_layout
 from .cross_attention import CrossAttentionConfig, rows_of_images
 from .masks import attention_mask_4d
 
@@ -138,15 +138,14 @@ class UnifiedModel(nn.Module):
         self.backbone = Backbone(config.backbone, vocab_size=config.token_ids.vocab_size,
                                  cross_attention=config.cross_attention)
         D = self.backbone.hidden_size
-        self.projector = build_projector(config.projector, self.encoder.hidden_size, D, self.encoder.num_patches)
+        # How a picture becomes views and placeholders (one view, AnyRes tiles or native resolution).
+        self.layout = build_layout(config.encoder, self.encoder.image_size, self.encoder.patch_size)
+        self.projector = build_projector(config.projector, self.layout.projector_width(self.encoder.hidden_size), D,
+                                         self.encoder.num_patches)
         self.image_tokenizer = build_image_tokenizer(config.image_tokenizer)
         self.family = get_family(config.generation.paradigm)  # owns head, loss, sampler and options
         self.gen_head = self.family.build_head(config.generation, self.image_tokenizer, D, self.encoder.hidden_size)
-        if config.encoder.tiling is not None:
-            if config.cross_attention is not None:
-                raise ConfigError("encoder.tiling lays tiles out in the sequence; cross-attention fusion reads "
-                                  "one marker per image (drop one of them)")
-            tiling.side(self.num_understanding_tokens)  # the tiles' tokens must form a square grid
+        self.layout.check(self)
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -155,7 +154,7 @@ class UnifiedModel(nn.Module):
         or one marker where cross-attention layers read them."""
         if self.config.cross_attention is not None:
             return 1
-        return self.projector.num_output_tokens(self.encoder.num_patches)
+        return self.layout.tokens_per_view(self.encoder, self.projector)
 
     @property
     def paradigm(self) -> str:
@@ -193,13 +192,13 @@ class UnifiedModel(nn.Module):
             if n_slots != pixel_values.shape[0]:
                 raise ValueError(f"the input has {n_slots} image markers but {pixel_values.shape[0]} image(s) were given")
             return embeds
-        feats = self.encode_images(pixel_values)  # (I, M, D)
-        if self.config.encoder.tiling is not None:  # views -> each image's tokens, as its ids lay them out
-            feats = self._tiled_tokens(input_ids, feats)
+        if self.layout.reads_blocks:  # views -> each image's tokens, as its ids lay them out
+            feats = self._laid_out_tokens(input_ids, pixel_values)
             if n_slots != feats.shape[0]:
                 raise ValueError(f"the input has {n_slots} image placeholders but the images' views give "
                                  f"{feats.shape[0]} tokens")
             return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
+        feats = self.encode_images(pixel_values)  # (I, M, D)
         if n_slots != feats.shape[0] * feats.shape[1]:
             raise ValueError(
                 f"the input has {n_slots} image placeholders but {feats.shape[0]} image(s) x {feats.shape[1]} "
@@ -207,21 +206,15 @@ class UnifiedModel(nn.Module):
             )
         return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
 
-    def _tiled_tokens(self, input_ids: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """Tiled images' view features (V, m, D) -> their tokens in reading order (n_slots, D): each
-        image's grid is read from its block of placeholders (encoders/tiling.py)."""
-        m, out, used = views.shape[1], [], 0
-        for row in input_ids.tolist():
-            for block in tiling.blocks(row, self.token_ids.image, self.token_ids.eoi):
-                grid = tiling.grid_of(block, m)
-                n = 1 + grid[0] * grid[1]
-                if used + n > views.shape[0]:
-                    raise ValueError(f"the input's image placeholders need more than the {views.shape[0]} views given")
-                out.append(tiling.arrange(views[used:used + n], grid))
-                used += n
-        if used != views.shape[0]:
-            raise ValueError(f"the input's image placeholders take {used} views but {views.shape[0]} were given")
-        return torch.cat(out) if out else views.new_zeros(0, views.shape[-1])
+    def _laid_out_tokens(self, input_ids: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Views (V, 3, h, w) -> the tokens of every image placeholder in reading order (n_slots, D):
+        each image's shape is read from its block of placeholders (encoders/layouts.py)."""
+        m = self.num_understanding_tokens
+        found = [b for row in input_ids.tolist() for b in blocks(row, self.token_ids.image, self.token_ids.eoi)]
+        needed = sum(self.layout.num_views(b, m) for b in found)
+        if needed != views.shape[0]:
+            raise ValueError(f"the input's image placeholders take {needed} views but {views.shape[0]} were given")
+        return self.layout.features(self, views, found)
 
     def seeing(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None):
         """The context for a forward pass over `input_ids`: with cross-attention fusion, the

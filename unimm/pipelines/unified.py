@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import operator
 import os
 import random
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from ..encoders.tiling import blocks, grid_of
+from ..encoders.layouts import blocks
 from ..images import to_pil
 from ..folders import reading
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
@@ -36,7 +35,7 @@ class UnimmPipeline:
         self.processor = Processor(
             tokenizer, model.config.prompt, model.token_ids, enc.image_size, enc.config.image_mean,
             enc.config.image_std, enc.config.resize_mode, model.num_understanding_tokens,
-            min_size=enc.config.min_size, tiling=enc.config.tiling,
+            min_size=enc.config.min_size, layout=model.layout,
         )
         self.last_seed: int | None = None  # the seed the last generate() call used
         # The last conversation's KV cache: a follow-up turn prefills only what is new (prefix_cache.py).
@@ -251,8 +250,7 @@ class UnimmPipeline:
 
         scale = head.config.ip_adapter.reference_scale if scale is None else check_value("reference_scale", scale, float,
                                                                                   {"low": 0})
-        # the picture as one view (a tiling model's thumbnail): the adapter reads one image's features
-        pixels = self.processor.pixel_values(_image_list(image))[:1].to(self.device, self.model.dtype)
+        pixels = self.processor.whole_values(_image_list(image)).to(self.device, self.model.dtype)
         with torch.inference_mode():
             return self.model.encoder(pixels), scale
 
@@ -356,7 +354,7 @@ class UnimmPipeline:
         tok = self.model.token_ids
         layout = blocks(ids, tok.image, tok.eoi)  # each image's runs of placeholders (several when tiled)
         spans = image_spans(ids, tok.image, [sum(runs) for runs in layout])
-        views = [1 + math.prod(grid_of(runs, self.processor.num_image_tokens)) for runs in layout]
+        views = [self.model.layout.num_views(runs, self.processor.num_image_tokens) for runs in layout]
         prints = image_fingerprints(pixels, views)
         state = self._weights_state()
         if self.model.config.cross_attention is None:

@@ -95,7 +95,7 @@ class TrainingDataset(Dataset):
                 control = {k: self.gen_transform(map_for_model(record["image"], k, self.gen_size))
                            for k in record["control"]}
             # A reference picture for an IP-Adapter, prepared as the encoder reads any image.
-            reference = p.pixel_values([record["reference"]])[0] if "reference" in record else None
+            reference = p.whole_values([record["reference"]])[0] if "reference" in record else None
             if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
                 return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
                         "targets": record["targets"], "control": control, "reference": reference}

@@ -1,4 +1,4 @@
-"""AnyRes tiling (LLaVA-NeXT): a thumbnail plus a grid of tiles per image, laid out row by row."""
+"""Any resolution: AnyRes tiling (LLaVA-NeXT) and native resolution (Qwen2-VL), through SigLIP."""
 import warnings
 
 import pytest
@@ -7,7 +7,7 @@ from PIL import Image
 
 import unimm
 from unimm.config import ConfigError
-from unimm.encoders import tiling
+from unimm.encoders import layouts as tiling
 from model_helpers import overfit_one_answer
 
 
@@ -90,7 +90,7 @@ def test_the_model_splices_each_images_tokens_where_its_block_stands():
     expected = torch.cat([tiling.arrange(views[:3], (1, 2)), tiling.arrange(views[3:], (2, 2))])
     torch.testing.assert_close(slots, expected)
     assert pixels.shape[0] == 3 + 5
-    with pytest.raises(ValueError, match="need more than the 7 views given"):
+    with pytest.raises(ValueError, match="take 8 views but 7 were given"):
         model.embed_inputs(ids_t, pixels[:7])
     with pytest.raises(ValueError, match="take 8 views but 9 were given"):
         model.embed_inputs(ids_t, torch.cat([pixels, pixels[:1]]))
@@ -151,3 +151,109 @@ def test_a_training_stage_feeds_tiled_images(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     und = [r["und_loss"] for r in rows if "und_loss" in r]
     assert und and all(torch.isfinite(torch.tensor(und)))
+
+
+# -- native resolution (Qwen2-VL) -------------------------------------------------------------
+def test_native_grids_keep_the_aspect_ratio_within_the_token_bounds():
+    grid = tiling.native_grid
+    assert grid(96, 40, 16, 4, 64) == (2, 6)  # about its own size: 40/16 -> 2 rows, 96/16 -> 6 columns
+    assert grid(200, 200, 16, 4, 64) == (8, 8)  # 12 x 12 would be 144 tokens: shrunk to the cap
+    assert grid(16, 16, 16, 4, 64) == (2, 2)  # one cell is under the floor: grown to 4
+    assert grid(400, 10, 16, 4, 16) == (1, 16)  # a long strip: one row as wide as the cap allows
+    for w, h in [(33, 71), (300, 90), (5, 5), (1000, 1000)]:
+        rows, cols = grid(w, h, 16, 4, 64)
+        assert 4 <= rows * cols <= 64
+    with pytest.raises(ConfigError, match="encoder.native.min_tokens \\(9\\) exceeds max_tokens \\(4\\)"):
+        tiling.NativeConfig(min_tokens=9, max_tokens=4)
+
+
+def test_native_tokens_are_the_whole_picture_read_at_its_own_size_then_merged():
+    pipe = _load("tiny-native-res")
+    model = pipe.model
+    picture = _picture(96, 40)
+    pixels, layout = pipe.processor.prepare([picture])
+    assert pixels.shape == (12, 3, 16, 16) and layout == [[6, 6]]
+    from unimm.images import to_tensor
+
+    whole = to_tensor(picture.resize((96, 32), Image.BICUBIC), pipe.processor.image_mean, pipe.processor.image_std)
+    torch.testing.assert_close(pixels[7], whole[:, 16:32, 16:32])  # row 1, column 1
+    ids, _ = pipe.processor.chat_ids([("What colour?", 1, None)], layout)
+    ids_t = torch.tensor([ids])
+    with torch.no_grad():
+        slots = model.embed_inputs(ids_t, pixels)[0][ids_t[0] == model.token_ids.image]
+        feats = model.encoder.tower_features(whole[None])
+        grid = feats.reshape(4, 12, -1)  # 4 x 12 patches of 8 px, row by row
+        first = torch.cat([grid[0, 0], grid[0, 1], grid[1, 0], grid[1, 1]])  # the first token's 2x2 patches
+        torch.testing.assert_close(slots[0], model.projector(first[None, None])[0, 0])
+    assert slots.shape[0] == 12
+    # 2-D positions on the picture's own 4 x 12 grid: in a flat grey picture only they tell patches apart
+    grey = pipe.processor.prepare([Image.new("RGB", (96, 40), "grey")])[0]
+    flat = grey.reshape(2, 6, 3, 16, 16).permute(2, 0, 3, 1, 4).reshape(1, 3, 32, 96)
+    with torch.no_grad():
+        grey_feats = model.encoder.tower_features(flat).reshape(4, 12, -1)
+    assert not torch.allclose(grey_feats[0, 0], grey_feats[3, 11], atol=1e-3)
+    assert not torch.allclose(grey_feats[0, 0], grey_feats[0, 11], atol=1e-3)
+
+
+def test_2d_rotary_positions_make_attention_depend_on_the_offset_only():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 16, generator=g), torch.randn(1, 1, 16, generator=g)
+    rows, cols = 3, 5
+    rq = tiling.rope_2d(q.expand(1, rows * cols, 16), rows, cols, heads=2)
+    rk = tiling.rope_2d(k.expand(1, rows * cols, 16), rows, cols, heads=2)
+    score = lambda i, j: (rq[0, i, :8] @ rk[0, j, :8]).item()  # the first head
+    at = lambda r, c: r * cols + c
+    # the same 2-D offset (one row down, two columns right) anywhere on the grid: the same score
+    torch.testing.assert_close(score(at(0, 0), at(1, 2)), score(at(1, 2), at(2, 4)))
+    assert abs(score(at(0, 0), at(1, 2)) - score(at(0, 0), at(2, 1))) > 1e-3  # another offset: another
+    torch.testing.assert_close(rq[0, 0], q[0, 0])  # position (0, 0) is not turned
+    torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1).expand(1, rows * cols))  # rotations keep norms
+    # in the preset's tower the hooks turn q and k; without them the same weights read otherwise
+    pipe = _load("tiny-native-res")
+    picture = torch.randn(1, 3, 32, 48, generator=g)
+    plain = _load({"base": "tiny-native-res", "encoder": {"native": {"rope": False}}})
+    plain.model.encoder.load_state_dict(pipe.model.encoder.state_dict())
+    with torch.no_grad():
+        turned, unturned = pipe.model.encoder.tower_features(picture), plain.model.encoder.tower_features(picture)
+    assert turned.shape == unturned.shape == (1, 24, 32)
+    assert not torch.allclose(turned, unturned, atol=1e-3)
+    with pytest.raises(ConfigError, match="encoder.native.rope must be true or false"):
+        tiling.NativeConfig(rope="yes")
+
+
+def test_the_native_model_learns_a_fixed_batch_chats_and_reloads(shapes_image, tmp_path):
+    pipe = _load("tiny-native-res")
+    first, last = overfit_one_answer(pipe, shapes_image)
+    assert last < 0.5 * first
+    history = [{"question": "Describe it.", "answer": "a red circle", "images": [_picture(80, 36)]}]
+    answer = pipe.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3, temperature=0)
+    follow = [*history, {"question": "What colour is the circle?", "answer": answer, "images": [shapes_image]}]
+    cached = pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0)
+    pipe.chat_cache.clear()
+    assert pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0) == cached
+    pipe.save_pretrained(tmp_path / "m")
+    again = unimm.load(str(tmp_path / "m"))
+    assert again.model.config.encoder.native.max_tokens == 64
+    assert again.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3,
+                      temperature=0) == answer
+
+
+def test_native_resolution_refuses_what_it_cannot_serve():
+    with pytest.raises(ConfigError, match="the pixel_shuffle projector expects a fixed count"):
+        _load({"base": "tiny-native-res", "projector": {"type": "pixel_shuffle", "scale": 2}})
+    with pytest.raises(ConfigError, match="encoder.tiling and encoder.native are two ways"):
+        _load({"base": "tiny-native-res", "encoder": {"tiling": {}}})
+    with pytest.raises(ConfigError, match="no 'also'"):
+        _load({"base": "tiny-native-res", "encoder": {"also": [{"image_size": 64}]}})
+
+
+def test_a_copied_native_encoder_turns_by_its_own_grid():
+    import copy
+
+    encoder = _load("tiny-native-res").model.encoder
+    twin = copy.deepcopy(encoder)
+    pixels = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = encoder.tower_features(pixels)
+        encoder.tower_features(torch.randn(1, 3, 64, 16))  # the original now holds another grid
+        torch.testing.assert_close(twin.tower_features(pixels), expected)
