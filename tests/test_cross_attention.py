@@ -6,7 +6,7 @@ import torch
 
 import unimm
 from unimm.config import ConfigError
-from unimm.models.cross_attention import rows_of_images
+from unimm.encoders.layouts import rows_of_images
 from model_helpers import overfit_one_answer
 
 
@@ -45,14 +45,16 @@ def test_an_image_takes_one_marker_and_zero_gates_leave_the_lm_as_it_was(shapes_
 
 
 def test_visual_tokens_are_grouped_by_the_row_of_their_marker():
-    ids = torch.tensor([[1, 9, 2, 9], [1, 2, 3, 4], [9, 1, 2, 3]])
-    feats = torch.arange(3 * 2 * 1, dtype=torch.float).reshape(3, 2, 1)  # 3 images x 2 tokens
-    visual, mask = rows_of_images(ids, 9, feats)
+    feats = list(torch.arange(3 * 2 * 1, dtype=torch.float).reshape(3, 2, 1))  # 3 images x 2 tokens
+    visual, mask = rows_of_images([2, 0, 1], feats)  # two images in the first row, none in the second
     assert visual.shape == (3, 4, 1)
     assert mask.tolist() == [[True] * 4, [False] * 4, [True, True, False, False]]
     assert visual[0, :, 0].tolist() == [0, 1, 2, 3] and visual[2, :2, 0].tolist() == [4, 5]
     with pytest.raises(ValueError, match="2 image markers but 3 image"):
-        rows_of_images(ids[:2], 9, feats)
+        rows_of_images([1, 1], feats)
+    # images of different sizes (a hybrid model's tiles): each row as long as its own tokens
+    visual, mask = rows_of_images([1, 1], [torch.ones(3, 1), torch.ones(5, 1)])
+    assert visual.shape == (2, 5, 1) and mask.sum(1).tolist() == [3, 5]
 
 
 def test_a_fixed_batch_is_learned_and_a_saved_model_answers_the_same(shapes_image, tmp_path):

@@ -132,3 +132,68 @@ def test_chat_reads_a_video_and_eval_scores_multi_image_questions(saved_tiny, tm
     report = json.loads((tmp_path / "r.json").read_text())["multi_image"]
     assert report["num_questions"] == 4 and set(report["types"]) == {"more_objects", "more_shape", "shows", "motion"}
     assert "multi-image: 4 questions" in capsys.readouterr().out
+
+
+def _framed(**encoder):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        return unimm.load({"base": "tiny", "encoder": {"frame_tokens": 4, **encoder}})
+
+
+def test_video_frames_are_pooled_to_the_frame_budget(tmp_path):
+    pipe = _framed()  # an image: 16 tokens (4 x 4 patches); a frame: pooled to 2 x 2
+    model, tok = pipe.model, pipe.model.token_ids
+    frames, (qa,) = clip_item(ShapesWorldConfig(seed=1), 0, 3)
+    pictures = [render(f, 32) for f in frames]
+    still = render(frames[0], 32)
+    pixels, layout = pipe.processor.prepare([still, *pictures], [False, True, True, True])
+    assert layout == [[16], [4], [4], [4]] and pixels.shape[0] == 4
+    ids, _ = pipe._chat_inputs([still], qa.question, None, video=pictures)
+    assert ids.count(tok.image) == 16 + 3 * 4
+    ids_t = torch.tensor([ids])
+    with torch.no_grad():
+        slots = model.embed_inputs(ids_t, pixels)[0][ids_t[0] == tok.image]
+        views = model.encode_images(pixels)  # (4, 16, D), a 4 x 4 grid each
+        torch.testing.assert_close(slots[:16], views[0])
+        grid = views[1].reshape(4, 4, -1)
+        torch.testing.assert_close(slots[16], grid[:2, :2].mean((0, 1)))  # the frame's top-left 2 x 2 average
+        torch.testing.assert_close(slots[19], grid[2:, 2:].mean((0, 1)))
+    # the chat reads a clip (a GIF or a list of frames) within the budget, the cache reused across turns
+    pictures[0].save(tmp_path / "clip.gif", save_all=True, append_images=pictures[1:], duration=100)
+    answer = pipe.chat(None, qa.question, video=tmp_path / "clip.gif", max_new_tokens=2, temperature=0)
+    assert answer == pipe.chat(None, qa.question, video=load_frames(tmp_path / "clip.gif"), max_new_tokens=2,
+                               temperature=0)
+    history = [{"question": qa.question, "answer": answer, "video": pictures}]
+    follow = pipe.chat(None, "And now?", history=history, max_new_tokens=2, temperature=0)
+    pipe.chat_cache.clear()
+    assert pipe.chat(None, "And now?", history=history, max_new_tokens=2, temperature=0) == follow
+    # training reads a clip record's frames within the same budget
+    src = build_source({"format": "shapes", "task": "understanding", "sequence": "clip", "frames": 3,
+                        "image_size": 32, "num_samples": 20})
+    data = TrainingDataset({"c": src}, {"c": 1}, pipe.processor, pipe.model.image_tokenizer.transform, 2)
+    item = data[0]
+    assert item["input_ids"].count(tok.image) == 3 * 4 and item["pixel_values"].shape[0] == 3
+    # the budget is the model's: a model without one reads frames as images
+    plain = pipe.processor.prepare(pictures, [True] * 3)[1]
+    assert plain == [[4]] * 3
+    assert unimm.load("tiny").processor.prepare(pictures, [True] * 3)[1] == [[16]] * 3
+
+
+def test_a_frame_budget_is_a_square_below_an_images_tokens_and_in_the_sequence():
+    with pytest.raises(ConfigError, match="a square number below an image's 16 tokens, got 6"):
+        _framed(frame_tokens=6)
+    with pytest.raises(ConfigError, match="a square number below an image's 16 tokens, got 16"):
+        _framed(frame_tokens=16)
+    with pytest.raises(ConfigError, match="encoder.frame_tokens must be an int >= 1"):
+        _framed(frame_tokens=0)
+    with pytest.raises(ConfigError, match="not with encoder.native or cross_attention"):
+        unimm.load({"base": "tiny-xattn", "encoder": {"frame_tokens": 4}})
+    with pytest.raises(ConfigError, match="this projector gives 6 per view"):
+        unimm.load({"base": "tiny", "encoder": {"frame_tokens": 4},
+                    "projector": {"type": "perceiver", "num_latents": 6, "num_layers": 1, "num_heads": 2}})
+    pipe = _framed()
+    ids = pipe.processor.chat_ids([("Which way?", 1, None)], [[9]])[0]
+    with pytest.raises(ValueError, match=r"placeholders run \[9\]; this model reads runs of 16 \(an image\) or 4"):
+        pipe.model.embed_inputs(torch.tensor([ids]), torch.zeros(1, 3, 32, 32))

@@ -17,6 +17,12 @@ def _load(spec="tiny-anyres"):
         return unimm.load(spec)
 
 
+def _last_logits(model, ids, pixels):
+    embeds = model.embed_inputs(ids, pixels)
+    with model.seeing(ids, pixels):
+        return model.text_logits(model.hidden_states(embeds, use_cache=False)[:, -1])
+
+
 def _picture(width, height, seed=0):
     g = torch.Generator().manual_seed(seed)
     pixels = (torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy()
@@ -128,8 +134,6 @@ def test_the_anyres_model_learns_a_fixed_batch_chats_and_reloads(shapes_image, t
 def test_tiling_refuses_what_it_cannot_lay_out():
     with pytest.raises(ConfigError, match="needs a projector whose tokens form a square grid"):
         _load({"base": "tiny-anyres", "projector": {"type": "perceiver", "num_latents": 6, "num_layers": 1, "num_heads": 2}})
-    with pytest.raises(ConfigError, match="cross-attention fusion reads one marker per image"):
-        _load({"base": "tiny-xattn", "encoder": {"tiling": {}}})
     with pytest.raises(ConfigError, match="tower 'patches' has none"):
         _load({"base": "tiny-fuyu", "encoder": {"tiling": {}}})
 
@@ -243,6 +247,8 @@ def test_native_resolution_refuses_what_it_cannot_serve():
         _load({"base": "tiny-native-res", "projector": {"type": "pixel_shuffle", "scale": 2}})
     with pytest.raises(ConfigError, match="encoder.tiling and encoder.native are two ways"):
         _load({"base": "tiny-native-res", "encoder": {"tiling": {}}})
+    with pytest.raises(ConfigError, match="encoder.native lays its tokens out in the sequence"):
+        _load({"base": "tiny-native-res", "cross_attention": {}})
     with pytest.raises(ConfigError, match="no 'also'"):
         _load({"base": "tiny-native-res", "encoder": {"also": [{"image_size": 64}]}})
 
@@ -257,3 +263,65 @@ def test_a_copied_native_encoder_turns_by_its_own_grid():
         expected = encoder.tower_features(pixels)
         encoder.tower_features(torch.randn(1, 3, 64, 16))  # the original now holds another grid
         torch.testing.assert_close(twin.tower_features(pixels), expected)
+
+
+def test_hybrid_keeps_the_thumbnail_in_the_sequence_and_reads_the_tiles_by_cross_attention():
+    pipe = _load("tiny-hybrid")
+    model, tok = pipe.model, pipe.model.token_ids
+    wide, square = _picture(80, 36), _picture(50, 50, seed=1)
+    pixels, layout = pipe.processor.prepare([wide, square])
+    assert layout == [[4, 2], [4, 2, 2]]  # the thumbnail's 4 tokens, then a marker per tile, a row per line
+    assert pixels.shape[0] == (1 + 2) + (1 + 4)
+    ids, _ = pipe.processor.chat_ids([("Compare them.", 2, None)], layout)
+    assert ids.count(tok.image) == 4 + 2 + 4 + 4  # 14 positions for 8 views (AnyRes would take 4 + 8 + 4 + 16)
+    ids_t = torch.tensor([ids])
+    with torch.no_grad():
+        embeds = model.embed_inputs(ids_t, pixels)[0][ids_t[0] == tok.image]
+        thumbs = model.encode_images(pixels[[0, 3]])  # (2, 4, D)
+        torch.testing.assert_close(embeds[:4], thumbs[0])  # the wide picture's thumbnail
+        marker = model.backbone.embed(torch.tensor([tok.image]))[0]
+        torch.testing.assert_close(embeds[4:6], marker.expand(2, -1))  # its two tiles: markers only
+        torch.testing.assert_close(embeds[6:10], thumbs[1])
+        visual, mask = model.layout.visual(model, ids_t, pixels)
+        tiles = model.encode_images(pixels[[1, 2, 4, 5, 6, 7]])
+        assert visual.shape == (1, 2 * 4 + 4 * 4, model.backbone.hidden_size) and bool(mask.all())
+        # the wide picture's canvas: 2 token rows, each across both tiles; then the square's 2 x 2 tiles
+        torch.testing.assert_close(visual[0, :4], torch.cat([tiles[0, :2], tiles[1, :2]]))
+        torch.testing.assert_close(visual[0, 8:12], torch.cat([tiles[2, :2], tiles[3, :2]]))
+    with pytest.raises(ValueError, match="take 8 views but 9 were given"):
+        model.embed_inputs(ids_t, torch.cat([pixels, pixels[:1]]))
+
+
+def test_the_hybrid_model_learns_a_fixed_batch_chats_and_reloads(shapes_image, tmp_path):
+    pipe = _load("tiny-hybrid")
+    first, last = overfit_one_answer(pipe, shapes_image)
+    assert last < 0.5 * first
+    wide = _picture(80, 36)
+    answer = pipe.chat([wide, shapes_image], "Which has more circles?", max_new_tokens=3, temperature=0)
+    # the tiles matter: the gates have opened, and other tiles (same thumbnails) change the next token's logits
+    assert any(b.attn_gate.item() != 0 for b in pipe.model.backbone.cross_attn.blocks)
+    ids, pixels = pipe._chat_inputs([wide, shapes_image], "Which has more circles?", None)
+    ids = torch.tensor([ids])
+    other = pixels.clone()
+    other[[1, 2]] = 0  # the wide picture's two tiles blanked
+    with torch.no_grad():
+        logits = [_last_logits(pipe.model, ids, p) for p in (pixels, other)]
+    assert not torch.equal(*logits)  # (the gates are still small after 15 steps: a small change)
+    pipe.save_pretrained(tmp_path / "m")
+    again = unimm.load(str(tmp_path / "m"))
+    assert type(again.model.layout).__name__ == "HybridLayout"
+    assert again.chat([wide, shapes_image], "Which has more circles?", max_new_tokens=3, temperature=0) == answer
+
+
+def test_a_tiled_model_reads_a_video_frame_as_one_pooled_view():
+    pipe = _load({"base": "tiny-anyres", "encoder": {"frame_tokens": 1}})  # an image view: 2 x 2 tokens
+    wide = _picture(80, 36)
+    pixels, layout = pipe.processor.prepare([wide, wide], [False, True])
+    assert layout == [[4, 4, 4], [1]] and pixels.shape[0] == 3 + 1  # tiles for the image, none for the frame
+    ids, _ = pipe.processor.chat_ids([("Which way?", 2, None)], layout)
+    ids_t = torch.tensor([ids])
+    with torch.no_grad():
+        slots = pipe.model.embed_inputs(ids_t, pixels)[0][ids_t[0] == pipe.model.token_ids.image]
+        frame = pipe.model.encode_images(pixels[3:])[0]
+    assert slots.shape[0] == 12 + 1
+    torch.testing.assert_close(slots[-1], frame.mean(0))

@@ -138,10 +138,10 @@ def _write_temp(image, path: Path) -> Path:
 def cmd_chat(args) -> int:
     from unimm.images import load_frames
 
-    images = list(args.image) + (load_frames(args.video, args.frames) if args.video else [])
+    video = load_frames(args.video, args.frames) if args.video else None
     pipe = load_model(args)
-    pieces = pipe.chat(images or None, args.question, stream=True, max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    pieces = pipe.chat(list(args.image) or None, args.question, stream=True, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, video=video)
     for piece in pieces:
         print(piece, end="", flush=True)
     print()

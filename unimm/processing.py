@@ -105,20 +105,25 @@ class Processor:
         return torch.stack([to_tensor(fit_square(load_image(im), self.image_size, self.resize_mode, fill, self.min_size),
                                       self.image_mean, self.image_std) for im in images])
 
-    def prepare(self, images) -> tuple[torch.Tensor, list[list[int]]]:
+    def prepare(self, images, frames=None) -> tuple[torch.Tensor, list[list[int]]]:
         """(views (V, 3, h, w) normalised for the encoder, each image's runs of placeholders).
 
         One view and one run of `num_image_tokens` per image, unless the model's layout cuts
         pictures otherwise (a thumbnail and tiles, or native-resolution cells); chat_ids takes
-        the runs."""
+        the runs. `frames`: per image, whether it is a video frame (read within the model's
+        frame budget, encoder.frame_tokens, where it has one)."""
+        images = list(images)
+        frames = [False] * len(images) if frames is None else list(frames)
+        if len(frames) != len(images):
+            raise ValueError(f"frames marks {len(frames)} images but {len(images)} were given")
         fill = tuple(int(m * 255) for m in self.image_mean)
 
         def fit(im):  # the picture whole at the encoder's size
             return fit_square(im, self.image_size, self.resize_mode, fill, self.min_size)
 
         views, layout = [], []
-        for im in images:
-            cut, runs = self.layout.views(load_image(im), fit, fill, self.num_image_tokens)
+        for im, frame in zip(images, frames):
+            cut, runs = self.layout.views(load_image(im), fit, fill, self.num_image_tokens, frame)
             views += cut
             layout.append(runs)
         return torch.stack([to_tensor(v, self.image_mean, self.image_std) for v in views]), layout

@@ -21,10 +21,11 @@ import random
 from .corpus import SIZES
 from .shapes import BORDER, QA, RADIUS, Obj, Scene, ShapesWorld, ShapesWorldConfig, _a_an, position_of, render
 
-__all__ = ["SEQUENCES", "SEQUENCE_TYPES", "DIRECTIONS", "clip_item", "compare_item", "sequence_record"]
+__all__ = ["SEQUENCES", "SEQUENCE_TYPES", "CLIP_TYPES", "DIRECTIONS", "clip_item", "compare_item", "sequence_record"]
 
 SEQUENCES = ("compare", "clip")
 SEQUENCE_TYPES = ("more_objects", "more_shape", "shows", "motion")
+CLIP_TYPES = ("motion",)  # the question types asked about a clip's frames (a video), not separate images
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 ORDINALS = ("first", "second")
 MIN_TRAVEL = 0.35  # how far a clip's object moves, at least (normalised): a few object widths
@@ -105,5 +106,8 @@ def sequence_record(kind: str, world: ShapesWorld, index: int, size: int, frames
         raise ValueError(f"unknown sequence {kind!r}; choose one of {', '.join(SEQUENCES)}")
     lead = "".join("<image>\n" for _ in scenes)
     turns = [((lead if k == 0 else "") + q.question, q.answer) for k, q in enumerate(qa)]
-    return {"task": "understanding", "images": [render(s, size, world.config.antialias) for s in scenes],
-            "turns": turns}
+    record = {"task": "understanding", "images": [render(s, size, world.config.antialias) for s in scenes],
+              "turns": turns}
+    if kind == "clip":
+        record["frames"] = True  # its images are a video's frames (read within the model's frame budget)
+    return record

@@ -72,8 +72,16 @@ class SiglipEncoderConfig:
     # Native resolution (Qwen2-VL): each picture at about its own size and aspect ratio, its
     # patches' 2-D positions interpolated, merge x merge patches per token (layouts.py).
     native: NativeConfig | None = None
+    # Tokens per video frame (LLaVA-OneVision's budget): a clip's frames are each read as one view
+    # whose square token grid is average-pooled to this many tokens (a square number, fewer than
+    # an image's), so a clip of many frames fits the sequence. None: frames are read as images.
+    frame_tokens: int | None = None
 
     def __post_init__(self):
+        if self.frame_tokens is not None and not (isinstance(self.frame_tokens, int)
+                                                   and not isinstance(self.frame_tokens, bool)
+                                                   and self.frame_tokens >= 1):
+            raise ConfigError(f"encoder.frame_tokens must be an int >= 1 (or null), got {self.frame_tokens!r}")
         if self.tower not in TOWERS:
             raise ConfigError(f"encoder.tower must be one of {', '.join(TOWERS)}, got {self.tower!r}")
         if self.tower == "patches":
@@ -176,6 +184,7 @@ class SiglipEncoder(nn.Module):
             image_size=self.tower_size, image_mean=self.config.image_mean,
             image_std=self.config.image_std, resize_mode=self.config.resize_mode, min_size=self.config.min_size,
             also=also, fusion=self.config.fusion, tiling=self.config.tiling, native=self.config.native,
+            frame_tokens=self.config.frame_tokens,
         )
 
     @property

@@ -112,14 +112,18 @@ def _ask(pipe: Any, items: list[tuple[list[Scene], QA]], types, size: int, max_n
     """Ask every question about its scenes, rendered at `size`; accuracies per type and overall."""
     from tqdm.auto import tqdm
 
+    from ..data.sequences import CLIP_TYPES
+
     samples = []
     seconds = 0.0
     for scenes, qa in tqdm(items, desc=desc, unit="q", disable=not progress, leave=False):
         images = [render(scene, size) for scene in scenes]
         start = time.perf_counter()
-        # one image as itself: evaluate_vqa takes anything with chat(image, question)
-        prediction = pipe.chat(images[0] if len(images) == 1 else images, qa.question,
-                               max_new_tokens=max_new_tokens, **chat_kwargs)
+        if qa.type in CLIP_TYPES:  # a clip's frames, read as the model reads video
+            prediction = pipe.chat(None, qa.question, video=images, max_new_tokens=max_new_tokens, **chat_kwargs)
+        else:  # one image as itself: evaluate_vqa takes anything with chat(image, question)
+            prediction = pipe.chat(images[0] if len(images) == 1 else images, qa.question,
+                                   max_new_tokens=max_new_tokens, **chat_kwargs)
         seconds += time.perf_counter() - start
         samples.append({"question": qa.question, "answer": qa.answer, "prediction": prediction, "type": qa.type,
                         "correct": normalise_answer(prediction) == normalise_answer(qa.answer)})

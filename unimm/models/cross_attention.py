@@ -98,22 +98,3 @@ class CrossAttentionStack(nn.Module):
         finally:
             for h in hooks:
                 h.remove()
-
-
-def rows_of_images(input_ids: torch.Tensor, marker: int, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group per-image tokens (I, M, D) by the row whose markers they fill, in reading order:
-    (B, V, D) padded visual tokens and (B, V) True where real (V = M x the most images in a row)."""
-    per_row = (input_ids == marker).sum(1)  # (B,)
-    if int(per_row.sum()) != feats.shape[0]:
-        raise ValueError(f"the input has {int(per_row.sum())} image markers but {feats.shape[0]} image(s) were encoded")
-    B, (I, M, D) = input_ids.shape[0], feats.shape
-    most = int(per_row.max()) if B else 0
-    visual = feats.new_zeros(B, max(most, 1) * M, D)
-    mask = torch.zeros(B, max(most, 1) * M, dtype=torch.bool, device=feats.device)
-    k = 0
-    for b, n in enumerate(per_row.tolist()):
-        if n:
-            visual[b, : n * M] = feats[k:k + n].reshape(n * M, D)
-            mask[b, : n * M] = True
-            k += n
-    return visual, mask

@@ -36,8 +36,8 @@ from ..processing import PromptConfig, TokenIds
 from ..projectors import build_projector, normalise_projector_spec
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 from ..tokenizers.text import TextTokenizerConfig, build_text_tokenizer
-from ..encoders.layouts import blocks, build_layout
-from .cross_attention import CrossAttentionConfig, rows_of_images
+from ..encoders.layouts import build_layout
+from .cross_attention import CrossAttentionConfig
 from .masks import attention_mask_4d
 
 CONFIG_NAME = "config.json"
@@ -138,8 +138,10 @@ class UnifiedModel(nn.Module):
         self.backbone = Backbone(config.backbone, vocab_size=config.token_ids.vocab_size,
                                  cross_attention=config.cross_attention)
         D = self.backbone.hidden_size
-        # How a picture becomes views and placeholders (one view, AnyRes tiles or native resolution).
-        self.layout = build_layout(config.encoder, self.encoder.image_size, self.encoder.patch_size)
+        # How a picture becomes views, placeholders and what the decoder reads (one view, AnyRes
+        # tiles, native resolution; in the sequence or through cross-attention).
+        self.layout = build_layout(config.encoder, config.cross_attention, self.encoder.image_size,
+                                   self.encoder.patch_size)
         self.projector = build_projector(config.projector, self.layout.projector_width(self.encoder.hidden_size), D,
                                          self.encoder.num_patches)
         self.image_tokenizer = build_image_tokenizer(config.image_tokenizer)
@@ -150,10 +152,8 @@ class UnifiedModel(nn.Module):
     # -- sizes ------------------------------------------------------------------
     @property
     def num_understanding_tokens(self) -> int:
-        """Placeholders one understood image occupies in the sequence (M): its projected tokens,
-        or one marker where cross-attention layers read them."""
-        if self.config.cross_attention is not None:
-            return 1
+        """Placeholders one understood image view occupies in the sequence (M): its projected
+        tokens, or one marker where cross-attention layers read them."""
         return self.layout.tokens_per_view(self.encoder, self.projector)
 
     @property
@@ -179,8 +179,9 @@ class UnifiedModel(nn.Module):
         return self.projector(feats)  # (I, M, D)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings with image features spliced in at the placeholders, in reading order
-        (with cross-attention the markers keep their own embedding: `seeing` feeds the images)."""
+        """Text embeddings with image features spliced in at the placeholders, in reading order, as
+        the model's layout lays them out (encoders/layouts.py; markers read by cross-attention keep
+        their own embedding: `seeing` feeds the images)."""
         embeds = self.backbone.embed(input_ids)  # (B, T, D)
         is_image = input_ids == self.token_ids.image
         n_slots = int(is_image.sum())
@@ -188,40 +189,21 @@ class UnifiedModel(nn.Module):
             if n_slots:
                 raise ValueError(f"the input has {n_slots} image placeholders but no images were given")
             return embeds
-        if self.config.cross_attention is not None:
-            if n_slots != pixel_values.shape[0]:
-                raise ValueError(f"the input has {n_slots} image markers but {pixel_values.shape[0]} image(s) were given")
+        feats = self.layout.features(self, input_ids, pixel_values)
+        if feats is None:
             return embeds
-        if self.layout.reads_blocks:  # views -> each image's tokens, as its ids lay them out
-            feats = self._laid_out_tokens(input_ids, pixel_values)
-            if n_slots != feats.shape[0]:
-                raise ValueError(f"the input has {n_slots} image placeholders but the images' views give "
-                                 f"{feats.shape[0]} tokens")
-            return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
-        feats = self.encode_images(pixel_values)  # (I, M, D)
-        if n_slots != feats.shape[0] * feats.shape[1]:
-            raise ValueError(
-                f"the input has {n_slots} image placeholders but {feats.shape[0]} image(s) x {feats.shape[1]} "
-                f"tokens were encoded"
-            )
+        if n_slots != feats.shape[0]:
+            raise ValueError(f"the input has {n_slots} image placeholders but the images' views give "
+                             f"{feats.shape[0]} tokens")
         return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
-
-    def _laid_out_tokens(self, input_ids: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """Views (V, 3, h, w) -> the tokens of every image placeholder in reading order (n_slots, D):
-        each image's shape is read from its block of placeholders (encoders/layouts.py)."""
-        m = self.num_understanding_tokens
-        found = [b for row in input_ids.tolist() for b in blocks(row, self.token_ids.image, self.token_ids.eoi)]
-        needed = sum(self.layout.num_views(b, m) for b in found)
-        if needed != views.shape[0]:
-            raise ValueError(f"the input's image placeholders take {needed} views but {views.shape[0]} were given")
-        return self.layout.features(self, views, found)
 
     def seeing(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None):
         """The context for a forward pass over `input_ids`: with cross-attention fusion, the
         blocks read each row's images inside it; otherwise (or with no images) nothing to do."""
-        if self.config.cross_attention is None or pixel_values is None:
+        read = None if pixel_values is None else self.layout.visual(self, input_ids, pixel_values)
+        if read is None:
             return contextlib.nullcontext()
-        visual, key_mask = rows_of_images(input_ids, self.token_ids.image, self.encode_images(pixel_values))
+        visual, key_mask = read
         return self.backbone.seeing(visual.to(self.dtype), key_mask)
 
     def embed_image_tokens(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:

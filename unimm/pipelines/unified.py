@@ -317,23 +317,25 @@ class UnimmPipeline:
         return family.options.resolve(given, self.config.sampling, family.name)
 
     # -- chat -------------------------------------------------------------------
-    def _chat_inputs(self, images, question: str, history):
+    def _chat_inputs(self, images, question: str, history, video=None):
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty" if isinstance(question, str) or question is None
                              else f"the question must be a string, got {type(question).__name__}")
-        turns, all_images = [], []
+        turns, all_images, frames = [], [], []
         for i, turn in enumerate(history or []):
-            q, t_images, a = _history_turn(turn, i)
-            turns.append((q, len(t_images), a))
-            all_images += t_images
-        images = _image_list(images)
-        turns.append((question, len(images), None))
-        all_images += images
-        pixels, layout = self.processor.prepare(all_images) if all_images else (None, [])
+            q, t_images, t_frames, a = _history_turn(turn, i)
+            turns.append((q, len(t_images) + len(t_frames), a))
+            all_images += t_images + t_frames
+            frames += [False] * len(t_images) + [True] * len(t_frames)
+        images, video = _image_list(images), _frames(video)
+        turns.append((question, len(images) + len(video), None))
+        all_images += images + video
+        frames += [False] * len(images) + [True] * len(video)
+        pixels, layout = self.processor.prepare(all_images, frames) if all_images else (None, [])
         ids, _ = self.processor.chat_ids(turns, layout)
         return ids, (pixels.to(self.device, self.model.dtype) if pixels is not None else None)
 
-    def _answer_tokens(self, images, question, history, max_new_tokens, temperature, top_k, top_p, seed):
+    def _answer_tokens(self, images, question, history, max_new_tokens, temperature, top_k, top_p, seed, video=None):
         """Check and build everything now; return an iterator of answer token ids (EOS excluded)."""
         d = self.config.sampling
         temperature = d.chat_temperature if temperature is None else temperature
@@ -341,7 +343,7 @@ class UnimmPipeline:
         top_p = 1.0 if top_p is None else top_p
         temperature, top_k, top_p = check_sampling_args(temperature, top_k, top_p)
         max_new = _positive_int(d.chat_max_new_tokens if max_new_tokens is None else max_new_tokens, "max_new_tokens")
-        ids, pixels = self._chat_inputs(images, question, history)
+        ids, pixels = self._chat_inputs(images, question, history, video)
         limit = self.model.backbone.max_positions
         if limit is not None:
             if len(ids) >= limit:
@@ -357,7 +359,7 @@ class UnimmPipeline:
         views = [self.model.layout.num_views(runs, self.processor.num_image_tokens) for runs in layout]
         prints = image_fingerprints(pixels, views)
         state = self._weights_state()
-        if self.model.config.cross_attention is None:
+        if not self.model.layout.cross_attends:
             past, cache = self.chat_cache.take(ids, spans, prints, state)
         else:  # its blocks read every image at every step, and a cache keeps no images: run it all
             past, cache = 0, None
@@ -405,15 +407,18 @@ class UnimmPipeline:
 
     def chat(self, image_or_images, question: str, history: list | None = None, stream: bool = False,
              max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None):
-        """Answer `question` about zero, one or several images.
+             top_p: float | None = None, seed: int | None = None, video=None):
+        """Answer `question` about zero, one or several images and a clip's frames.
 
-        history: earlier turns, each `(question, answer)` or
-        `{"question": ..., "answer": ..., "images": [...]}`. Returns the answer, or
+        video: a short clip (an animated GIF / APNG / WebP, or a list of frames) whose frames
+        follow the images, each read within the model's frame budget (encoder.frame_tokens; without
+        one, as images). history: earlier turns, each `(question, answer)` or
+        `{"question": ..., "answer": ..., "images": [...], "video": ...}`. Returns the answer, or
         with stream=True an iterator of text pieces that join to the same answer.
         Bad input raises here, before any streaming starts.
         """
-        tokens = self._answer_tokens(image_or_images, question, history, max_new_tokens, temperature, top_k, top_p, seed)
+        tokens = self._answer_tokens(image_or_images, question, history, max_new_tokens, temperature, top_k, top_p,
+                                     seed, video)
         if stream:
             return self._stream_text(tokens)
         return self._answer_text(list(tokens))
@@ -587,17 +592,26 @@ def _image_list(images) -> list:
     return images
 
 
+def _frames(video) -> list:
+    """A clip's frames (load_frames: an animated image file or a list of frames), [] for None."""
+    if video is None:
+        return []
+    from ..images import load_frames
+
+    return load_frames(video, max_frames=len(video) if isinstance(video, (list, tuple)) and video else 8)
+
+
 def _history_turn(turn, i: int):
-    """(question, images, answer) from a history entry, with errors that name the entry."""
+    """(question, images, frames, answer) from a history entry, with errors that name the entry."""
     if isinstance(turn, dict):
         missing = [k for k in ("question", "answer") if k not in turn]
         if missing:
             raise ValueError(f"history turn {i} lacks {', '.join(missing)}")
-        q, a, images = turn["question"], turn["answer"], _image_list(turn.get("images"))
+        q, a, images, frames = turn["question"], turn["answer"], _image_list(turn.get("images")), _frames(turn.get("video"))
     elif isinstance(turn, (list, tuple)) and len(turn) == 2:
-        (q, a), images = turn, []
+        (q, a), images, frames = turn, [], []
     else:
         raise ValueError(f"history turn {i} must be (question, answer) or a dict with question/answer/images, got {turn!r}")
     if not isinstance(q, str) or not isinstance(a, str):
         raise ValueError(f"history turn {i}: question and answer must be strings")
-    return q, images, a
+    return q, images, frames, a

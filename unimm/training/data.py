@@ -107,7 +107,8 @@ class TrainingDataset(Dataset):
             if self._too_long(len(ids)):
                 return None
             return {"task": "understanding", "input_ids": ids, "labels": ids, "pixel_values": None}
-        pixels, layout = p.prepare(record["images"]) if record["images"] else (None, None)
+        frames = [bool(record.get("frames"))] * len(record["images"])  # a clip's frames: the model's frame budget
+        pixels, layout = p.prepare(record["images"], frames) if record["images"] else (None, None)
         if task == "preference":  # one question, answered twice: chosen and rejected
             rows = [self._chat_ids([(record["question"], answer)], len(record["images"]), layout) for answer in
                     (record["chosen"], record["rejected"])]
