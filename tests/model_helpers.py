@@ -1,4 +1,4 @@
-"""Shared by the architecture tests: overfit one understanding example."""
+"""Shared by the architecture tests: overfit one understanding example, load an untrained preset, read logits."""
 import torch
 
 
@@ -33,3 +33,21 @@ def uncached_image_logits(model, prompt_ids, prompt_mask, tokens, scale):
     h = model.hidden_states(embeds, attention_mask=full_mask, position_ids=positions(full_mask), use_cache=False)
     logits = model.image_logits(h[:, L - 1:]).float()
     return logits[B:] + scale * (logits[:B] - logits[B:])
+
+
+def load_untrained(spec):
+    """unimm.load(spec) of a config (an untrained model), without its warning."""
+    import warnings
+
+    import unimm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        return unimm.load(spec)
+
+
+def last_text_logits(model, ids, pixels):
+    """The text logits after the last of `ids` (B, V), images spliced or read by cross-attention."""
+    embeds = model.embed_inputs(ids, pixels)
+    with model.seeing(ids, pixels):
+        return model.text_logits(model.hidden_states(embeds, use_cache=False)[:, -1])

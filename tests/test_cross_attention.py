@@ -1,26 +1,14 @@
 """Cross-attention fusion (Flamingo / Llama 3.2 Vision): one marker per image, gated blocks read it."""
-import warnings
-
 import pytest
 import torch
 
 import unimm
 from unimm.config import ConfigError
 from unimm.encoders.layouts import rows_of_images
-from model_helpers import overfit_one_answer
+from model_helpers import last_text_logits as _last_logits, load_untrained, overfit_one_answer
 
 
-def _load(spec):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
-        return unimm.load(spec)
-
-
-def _last_logits(model, ids, pixels):
-    embeds = model.embed_inputs(ids, pixels)
-    with model.seeing(ids, pixels):
-        h = model.hidden_states(embeds, use_cache=False)
-    return model.text_logits(h[:, -1])
+_load = load_untrained
 
 
 def test_an_image_takes_one_marker_and_zero_gates_leave_the_lm_as_it_was(shapes_image):

@@ -1,6 +1,4 @@
 """Any resolution: AnyRes tiling (LLaVA-NeXT) and native resolution (Qwen2-VL), through SigLIP."""
-import warnings
-
 import pytest
 import torch
 from PIL import Image
@@ -8,19 +6,11 @@ from PIL import Image
 import unimm
 from unimm.config import ConfigError
 from unimm.encoders import layouts as tiling
-from model_helpers import overfit_one_answer
+from model_helpers import last_text_logits as _last_logits, load_untrained, overfit_one_answer
 
 
 def _load(spec="tiny-anyres"):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
-        return unimm.load(spec)
-
-
-def _last_logits(model, ids, pixels):
-    embeds = model.embed_inputs(ids, pixels)
-    with model.seeing(ids, pixels):
-        return model.text_logits(model.hidden_states(embeds, use_cache=False)[:, -1])
+    return load_untrained(spec)
 
 
 def _picture(width, height, seed=0):
@@ -112,21 +102,24 @@ def test_the_model_splices_each_images_tokens_where_its_block_stands():
     torch.testing.assert_close(batch[1, -len(b):], alone[0])
 
 
-def test_the_anyres_model_learns_a_fixed_batch_chats_and_reloads(shapes_image, tmp_path):
-    pipe = _load()
+@pytest.mark.parametrize("spec, saved", [
+    ("tiny-anyres", lambda config: config.encoder.tiling.grids == [[1, 2], [2, 1], [2, 2]]),
+    ("tiny-native-res", lambda config: config.encoder.native.max_tokens == 64),
+])
+def test_the_model_learns_a_fixed_batch_chats_and_reloads(spec, saved, shapes_image, tmp_path):
+    pipe = _load(spec)
     first, last = overfit_one_answer(pipe, shapes_image)
     assert last < 0.5 * first
-    wide = _picture(80, 36)
-    history = [{"question": "Describe it.", "answer": "a red circle", "images": [wide]}]
+    history = [{"question": "Describe it.", "answer": "a red circle", "images": [_picture(80, 36)]}]
     answer = pipe.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3, temperature=0)
-    # a follow-up reuses the cached turns with tiled images in them and answers as a fresh run does
+    # a follow-up reuses the cached turns with tiled / native images in them and answers as a fresh run does
     follow = [*history, {"question": "What colour is the circle?", "answer": answer, "images": [shapes_image]}]
     cached = pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0)
     pipe.chat_cache.clear()
     assert pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0) == cached
     pipe.save_pretrained(tmp_path / "m")
     again = unimm.load(str(tmp_path / "m"))
-    assert again.model.config.encoder.tiling.grids == [[1, 2], [2, 1], [2, 2]]
+    assert saved(again.model.config)
     assert again.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3,
                       temperature=0) == answer
 
@@ -223,23 +216,6 @@ def test_2d_rotary_positions_make_attention_depend_on_the_offset_only():
     assert not torch.allclose(turned, unturned, atol=1e-3)
     with pytest.raises(ConfigError, match="encoder.native.rope must be true or false"):
         tiling.NativeConfig(rope="yes")
-
-
-def test_the_native_model_learns_a_fixed_batch_chats_and_reloads(shapes_image, tmp_path):
-    pipe = _load("tiny-native-res")
-    first, last = overfit_one_answer(pipe, shapes_image)
-    assert last < 0.5 * first
-    history = [{"question": "Describe it.", "answer": "a red circle", "images": [_picture(80, 36)]}]
-    answer = pipe.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3, temperature=0)
-    follow = [*history, {"question": "What colour is the circle?", "answer": answer, "images": [shapes_image]}]
-    cached = pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0)
-    pipe.chat_cache.clear()
-    assert pipe.chat(_picture(36, 80), "And this one?", history=follow, max_new_tokens=3, temperature=0) == cached
-    pipe.save_pretrained(tmp_path / "m")
-    again = unimm.load(str(tmp_path / "m"))
-    assert again.model.config.encoder.native.max_tokens == 64
-    assert again.chat(shapes_image, "What colour is the circle?", history=history, max_new_tokens=3,
-                      temperature=0) == answer
 
 
 def test_native_resolution_refuses_what_it_cannot_serve():
