@@ -101,6 +101,26 @@ def test_readme_torchrun_example_runs_two_processes(tmp_path):
     assert (tmp_path / "ddp" / "final" / "config.json").is_file()
 
 
+def test_readme_fsdp_example_shards_over_two_cpu_processes(tmp_path):
+    import os
+
+    (line,) = _launch_lines("ACCELERATE_USE_FSDP=true")
+    env_words = [w for w in line if "=" in w and w.split("=")[0].isupper()]
+    assert env_words == ["ACCELERATE_USE_FSDP=true", "FSDP_VERSION=2", "OMP_NUM_THREADS=1"]
+    rest = line[len(env_words):]
+    assert rest[:3] == ["torchrun", "--nproc_per_node", "2"]
+    port = __import__("socket").create_server(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rest[1:3], "--master_port", str(free), *rest[3:],
+           f"output_dir={tmp_path / 'fsdp'}", "steps=2", "-q"]
+    env = {**os.environ, **dict(w.split("=", 1) for w in env_words)}
+    r = subprocess.run(cmd, cwd=README.parent, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes (FSDP, cpu)" in r.stdout
+    assert (tmp_path / "fsdp" / "final" / "config.json").is_file()
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="the DDP config launches GPU processes")
 def test_readme_accelerate_gpu_example_runs(tmp_path):
     (line,) = _launch_lines("accelerate launch")

@@ -88,8 +88,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     real = UnifiedModel.forward
     calls = {"n": 0}
 
-    def poisoned(self, und=None, gen=None, pref=None):
-        out = real(self, und=und, gen=gen, pref=pref)
+    def poisoned(self, und=None, gen=None, pref=None, **options):
+        out = real(self, und=und, gen=gen, pref=pref, **options)
         calls["n"] += 1
         if calls["n"] == 3:
             out["gen_loss"] = out["gen_loss"] * float("nan")
@@ -147,6 +147,36 @@ def test_two_process_data_parallel_run_on_cpu(tmp_path):
     assert len(pipe.generate("a red circle", seed=0)) == 1
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4
+
+
+def test_fsdp_on_two_cpu_processes_matches_one_process(tmp_path):
+    """FSDP2 over gloo (accelerate maps CPU processes to DDP; the trainer shards them itself): every
+    weight, gradient and optimizer state split in two, the same samples per step as one process.
+    Generation items only, so each process's mean loss is an equal share of the whole batch's."""
+    out = tmp_path / "fsdp"
+    same = [*FAST, "data.ratios.vqa=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "unimm.train", STAGE(1), *same, f"output_dir={out}", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "2 processes (FSDP, cpu), 8 samples per optimizer step" in r.stdout
+    sharded = list((out / "checkpoints" / "step-0000004" / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert len(sharded) == 2  # a shard of the weights per process
+    one = train(load_train_config(STAGE(1), same + [f"output_dir={tmp_path / 'one'}", "batch_size=8"]), progress=False)
+    a, b = unimm.load(str(out / "final")).model, unimm.load(str(one)).model
+    from unimm.pipelines.load import build_pipeline, resolve_config
+
+    start = build_pipeline(resolve_config("tiny"), load_train_config(STAGE(1)).seed).model
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5, msg=name)
+    lrs = [[json.loads(x)["lr"] for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, tmp_path / "one")]
+    assert lrs[0] == lrs[1]  # one schedule step per optimizer step, not one per process
+    trained = [n for n, p in a.named_parameters() if n.startswith("gen_head")]
+    assert all(not torch.equal(a.get_parameter(n), start.get_parameter(n)) for n in trained)  # it did train
+    r = subprocess.run([*cmd[:-2], f"output_dir={tmp_path / 'v1'}", "-q"], capture_output=True, text=True,
+                       timeout=600, env={**env, "FSDP_VERSION": "1"}, cwd=ROOT)
+    assert r.returncode != 0 and "FSDP on CPU processes is FSDP2: set FSDP_VERSION=2" in r.stderr
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -295,20 +295,24 @@ class UnifiedModel(nn.Module):
                 raise ValueError(f"the training data has {what} but the {self.family.name} paradigm takes none")
         return self.family.loss(self, prompt_ids, prompt_mask, targets, generator, **extra)
 
-    def forward(self, und: dict | None = None, gen: dict | None = None, pref: dict | None = None
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, und: dict | None = None, gen: dict | None = None, pref: dict | None = None,
+                every_weight: bool = False) -> dict[str, torch.Tensor]:
         """Losses for an understanding batch, a generation batch, or both (summed); for a
         preference batch (`pref`, chat rows as `und` has them) each row's answer log-probability
         ("pref_logps", (B,)), which a preference loss compares with a reference model's. A
         mixture-of-experts backbone adds its routers' load-balancing loss ("router_loss") and
-        the expert load it measured ("expert_load_max" / "_min", tensors without gradient)."""
+        the expert load it measured ("expert_load_max" / "_min", tensors without gradient).
+
+        `every_weight` adds "grad_anchor", zero times the sum of every trainable weight, so each
+        weight gets a gradient whether or not this batch used it: sharded data-parallel training
+        (FSDP) reduces the same gradients on every process, whatever parts each one's samples ran."""
         out: dict[str, torch.Tensor] = {}
         moe = bool(self.backbone.routers())
         with self.backbone.routing() if moe else contextlib.nullcontext([]) as routed:
             if und is not None:
                 out["und_loss"] = self.understanding_loss(**und)
             if gen is not None:
-                out["gen_loss"] = self.generation_loss(**gen)
+                out["gen_loss"] = self.generation_loss(**self._encoded(gen))
             if pref is not None:
                 out["pref_logps"] = self.answer_logprobs(**pref)
         if not out:
@@ -318,7 +322,24 @@ class UnifiedModel(nn.Module):
             out["router_loss"], load = self.backbone.router_loss(routed)
             out.update({k: torch.tensor(v) for k, v in load.items()})
         out["loss"] = sum(v for k, v in out.items() if k.endswith("_loss"))
+        if every_weight:
+            out["grad_anchor"] = 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+            out["loss"] = out["loss"] + out["grad_anchor"]
         return out
+
+    def _encoded(self, gen: dict) -> dict:
+        """A generation batch with `images` (and ControlNet `control_images`) in place of targets
+        (and control targets): encoded here, inside forward, by the frozen image tokenizer, so a
+        sharded model (FSDP) gathers its weights as for every other part of the step."""
+        if "images" not in gen and "control_images" not in gen:
+            return gen
+        gen = dict(gen)
+        with torch.no_grad():
+            if "images" in gen:
+                gen["targets"] = self.images_to_targets(gen.pop("images"))
+            if "control_images" in gen:
+                gen["control"] = {k: self.images_to_targets(m) for k, m in gen.pop("control_images").items()}
+        return gen
 
     # -- saving and loading -----------------------------------------------------
     def resolved_config(self) -> UnifiedConfig:

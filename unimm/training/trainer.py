@@ -134,29 +134,29 @@ def _set_frozen_eval(model, freeze: dict) -> None:
         model.get_submodule(name).train(not freeze[name])
 
 
-def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None) -> dict[str, torch.Tensor]:
+def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None, sharded: bool = False
+                 ) -> dict[str, torch.Tensor]:
     und, gen, pref = batch["und"], batch["gen"], batch.get("pref")
-    if gen is not None:
+    if gen is not None:  # images and maps are encoded into targets inside the model's forward
+        dt = unwrapped.dtype
+        keep = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"]}
         if "targets" in gen:  # precomputed (data.cache_dir); latents in the model's dtype
-            targets = gen["targets"].to(unwrapped.dtype) if gen["targets"].is_floating_point() else gen["targets"].long()
+            keep["targets"] = gen["targets"].to(dt) if gen["targets"].is_floating_point() else gen["targets"].long()
         else:
-            with torch.no_grad():
-                targets = unwrapped.images_to_targets(gen["images"].to(unwrapped.dtype))
-        extra = {}
+            keep["images"] = gen["images"].to(dt)
         if "control_images" in gen:  # ControlNet maps, encoded exactly as the targets are
-            with torch.no_grad():
-                extra["control"] = {k: unwrapped.images_to_targets(m.to(unwrapped.dtype))
-                                    for k, m in gen["control_images"].items()}
+            keep["control_images"] = {k: m.to(dt) for k, m in gen["control_images"].items()}
         if "reference_images" in gen:  # IP-Adapter references: the model encodes them with its SigLIP
-            extra["reference"] = gen["reference_images"]
-        gen = {"prompt_ids": gen["prompt_ids"], "prompt_mask": gen["prompt_mask"], "targets": targets, **extra}
+            keep["reference"] = gen["reference_images"]
+        gen = keep
+
     def in_model_dtype(chat):  # an understanding or preference batch's pixels
         if chat is None or chat["pixel_values"] is None:
             return chat
         return {**chat, "pixel_values": chat["pixel_values"].to(unwrapped.dtype)}
 
     und, pref = in_model_dtype(und), in_model_dtype(pref)
-    out = model(und=und, gen=gen, pref=pref)
+    out = model(und=und, gen=gen, pref=pref, every_weight=sharded)
     if pref is not None:  # DPO: the same answers scored by the frozen reference
         with torch.no_grad():
             ref_logps = reference.answer_logprobs(**pref)
@@ -164,7 +164,8 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None) -> d
     w = cfg.loss_weights
     out["loss"] = (w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
                    + w.get("preference", 1.0) * out.get("dpo_loss", 0)
-                   + out.get("router_loss", 0))  # a mixture-of-experts backbone's load balancing
+                   + out.get("router_loss", 0)  # a mixture-of-experts backbone's load balancing
+                   + out.pop("grad_anchor", 0))  # sharded: a (zero) gradient for every weight (not logged)
     return out
 
 
@@ -203,8 +204,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
 
     cuda = torch.cuda.is_available()
     mp = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    # The schedule counts optimizer steps (cfg.steps): accelerate would otherwise step it once per
+    # process at every optimizer step, running a multi-process run's warm-up and cosine N times too fast.
     acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
+                      step_scheduler_with_optimizer=False,
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    _shard_on_cpu(acc)
     set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
     _check_output(out_dir, cfg, resume, overwrite, acc.is_main_process)
@@ -279,7 +284,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         if step >= end:
             break
         with acc.accumulate(model):
-            losses = _step_losses(step_fn, unwrapped, batch, cfg, reference)
+            losses = _step_losses(step_fn, unwrapped, batch, cfg, reference, sharded=acc.is_fsdp2)
             if not torch.isfinite(losses["loss"]).all():
                 last = latest_checkpoint(out_dir)
                 raise FloatingPointError(
@@ -290,7 +295,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
             if acc.sync_gradients and cfg.optim.grad_clip:
                 acc.clip_grad_norm_(trainable, cfg.optim.grad_clip)
             opt.step()
-            sched.step()
+            if acc.sync_gradients:  # one schedule step per optimizer step, whatever grad_accum and processes
+                sched.step()
             opt.zero_grad(set_to_none=True)
         skipped.update(batch["skipped"])
         seen += batch["n_samples"] * acc.num_processes
@@ -321,6 +327,25 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     if step < cfg.steps:
         return None
     return _export(acc, unwrapped, ema, pipe, out_dir, cfg, overwrite)
+
+
+def _shard_on_cpu(acc) -> None:
+    """FSDP over several CPU processes. accelerate (1.15) runs CPU processes as DDP even when FSDP
+    is asked for (ACCELERATE_USE_FSDP=true, as `accelerate launch` with an FSDP config sets it),
+    though torch's FSDP2 shards over gloo as it does over NCCL: switch the state to FSDP with the
+    plugin that reads the same environment (FSDP_VERSION=2, FSDP_AUTO_WRAP_POLICY, ...). Each
+    process then holds a shard of every weight, gradient and optimizer state."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if acc.distributed_type != DistributedType.MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on CPU processes is FSDP2: set FSDP_VERSION=2 (fsdp_version: 2 in an accelerate config)")
+    # both shared states: accelerate copies the process state over the accelerator's on every AcceleratorState()
+    PartialState().distributed_type = acc.state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = plugin
 
 
 def _target_caches(cfg: TrainConfig, sources: dict, model, acc, progress: bool) -> dict:
@@ -370,9 +395,19 @@ def _export(acc, unwrapped, ema, pipe, out_dir: Path, cfg: TrainConfig, overwrit
     """Write OUTPUT/final with save_pretrained (EMA weights and merged LoRA if used)."""
     acc.wait_for_everyone()
     final = out_dir / "final"
+    if ema is not None:  # every process: under FSDP each holds its shard of the EMA
+        ema.copy_to_params()
+    if acc.is_fsdp2:  # sharded weights: gather the full state (every process takes part), then a plain model
+        full = acc.get_state_dict(unwrapped)
+        if acc.is_main_process:
+            from ..models import UnifiedModel
+
+            plain = UnifiedModel(unwrapped.resolved_config())
+            if cfg.lora is not None:
+                apply_lora(plain, cfg.lora)
+            plain.load_state_dict(full)
+            unwrapped = plain
     if acc.is_main_process:
-        if ema is not None:
-            ema.copy_to_params()
         merge_lora(unwrapped)
         pipe.model = unwrapped
         unwrapped.eval()
