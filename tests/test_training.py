@@ -174,6 +174,15 @@ def test_fsdp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert lrs[0] == lrs[1]  # one schedule step per optimizer step, not one per process
     trained = [n for n, p in a.named_parameters() if n.startswith("gen_head")]
     assert all(not torch.equal(a.get_parameter(n), start.get_parameter(n)) for n in trained)  # it did train
+    # resumed from the sharded step-2 checkpoint, it ends where the uninterrupted run did
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-0000004")
+    shutil.rmtree(out / "final")
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert r.returncode == 0 and "resumed from" in r.stdout + r.stderr, r.stderr[-3000:]
+    for p, q in zip(unimm.load(str(out / "final")).model.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
     r = subprocess.run([*cmd[:-2], f"output_dir={tmp_path / 'v1'}", "-q"], capture_output=True, text=True,
                        timeout=600, env={**env, "FSDP_VERSION": "1"}, cwd=ROOT)
     assert r.returncode != 0 and "FSDP on CPU processes is FSDP2: set FSDP_VERSION=2" in r.stderr
