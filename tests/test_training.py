@@ -263,6 +263,9 @@ def test_default_model_recipe_configs_parse():
     dpo = load_train_config(str(recipes / "dpo.yaml"))  # the optional preference stage after stage 3
     assert dpo.init_from == stages[-1].output_dir + "/final" and dpo.dpo.beta == 0.1 and dpo.freeze["gen_head"]
     assert {s.data.cache_dir for s in stages} == {"runs/default/cache"}  # the VQ's targets, computed once
+    xattn = load_train_config(str(recipes / "xattn.yaml"))  # issue 18's cross-attention run, from the shipped model
+    assert xattn.init_from == "weights/default" and xattn.init_changes == {"cross_attention": {"every": 1}}
+    assert xattn.steps * xattn.batch_size <= stages[1].steps * stages[1].batch_size  # within stage 2's budget
     script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
     joined = script.replace("\\\n", " ")  # continued lines
     runs = [ln.split() for ln in joined.splitlines() if ln.startswith("unimm train")]
