@@ -321,17 +321,12 @@ class UnimmPipeline:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty" if isinstance(question, str) or question is None
                              else f"the question must be a string, got {type(question).__name__}")
-        turns, all_images, frames = [], [], []
-        for i, turn in enumerate(history or []):
-            q, t_images, t_frames, a = _history_turn(turn, i)
+        turns, seen = [], []  # seen: (picture, whether it is a video frame), in reading order
+        asked = [_history_turn(turn, i) for i, turn in enumerate(history or [])]
+        for q, t_images, t_frames, a in [*asked, (question, _image_list(images), _frames(video), None)]:
             turns.append((q, len(t_images) + len(t_frames), a))
-            all_images += t_images + t_frames
-            frames += [False] * len(t_images) + [True] * len(t_frames)
-        images, video = _image_list(images), _frames(video)
-        turns.append((question, len(images) + len(video), None))
-        all_images += images + video
-        frames += [False] * len(images) + [True] * len(video)
-        pixels, layout = self.processor.prepare(all_images, frames) if all_images else (None, [])
+            seen += [(im, False) for im in t_images] + [(im, True) for im in t_frames]
+        pixels, layout = self.processor.prepare(*zip(*seen)) if seen else (None, [])
         ids, _ = self.processor.chat_ids(turns, layout)
         return ids, (pixels.to(self.device, self.model.dtype) if pixels is not None else None)
 
