@@ -1,18 +1,32 @@
-"""Training throughput: a stage with the frozen tokenizer's targets cached vs encoded every step.
+"""Training throughput: a stage with the frozen tokenizer's targets cached vs encoded every step,
+and one process using every core vs one process per core.
 
-Runs the same stage (default: the recipe's stage 2 on the shipped default model)
-twice in one process, without and with `data.cache_dir`, and reports samples/s,
-their ratio, the one-off cost of building the cache, the FLOPs of one optimizer
-step (counted by torch's FlopCounterMode) and the share of this machine's
-measured matmul rate that a step reaches.
+`--compare cache` (the default) runs the same stage (default: the recipe's stage 2 on
+the shipped default model) twice in one process, without and with `data.cache_dir`,
+and reports samples/s, their ratio, the one-off cost of building the cache, the FLOPs
+of one optimizer step (counted by torch's FlopCounterMode) and the share of this
+machine's measured matmul rate that a step reaches.
+
+`--compare processes` runs the stage (targets cached) as one process with all
+`--threads` threads, then as `--threads` data-parallel processes of one thread each
+(torchrun, gloo), the same samples per optimizer step split between them, and
+reports samples/s, their ratio and the loss curves side by side: the training loss
+at every sixth of the run (the main process's batch) and the loss of each final model
+on the same evaluation batches.
 
     python benchmarks/train_throughput.py                 # ~3 minutes on 2 CPU cores
+    python benchmarks/train_throughput.py --compare processes
     python benchmarks/train_throughput.py --smoke         # tiny model, a few steps (run by the tests)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
+import sys
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,28 +49,108 @@ def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 * repeats / best
 
 
-def _config(args, out: Path, cache: Path | None, steps: int):
-    from unimm.config import read_config_file
+def _config(args, out: Path, cache: Path | None, steps: int, extra: list[str] = (), init_from: Path | None = None):
     from unimm.training.config import load_train_config
 
-    over = [f"output_dir={out}", f"steps={steps}", f"save_every={steps}", f"log_every={max(1, steps // 2)}",
-            f"batch_size={args.batch_size}", f"data.sources.t2i.num_samples={args.gen_items}"]
-    if args.smoke:
-        over += ["model=tiny"]
-    else:
-        over += [f"init_from={args.init_from}"]
-    if cache is not None:
-        over.append(f"data.cache_dir={cache}")
-    stage = ROOT / "configs" / ("train/tiny-stage2.yaml" if args.smoke else "recipes/stage2.yaml")
-    data = read_config_file(str(stage))
+    return load_train_config(_stage(args), _overrides(args, out, cache, steps, init_from) + list(extra))
+
+
+def _stage(args) -> dict:
+    from unimm.config import read_config_file
+
+    data = read_config_file(str(ROOT / "configs" / ("train/tiny-stage2.yaml" if args.smoke else "recipes/stage2.yaml")))
     if args.smoke:
         del data["init_from"]  # a fresh tiny model instead of stage 1's export
-    return load_train_config(data, over)
+    return data
+
+
+def _overrides(args, out: Path, cache: Path | None, steps: int, init_from: Path | None = None) -> list[str]:
+    over = [f"output_dir={out}", f"steps={steps}", f"save_every={steps}", f"log_every={max(1, steps // 2)}",
+            f"batch_size={args.batch_size}", f"data.sources.t2i.num_samples={args.gen_items}"]
+    if init_from is None and args.smoke:
+        over += ["model=tiny"]
+    else:
+        over += [f"init_from={init_from or args.init_from}"]
+    if cache is not None:
+        over.append(f"data.cache_dir={cache}")
+    return over
 
 
 def samples_per_s(out: Path) -> float:
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return records[-1]["samples_per_s"]  # the second half of the run: start-up excluded
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args, tmp: Path, name: str, processes: int, threads: int, cache: Path) -> Path:
+    """The stage as `processes` processes of `threads` threads each (a subprocess, so each
+    start-up is its own), the same samples per optimizer step whatever the split."""
+    from unimm.config import apply_overrides
+
+    out = tmp / name
+    per_process = args.batch_size // processes
+    over = _overrides(args, out, cache, args.steps) + [f"batch_size={per_process}",
+                                                       f"log_every={max(1, args.steps // 6)}"]
+    stage = tmp / f"{name}.json"
+    stage.write_text(json.dumps(apply_overrides(_stage(args), over)))
+    launcher = [sys.executable, "-m", "unimm.train"] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_port", str(_free_port()), "-m", "unimm.train"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    r = subprocess.run([*launcher, str(stage), "-q"], capture_output=True, text=True, env=env, cwd=ROOT)
+    if r.returncode:
+        raise RuntimeError(f"{name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return out
+
+
+def same_batches_loss(model_dir: Path, args, cache: Path, batches: int) -> float:
+    """Mean loss of a trained model on `batches` fixed batches (another data order than
+    training's; learning rate 0, so the weights do not move), one process: the same batches
+    for every model compared."""
+    from unimm.training.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval"
+        cfg = _config(args, out, cache, batches, ["optim.lr=0", "log_every=1", "data.prompt_dropout=0", "seed=12345"],
+                      init_from=model_dir)
+        train(cfg, progress=False)
+        losses = [r["loss"] for r in _records(out)]
+    return sum(losses) / len(losses)
+
+
+def compare_processes(args) -> dict:
+    from unimm.training.trainer import train
+
+    n = args.threads
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"
+        train(_config(args, tmp / "build", cache, 1), progress=False)  # both runs read the same cached targets
+        runs = {f"1 process x {n} threads": _launch(args, tmp, "one", 1, n, cache),
+                f"{n} processes x 1 thread": _launch(args, tmp, "many", n, 1, cache)}
+        torch.set_num_threads(n)
+        rows = {}
+        for name, out in runs.items():
+            recs = _records(out)
+            rows[name] = {"samples_per_s": statistics.median(r["samples_per_s"] for r in recs[1:]),  # start-up out
+                          "loss_by_window": [round(r["loss"], 4) for r in recs],
+                          "same_batches_loss": same_batches_loss(out / "final", args, cache, args.eval_batches)}
+    (a, ra), (b, rb) = rows.items()
+    ratio = rb["samples_per_s"] / ra["samples_per_s"]
+    print(f"{'':24s} {'samples/s':>10s} {'same-batch loss':>14s}  training loss every k steps (main process's batch)")
+    for name, r in rows.items():
+        print(f"{name:24s} {r['samples_per_s']:10.1f} {r['same_batches_loss']:14.4f}  {r['loss_by_window']}")
+    print(f"ratio processes / threads: {ratio:.2f}x at {args.batch_size} samples per optimizer step, {args.steps} steps")
+    return {"rows": rows, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size}
 
 
 def main(argv=None) -> int:
@@ -66,11 +160,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--gen-items", type=int, default=2000, help="generation items to cache")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compare", choices=("cache", "processes"), default="cache")
+    p.add_argument("--eval-batches", type=int, default=10, help="evaluation batches per model (--compare processes)")
     p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the script runs")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     if args.smoke:
-        args.steps, args.batch_size, args.gen_items = 4, 4, 32
+        args.steps, args.batch_size, args.gen_items, args.eval_batches = 6, 4, 32, 2
+    if args.compare == "processes":
+        if args.threads < 2 or args.batch_size % args.threads:
+            p.error("--compare processes needs --threads >= 2 dividing --batch-size")
+        result = compare_processes(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
     torch.set_num_threads(args.threads)
     from torch.utils.flop_counter import FlopCounterMode
 
