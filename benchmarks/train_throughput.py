@@ -14,8 +14,11 @@ reports samples/s, their ratio and the loss curves side by side: the training lo
 at every sixth of the run (the main process's batch) and the loss of each final model
 on the same evaluation batches.
 
+`--compare compile` runs the stage (targets cached) eager and with `compile=True`.
+
     python benchmarks/train_throughput.py                 # ~3 minutes on 2 CPU cores
     python benchmarks/train_throughput.py --compare processes
+    python benchmarks/train_throughput.py --compare compile
     python benchmarks/train_throughput.py --smoke         # tiny model, a few steps (run by the tests)
 """
 from __future__ import annotations
@@ -153,6 +156,34 @@ def compare_processes(args) -> dict:
     return {"rows": rows, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size}
 
 
+def compare_compile(args) -> dict:
+    """The stage (targets cached) eager, then with `compile=True` (the model's forward and
+    backward through torch.compile); samples/s over the run's last third, so the one-off
+    compilation (and any recompilation for a new sequence length) stays out of it."""
+    from unimm.training.trainer import train
+
+    torch.set_num_threads(args.threads)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"
+        train(_config(args, tmp / "build", cache, 1), progress=False)
+        every = [f"log_every={max(1, args.steps // 3)}"]
+        for name, extra in (("eager", []), ("compiled", ["compile=true"])):
+            t = time.perf_counter()
+            train(_config(args, tmp / name, cache, args.steps, every + extra), progress=False)
+            recs = _records(tmp / name)
+            rows[name] = {"samples_per_s": recs[-1]["samples_per_s"], "wall_s": time.perf_counter() - t,
+                          "loss_by_window": [round(r["loss"], 4) for r in recs]}
+    ratio = rows["compiled"]["samples_per_s"] / rows["eager"]["samples_per_s"]
+    print(f"{'':10s} {'samples/s':>10s} {'run (s)':>8s}  training loss every k steps")
+    for name, r in rows.items():
+        print(f"{name:10s} {r['samples_per_s']:10.1f} {r['wall_s']:8.1f}  {r['loss_by_window']}")
+    print(f"ratio compiled / eager: {ratio:.2f}x over the last third of {args.steps} steps "
+          f"(the run's time includes compiling)")
+    return {"rows": rows, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--init-from", default=str(ROOT / "weights" / "default"))
@@ -160,7 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--gen-items", type=int, default=2000, help="generation items to cache")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--compare", choices=("cache", "processes"), default="cache")
+    p.add_argument("--compare", choices=("cache", "processes", "compile"), default="cache")
     p.add_argument("--eval-batches", type=int, default=10, help="evaluation batches per model (--compare processes)")
     p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the script runs")
     p.add_argument("--json", default=None, help="also write the figures here")
@@ -170,7 +201,8 @@ def main(argv=None) -> int:
     if args.compare == "processes":
         if args.threads < 2 or args.batch_size % args.threads:
             p.error("--compare processes needs --threads >= 2 dividing --batch-size")
-        result = compare_processes(args)
+    if args.compare != "cache":
+        result = compare_processes(args) if args.compare == "processes" else compare_compile(args)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return 0

@@ -89,7 +89,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU; or no / bf16 / fp16
     ema_decay: float | None = None  # e.g. 0.999: keep an EMA of the trainable weights and export it
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile the model (GPU)
+    compile: bool = False  # torch.compile each decoder layer (the first steps compile; see BENCHMARKS.md)
     lora: LoraConfig | None = None  # LoRA on the backbone instead of full fine-tuning
     # Preference tuning (DPO) on the data's `task: preference` sources; see DPOConfig.
     dpo: DPOConfig | None = None

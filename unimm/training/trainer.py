@@ -253,10 +253,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    if cfg.compile:  # regional: each decoder layer is compiled (once, shared shapes) and the splicing of
+        for layer in model.backbone.decoder_layers():  # image tokens, whose sizes depend on the data, stays eager
+            layer.compile()
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     unwrapped = acc.unwrap_model(model)
     ema = EMA([p for p in unwrapped.parameters() if p.requires_grad], cfg.ema_decay) if cfg.ema_decay else None
-    step_fn = torch.compile(model) if cfg.compile else model
 
     step = 0
     if resume:
@@ -284,7 +286,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         if step >= end:
             break
         with acc.accumulate(model):
-            losses = _step_losses(step_fn, unwrapped, batch, cfg, reference, sharded=acc.is_fsdp2)
+            losses = _step_losses(model, unwrapped, batch, cfg, reference, sharded=acc.is_fsdp2)
             if not torch.isfinite(losses["loss"]).all():
                 last = latest_checkpoint(out_dir)
                 raise FloatingPointError(
