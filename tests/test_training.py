@@ -266,6 +266,10 @@ def test_default_model_recipe_configs_parse():
     xattn = load_train_config(str(recipes / "xattn.yaml"))  # issue 18's cross-attention run, from the shipped model
     assert xattn.init_from == "weights/default" and xattn.init_changes == {"cross_attention": {"every": 1}}
     assert xattn.steps * xattn.batch_size <= stages[1].steps * stages[1].batch_size  # within stage 2's budget
+    nvlm = load_train_config(str(recipes / "xattn-lm.yaml"))  # the same with the LM learning (NVLM-X)
+    assert (nvlm.init_from, nvlm.init_changes, nvlm.steps, nvlm.batch_size) == (
+        xattn.init_from, xattn.init_changes, xattn.steps, xattn.batch_size)
+    assert nvlm.freeze["backbone"] is False and xattn.freeze["backbone"] and nvlm.freeze["encoder"]
     script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
     joined = script.replace("\\\n", " ")  # continued lines
     runs = [ln.split() for ln in joined.splitlines() if ln.startswith("unimm train")]
