@@ -27,9 +27,9 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -157,8 +157,8 @@ def compare_processes(args) -> dict:
 
 
 def compare_compile(args) -> dict:
-    """The stage (targets cached) eager, then with `compile=True` (the model's forward and
-    backward through torch.compile); samples/s over the run's last third, so the one-off
+    """The stage (targets cached) eager, then with `compile=True` (each decoder layer's forward
+    and backward through torch.compile); samples/s over the run's last third, so the one-off
     compilation (and any recompilation for a new sequence length) stays out of it."""
     from unimm.training.trainer import train
 
@@ -193,14 +193,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compare", choices=("cache", "processes", "compile"), default="cache")
     p.add_argument("--eval-batches", type=int, default=10, help="evaluation batches per model (--compare processes)")
-    p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the script runs")
+    p.add_argument("--smoke", action="store_true", help="tiny model, 6 steps: checks the script runs")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.batch_size, args.gen_items, args.eval_batches = 6, 4, 32, 2
-    if args.compare == "processes":
-        if args.threads < 2 or args.batch_size % args.threads:
-            p.error("--compare processes needs --threads >= 2 dividing --batch-size")
+    if args.compare == "processes" and (args.threads < 2 or args.batch_size % args.threads):
+        p.error("--compare processes needs --threads >= 2 dividing --batch-size")
     if args.compare != "cache":
         result = compare_processes(args) if args.compare == "processes" else compare_compile(args)
         if args.json:
