@@ -131,6 +131,12 @@ def test_bad_training_configs_are_named(tmp_path):
         load_train_config(STAGE(1), ["export_dtype=bf16x"])
     with pytest.raises(FileNotFoundError, match="no checkpoint under"):
         train(_cfg(1, tmp_path), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['vision'\] in optim.lr_scale"):
+        load_train_config({"model": "tiny", "optim": {"lr_scale": {"vision": 0.1}}})
+    with pytest.raises(ValueError, match="optim.lr_scale values must be numbers > 0"):
+        load_train_config({"model": "tiny", "optim": {"lr_scale": {"encoder": 0}}})
+    with pytest.raises(ValueError, match="optim.lr_scale names 'projector.nope'"):
+        train(_cfg(1, tmp_path / "x", "optim.lr_scale={projector.nope: 0.5}"), progress=False)
 
 
 def test_two_process_data_parallel_run_on_cpu(tmp_path):
@@ -236,6 +242,21 @@ def test_a_stage_adds_an_option_to_the_model_it_starts_from(tmp_path, capsys):
                        before["encoder.model.embeddings.patch_embedding.weight"])  # frozen, loaded as saved
 
 
+def test_lr_scale_steps_a_part_slower_and_leaves_the_rest_as_it_was(tmp_path):
+    start = _stage1(tmp_path)
+    runs = {name: unimm.load(str(train(_cfg(2, tmp_path / name, "steps=1", "optim.warmup_steps=0", *extra,
+                                            init_from=start), progress=False))).model.state_dict()
+            for name, extra in {"plain": [], "scaled": ["optim.lr_scale={projector: 0.1}"]}.items()}
+    before = unimm.load(start).model.state_dict()
+    step = {name: {k: w[k] - before[k] for k in w if w[k].is_floating_point()} for name, w in runs.items()}
+    projector = [k for k in step["plain"] if k.startswith("projector.")]
+    assert projector and all(step["plain"][k].abs().max() > 0 for k in projector)
+    # AdamW's first step is lr * g / (|g| + eps): a tenth of the lr gives exactly a tenth of the step.
+    assert all(torch.allclose(step["scaled"][k], 0.1 * step["plain"][k], atol=1e-7) for k in projector)
+    others = [k for k in step["plain"] if k.startswith(("backbone.", "gen_head."))]
+    assert all(torch.equal(step["scaled"][k], step["plain"][k]) for k in others)
+
+
 def _free_port() -> int:
     import socket
 
@@ -270,6 +291,10 @@ def test_default_model_recipe_configs_parse():
     assert (nvlm.init_from, nvlm.init_changes, nvlm.steps, nvlm.batch_size) == (
         xattn.init_from, xattn.init_changes, xattn.steps, xattn.batch_size)
     assert nvlm.freeze["backbone"] is False and xattn.freeze["backbone"] and nvlm.freeze["encoder"]
+    tower = load_train_config(str(recipes / "xattn-encoder.yaml"))  # the same with the SigLIP learning slowly
+    assert (tower.init_from, tower.init_changes, tower.steps, tower.batch_size) == (
+        xattn.init_from, xattn.init_changes, xattn.steps, xattn.batch_size)
+    assert tower.freeze["encoder"] is False and tower.freeze["backbone"] and tower.optim.lr_scale == {"encoder": 0.2}
     script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
     joined = script.replace("\\\n", " ")  # continued lines
     runs = [ln.split() for ln in joined.splitlines() if ln.startswith("unimm train")]

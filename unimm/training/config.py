@@ -17,6 +17,15 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # 0: off
+    # Part (or submodule under a part) -> multiplier of lr for its weights, the more specific name
+    # winning, e.g. {encoder: 0.1} to tune a pretrained vision tower slowly beside fresh layers.
+    lr_scale: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        bad = {k: v for k, v in self.lr_scale.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+        if bad:
+            raise ValueError(f"optim.lr_scale values must be numbers > 0, got {bad}")
 
 
 @dataclass
@@ -110,6 +119,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown part(s) {sorted(unknown)} in freeze; parts: {', '.join(PARTS)} "
                              "(or a submodule of one, e.g. gen_head.controlnets)")
+        unknown = {k for k in self.optim.lr_scale if k.split(".")[0] not in PARTS}
+        if unknown:
+            raise ValueError(f"unknown part(s) {sorted(unknown)} in optim.lr_scale; parts: {', '.join(PARTS)} "
+                             "(or a submodule of one, e.g. backbone.cross_attn)")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1 or self.keep_last < 1:
             raise ValueError("steps, batch_size, grad_accum, save_every and keep_last must be >= 1")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):

@@ -87,6 +87,24 @@ def apply_freeze(model, freeze: dict) -> list[tuple[str, int, int]]:
     return rows
 
 
+def param_groups(model, lr: float, lr_scale: dict) -> list[dict]:
+    """The trainable weights as optimizer groups: lr times the scale of the most specific part or
+    submodule in `lr_scale` that holds them (optim.lr_scale), 1 where none does."""
+    scale_of = {}
+    for name in sorted(lr_scale, key=lambda k: k.count(".")):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"optim.lr_scale names {name!r}, which this model does not have") from None
+        scale_of.update({id(p): float(lr_scale[name]) for p in module.parameters()})
+    groups: dict[float, list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault(scale_of.get(id(p), 1.0), []).append(p)
+    order = sorted(groups, key=lambda scale: (scale != 1.0, scale))  # the unscaled group first: its lr is logged
+    return [{"params": groups[scale], "lr": lr * scale} for scale in order]
+
+
 def freeze_table(rows) -> str:
     lines = [f"{'part':16s} {'trainable':>12s} {'frozen':>12s}"]
     lines += [f"{part:16s} {t:12,d} {f:12,d}" for part, t, f in rows]
@@ -250,7 +268,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                                          collate_fn=Collator(model.token_ids.pad, uncond),
                                          num_workers=cfg.data.num_workers)
-    opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.lr, cfg.optim.lr_scale), lr=cfg.optim.lr,
+                            betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     if cfg.compile:  # regional: each decoder layer is compiled (once, shared shapes) and the splicing of
