@@ -3,6 +3,8 @@
     python benchmarks/ar_vs_janus.py                  # tiny preset (configs/models/tiny.yaml sizes)
     python benchmarks/ar_vs_janus.py --preset small   # hidden 256, 4 layers, 256 image tokens
     python benchmarks/ar_vs_janus.py --level tokens   # image decode excluded from both timings
+    python benchmarks/ar_vs_janus.py --model weights/default --level tokens --decoding jacobi
+                                                      # a trained model's weights on both sides
 
 Both sides are built from configs with random weights (nothing is downloaded) and
 run in fp32 on the CPU with the same thread count:
@@ -44,6 +46,12 @@ By default unimm's random backbone, image embedding, aligner and image head
 weights are copied into the Janus model (--no-copy-weights turns it off). That
 changes no timing, but with identical weights greedy decoding must give
 identical image ids, which checks that both really compute the same thing.
+
+--model DIR takes a trained unimm autoregressive model instead of random weights
+(Jacobi decoding gains only where tokens are predictable, which random weights
+never make them): Janus is built with that model's Llama config and generation
+head sizes and gets its weights. Janus cannot hold unimm's image decoder, so
+--model times tokens only (--level tokens).
 """
 from __future__ import annotations
 
@@ -115,7 +123,12 @@ def parse_args(argv=None):
                    help="what is timed; see the module docstring")
     p.add_argument("--no-copy-weights", action="store_true",
                    help="keep Janus's own random weights (no ids-equality check)")
+    p.add_argument("--model", default=None,
+                   help="a trained unimm autoregressive model (name or directory) on both sides instead of random "
+                        "weights; sizes come from it (needs --level tokens)")
     args = p.parse_args(argv)
+    if args.model is not None and (args.level != "tokens" or args.no_copy_weights):
+        p.error("--model needs --level tokens (Janus cannot hold unimm's image decoder) and copied weights")
 
     preset = PRESETS[args.preset]
     explicit = {k for k in ("hidden", "intermediate", "heads", "kv_heads") if getattr(args, k) is not None}
@@ -158,8 +171,25 @@ def backbone_config(a) -> dict:
                 max_position_embeddings=max(512, 2 * (a.image_tokens + 64)))
 
 
+def sizes_from_model(a, pipe) -> None:
+    """--model: the benchmark's sizes become the trained model's."""
+    lm, head = pipe.model.backbone.lm.config, pipe.model.gen_head
+    a.preset = f"model {a.model}"
+    a.hidden, a.intermediate, a.layers = lm.hidden_size, lm.intermediate_size, lm.num_hidden_layers
+    a.heads, a.kv_heads = lm.num_attention_heads, lm.num_key_value_heads
+    a.image_tokens, (a.codebook, a.code_dim) = pipe.model.num_image_tokens, tuple(head.embedding.weight.shape)
+    a.grid = math.isqrt(a.image_tokens)
+
+
 def build_unimm(a):
-    """tiny.yaml with the benchmark's sizes; the rest (encoder, tokenizer) as tiny."""
+    """tiny.yaml with the benchmark's sizes; the rest (encoder, tokenizer) as tiny. With --model: that model."""
+    if a.model is not None:
+        pipe = unimm.load(a.model, device="cpu", dtype=torch.float32)
+        if pipe.model.config.generation.paradigm != "autoregressive":
+            raise SystemExit(f"--model {a.model} is a {pipe.model.config.generation.paradigm} model; "
+                             "Janus's loop is autoregressive")
+        sizes_from_model(a, pipe)
+        return pipe
     cfg = read_model_config(REPO / "configs" / "models" / "tiny.yaml")
     cfg["name"] = f"bench-{a.preset}"
     cfg["backbone"] = {"model_type": "llama", "config": backbone_config(a)}
@@ -182,6 +212,8 @@ def build_janus(a, pipe):
     ids = pipe.model.token_ids
     text = LlamaConfig(**backbone_config(a), vocab_size=ids.vocab_size, bos_token_id=ids.bos,
                        pad_token_id=ids.pad, eos_token_id=ids.eos)
+    if a.model is not None:  # the trained LM's own config (norm eps, rope, head dim, ...)
+        text = LlamaConfig(**{**pipe.model.backbone.lm.config.to_dict(), "pad_token_id": ids.pad})
     # The vision (understanding) tower is not used to generate; keep it minimal.
     # image_size // patch_size sets the VQ grid (JanusConfig copies it into
     # vq_config.num_patches); num_image_tokens is the generation loop length.
@@ -190,7 +222,7 @@ def build_janus(a, pipe):
                                num_image_tokens=a.image_tokens)
     vq_cfg = pipe.model.image_tokenizer.config  # the built VQ's dataclass (the model config holds a spec dict)
     vq = JanusVQVAEConfig(
-        embed_dim=CODE_DIM, num_embeddings=a.codebook, latent_channels=vq_cfg.latent_channels,
+        embed_dim=getattr(a, "code_dim", CODE_DIM), num_embeddings=a.codebook, latent_channels=vq_cfg.latent_channels,
         base_channels=32, channel_multiplier=[1] * VQ_LEVELS, num_res_blocks=vq_cfg.layers_per_block,
         # Aligner: code dim -> hidden -> hidden (2 layers); head: hidden -> hidden -> codebook. As unimm's.
         projection_dim=a.hidden, image_token_embed_dim=a.hidden, num_hidden_layers=2, hidden_act="gelu",

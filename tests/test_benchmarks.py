@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
     "ar_vs_janus.py": (["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1"],
                        "ratio unimm/transformers"),
+    "ar_vs_janus.py --model": (["--model", "default", "--level", "tokens", "--decoding", "jacobi", "--batch", "1",
+                                "--repeats", "1", "--warmup", "0", "--threads", "1"], "identical ids 100.0%"),
     "dit.py": (["--batch", "4", "--steps", "2", "--repeats", "1", "--threads", "1", "--out", "{tmp}/dit.jsonl"],
                "vs full recompute"),
     "paradigms.py": (["--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"],
