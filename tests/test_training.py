@@ -242,6 +242,38 @@ def test_a_stage_adds_an_option_to_the_model_it_starts_from(tmp_path, capsys):
                        before["encoder.model.embeddings.patch_embedding.weight"])  # frozen, loaded as saved
 
 
+def test_a_stage_gives_a_saved_model_another_generation_family(tmp_path):
+    """init_changes + init_fresh: the AR model's understanding path carries over as saved, while the
+    new family's head and image tokenizer start as built (MetaQuery-style DiT stages, configs/recipes/dit.yaml)."""
+    import yaml
+
+    start = _stage1(tmp_path)
+    models = ROOT / "configs" / "models"
+    changes = {"image_tokenizer": yaml.safe_load((models / "tiny-flow.yaml").read_text())["image_tokenizer"],
+               "generation": yaml.safe_load((models / "tiny-dit.yaml").read_text())["generation"],
+               "sampling": {"steps": 4, "solver": "euler"}}
+    with pytest.raises(unimm.config.ConfigError, match="has weights the config does not build: gen_head"):
+        unimm.load(start, changes=changes)  # the AR head's weights have no place in a dit model
+    with pytest.raises(ValueError, match=r"fresh names unknown part\(s\) \['head'\]"):
+        unimm.load(start, changes=changes, fresh=["head"])
+    with pytest.raises(ValueError, match="fresh parts need changes"):
+        unimm.load(start, fresh=["gen_head"])
+    with pytest.raises(ValueError, match="init_fresh names parts that init_changes rebuilds"):
+        load_train_config({"init_from": start, "init_fresh": ["gen_head"]})
+    stage = yaml.safe_load((ROOT / "configs" / "train" / "tiny-dit-stage1.yaml").read_text())  # t2i, gen_head learns
+    del stage["model"]
+    cfg = load_train_config({**stage, "init_from": start, "init_changes": changes, "init_fresh": ["gen_head", "image_tokenizer"],
+                             "output_dir": str(tmp_path / "dit")}, ["steps=2", "batch_size=4", "log_every=1"])
+    final = train(cfg, progress=False)
+    before, after = unimm.load(start).model.state_dict(), unimm.load(str(final))
+    assert after.model.config.generation.paradigm == "dit" and after.model.config.image_tokenizer["type"] == "vae"
+    kept = [k for k in before if k.startswith(("encoder.", "projector.", "backbone."))]
+    assert kept and all(torch.equal(after.model.state_dict()[k], before[k]) for k in kept)
+    assert (final / "transformer" / "config.json").is_file()  # diffusers' layout for the new generator
+    image = after.generate("a red circle", seed=0)[0]
+    assert image.size == (32, 32)
+
+
 def test_lr_scale_steps_a_part_slower_and_leaves_the_rest_as_it_was(tmp_path):
     start = _stage1(tmp_path)
     runs = {name: unimm.load(str(train(_cfg(2, tmp_path / name, "steps=1", "optim.warmup_steps=0", *extra,
@@ -295,6 +327,11 @@ def test_default_model_recipe_configs_parse():
     assert (tower.init_from, tower.init_changes, tower.steps, tower.batch_size) == (
         xattn.init_from, xattn.init_changes, xattn.steps, xattn.batch_size)
     assert tower.freeze["encoder"] is False and tower.freeze["backbone"] and tower.optim.lr_scale == {"encoder": 0.2}
+    dit = load_train_config(str(recipes / "dit.yaml"))  # the DiT default: the AR default's understanding path, frozen
+    assert dit.init_from == "weights/default" and dit.init_fresh == ["gen_head", "image_tokenizer"]
+    assert dit.init_changes["generation"]["paradigm"] == "dit" and dit.export_dtype == "bfloat16"
+    assert dit.init_changes["image_tokenizer"] == {"checkpoint": "weights/tokenizers/vae-shapes64"}
+    assert not dit.freeze["gen_head"] and all(dit.freeze[p] for p in ("encoder", "projector", "backbone"))
     script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
     joined = script.replace("\\\n", " ")  # continued lines
     runs = [ln.split() for ln in joined.splitlines() if ln.startswith("unimm train")]

@@ -71,18 +71,20 @@ def read_weights(directory: str | os.PathLike, name: str = WEIGHTS_NAME) -> dict
 
 
 def load_weights(module: torch.nn.Module, directory: str | os.PathLike, skip: tuple[str, ...] = (),
-                 new: frozenset[str] = frozenset()) -> None:
+                 new: frozenset[str] = frozenset(), fresh: tuple[str, ...] = ()) -> None:
     """Load safetensors weights into `module`, failing loudly on any mismatch.
 
     Keys absent from the files are allowed only when they alias a stored tensor
     (tied embeddings), since those were deduplicated when saving, when they start
     with a prefix in `skip` (parts loaded from their own subfolders), or when they are
-    in `new` (weights a config change adds; they keep their initialisation).
+    in `new` (weights a config change adds; they keep their initialisation). Weights under a
+    prefix in `fresh` (parts a config change rebuilds) are neither read nor required.
     """
     directory = Path(directory)
     check_weights_files(directory)
-    state = read_weights(directory)
+    state = {k: v for k, v in read_weights(directory).items() if not (fresh and k.startswith(fresh))}
 
+    skip = skip + fresh
     expected = {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.startswith(skip)}
     unexpected = sorted(set(state) - set(expected))
     if unexpected:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone, BackboneConfig
-from ..config import ConfigError, from_dict, merge_config, to_dict, write_json
+from ..config import MODEL_PARTS, ConfigError, from_dict, merge_config, to_dict, write_json
 from ..encoders import SiglipEncoder, SiglipEncoderConfig
 from ..folders import atomic_directory
 from ..generation import get_family
@@ -378,10 +378,13 @@ class UnifiedModel(nn.Module):
                 tokenizer.save_pretrained(tmp)
 
     @classmethod
-    def from_pretrained(cls, directory, changes: dict | None = None) -> "UnifiedModel":
+    def from_pretrained(cls, directory, changes: dict | None = None, fresh=()) -> "UnifiedModel":
         """Open a saved model. `changes` (a mapping merged into its config, e.g.
         {"generation": {"position_embedding": True}}) builds it with those options; weights the
-        change adds keep their initialisation and every other weight must still load."""
+        change adds keep their initialisation and every other weight must still load. `fresh`
+        names parts (of MODEL_PARTS) the change rebuilds, e.g. ("gen_head", "image_tokenizer") for another
+        generation family and image tokenizer: their saved weights are not read, and they keep
+        what the build gives them (an initialisation, or a tokenizer's own checkpoint)."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
@@ -391,14 +394,21 @@ class UnifiedModel(nn.Module):
         except json.JSONDecodeError as e:
             raise ConfigError(f"cannot parse {cfg_path}: {e}") from e
         new: frozenset[str] = frozenset()
+        fresh = tuple(fresh)
+        unknown = sorted(set(fresh) - set(MODEL_PARTS))
+        if unknown:
+            raise ValueError(f"fresh names unknown part(s) {unknown}; parts: {', '.join(MODEL_PARTS)}")
+        if fresh and not changes:
+            raise ValueError("fresh parts need changes that rebuild them (e.g. another generation paradigm)")
         if changes:
             saved = set(cls(UnifiedConfig.from_dict(data)).state_dict())  # the saved config's weight names
             data = merge_config(data, changes)
         model = cls(UnifiedConfig.from_dict(data))
         if changes:
             new = frozenset(set(model.state_dict()) - saved)
-        parts = model._library_parts()
-        load_weights(model, directory, skip=tuple(parts), new=new)
+        fresh = tuple(f"{p}." for p in fresh)
+        parts = {prefix: v for prefix, v in model._library_parts().items() if not prefix.startswith(fresh)}
+        load_weights(model, directory, skip=tuple(parts), new=new, fresh=fresh)
         for folder, part in parts.values():
             load_library_part(part, directory / folder)
         return model.eval()

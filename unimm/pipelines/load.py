@@ -106,7 +106,7 @@ def build_pipeline(config: UnifiedConfig, seed: int = 0):
 
 
 def load(path_or_config=None, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-         seed: int = 0, changes: dict | None = None):
+         seed: int = 0, changes: dict | None = None, fresh=()):
     """Open a pipeline.
 
     - a directory written by `save_pretrained` (config.json + safetensors + tokenizer);
@@ -119,6 +119,8 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
 
     `changes` (saved models only) merges options into the saved config; weights they add keep
     their initialisation (e.g. {"generation": {"position_embedding": True}} before fine-tuning).
+    `fresh` names the parts such changes rebuild, whose saved weights are not read (e.g.
+    ("gen_head", "image_tokenizer") to give a model another generation family and tokenizer).
     """
     from .unified import UnimmPipeline, check_device
 
@@ -138,11 +140,11 @@ def load(path_or_config=None, device: str | torch.device | None = None, dtype: s
         with reading(path_or_config):  # a save swapping this folder in waits until it is read
             if not (Path(path_or_config) / CONFIG_NAME).is_file():
                 raise FileNotFoundError(f"{path_or_config} is not a unimm model directory: {CONFIG_NAME} is missing")
-            pipe = UnimmPipeline.from_pretrained(path_or_config, changes)
+            pipe = UnimmPipeline.from_pretrained(path_or_config, changes, fresh)
     elif is_dir and (Path(path_or_config) / CONFIG_NAME).is_file():
-        pipe = UnimmPipeline.from_pretrained(path_or_config, changes)
+        pipe = UnimmPipeline.from_pretrained(path_or_config, changes, fresh)
     else:
-        if changes:
+        if changes or fresh:
             raise ValueError("changes apply to a saved model; for a config, edit the config (or use its base:)")
         config = resolve_config(path_or_config)
         what = repr(path_or_config) if isinstance(path_or_config, (str, os.PathLike)) else "this config"

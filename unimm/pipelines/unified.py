@@ -51,10 +51,11 @@ class UnimmPipeline:
         return cls(model, tokenizer)
 
     @classmethod
-    def from_pretrained(cls, directory, changes: dict | None = None) -> "UnimmPipeline":
-        """Open a saved model; `changes` builds it with other options (UnifiedModel.from_pretrained)."""
+    def from_pretrained(cls, directory, changes: dict | None = None, fresh=()) -> "UnimmPipeline":
+        """Open a saved model; `changes` builds it with other options and `fresh` names the parts
+        they rebuild (UnifiedModel.from_pretrained)."""
         with reading(directory):  # model and tokenizer files from one save, even while another swaps in
-            return cls(UnifiedModel.from_pretrained(directory, changes), load_text_tokenizer(directory))
+            return cls(UnifiedModel.from_pretrained(directory, changes, fresh), load_text_tokenizer(directory))
 
     def save_pretrained(self, directory, max_shard_size: str = "5GB", dtype=None, overwrite: bool = False) -> None:
         """Save model + tokenizer; `dtype` (e.g. "bfloat16") sets the type the weights are stored in.

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import MODEL_PARTS as PARTS
 from ..config import ConfigError, from_dict
 
-PARTS = ("encoder", "projector", "backbone", "image_tokenizer", "gen_head")
 LOSSES = ("understanding", "generation", "preference")  # the names loss_weights may set
 
 
@@ -85,6 +85,9 @@ class TrainConfig:
     # Options changed on init_from's model (merged into its config), e.g. {generation:
     # {position_embedding: true}}: weights the change adds start from their initialisation.
     init_changes: dict | None = None
+    # Parts init_changes rebuilds (e.g. [gen_head, image_tokenizer] for another generation family
+    # and image tokenizer): init_from's weights for them are not read; they start as built.
+    init_fresh: list = field(default_factory=list)
     output_dir: str = "runs/train"
     # Per part: true = frozen. Janus stage 1: only projector and generation head train.
     freeze: dict = field(default_factory=lambda: {
@@ -113,8 +116,13 @@ class TrainConfig:
     def __post_init__(self):
         if (self.model is None) == (self.init_from is None):
             raise ValueError("set exactly one of 'model' (a fresh model) and 'init_from' (a saved model directory)")
-        if self.init_changes and self.init_from is None:
+        if (self.init_changes or self.init_fresh) and self.init_from is None:
             raise ValueError("init_changes changes init_from's model; a fresh model takes its options in 'model'")
+        unknown = sorted(set(self.init_fresh) - set(PARTS))
+        if unknown:
+            raise ValueError(f"unknown part(s) {unknown} in init_fresh; parts: {', '.join(PARTS)}")
+        if self.init_fresh and not self.init_changes:
+            raise ValueError("init_fresh names parts that init_changes rebuilds; set init_changes too")
         unknown = {k for k in self.freeze if k.split(".")[0] not in PARTS}
         if unknown:
             raise ValueError(f"unknown part(s) {sorted(unknown)} in freeze; parts: {', '.join(PARTS)} "

@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     _check_output(out_dir, cfg, resume, overwrite, acc.is_main_process)
 
     # A fresh model draws its weights from the run's seed (the same on every machine and resume).
-    pipe = (load_pipeline(cfg.init_from, changes=cfg.init_changes) if cfg.init_from
+    pipe = (load_pipeline(cfg.init_from, changes=cfg.init_changes, fresh=cfg.init_fresh) if cfg.init_from
             else build_pipeline(resolve_config(cfg.model), cfg.seed))
     model = pipe.model
     rows = apply_freeze(model, cfg.freeze)
