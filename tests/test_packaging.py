@@ -48,14 +48,16 @@ from unimm.pipelines.load import DEFAULT_MODEL_DIR, available_configs
 print(unimm.__file__)
 print(DEFAULT_MODEL_DIR)
 print(available_configs().count("tiny"))
+from unimm.pipelines.load import shipped_models
 pipe = unimm.load()
 print(pipe.generate("a red circle on the left", seed=0)[0].size)
+print(all(unimm.load(name).generate("a red circle", seed=0)[0].size == (64, 64) for name in shipped_models()))
 import unimm.app
 print(unimm.app.parse_args([]).port)
 """).splitlines()
     assert out[0].startswith(str(installed / "site"))  # the installed copy, not the clone
     assert out[1] == str(site / "weights" / "default")
-    assert out[2:] == ["1", "(64, 64)", "7860"]
+    assert out[2:] == ["1", "(64, 64)", "True", "7860"]  # every shipped model loads and draws from the wheel
 
 
 def test_a_missing_optional_part_names_its_extra(monkeypatch, capsys):
