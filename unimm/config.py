@@ -183,10 +183,11 @@ def typed_from_dict(registry: dict[str, type], spec: dict | None, default: str, 
     return kind, from_dict(registry[kind], spec, f"{where} ({kind})")
 
 
-# The family a section without `type` belongs to (the defaults of their config readers).
 # The unified model's top-level parts, the units that training freezes and that a change of
 # config may rebuild (UnifiedModel.from_pretrained's `fresh`).
 MODEL_PARTS = ("encoder", "projector", "backbone", "image_tokenizer", "gen_head")
+
+# The family a section without `type` belongs to (the defaults of their config readers).
 _DEFAULT_TYPES = {"projector": "mlp", "image_tokenizer": "vq", "quantizer": "vq"}
 
 
