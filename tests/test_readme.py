@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import unimm
 
@@ -59,7 +60,7 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
 
     lines = [a for a in _cli_lines() if a[0] not in SERVERS]
     assert [a[0] for a in lines] == ["generate", "eval", "chat", "generate", "train-tokenizer", "train-tokenizer",
-                                     "train", "train", "train", "train", "eval", "eval", "eval", "eval"]
+                                     "train", "train", "train", "train", "eval", "eval", "eval", "eval", "generate"]
     # The main command's image must pass the evaluator (`eval --check` exits 0 only then).
     assert lines[1][:2] == ["eval", "--check"] and lines[1][2] == lines[0][lines[0].index("-o") + 1]
     monkeypatch.chdir(tmp_path)
@@ -75,6 +76,7 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "vae-shapes" / "tokenizer" / "model.safetensors").is_file()
     out = capsys.readouterr().out
     assert (tmp_path / "out.png").is_file()
+    assert Image.open(tmp_path / "square.png").size == (64, 64)  # the DiT default's example
     assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == [f"blue-{i}.png" for i in range(4)]
     assert out.strip().splitlines()[-1]  # the streamed answer
 
