@@ -37,6 +37,12 @@ def test_the_default_model_ships_within_budget():
     assert "runs/" not in json.dumps(config)
 
 
+def test_the_weights_folder_stays_within_its_budget():
+    """Every shipped model and the tokenizers kept for training, together: 40 MB (issue 12)."""
+    size = sum(p.stat().st_size for p in (ROOT / "weights").rglob("*") if p.is_file())
+    assert size <= 40 * 10**6, f"weights/ is {size / 1e6:.1f} MB"
+
+
 def test_load_with_no_argument_opens_it(monkeypatch):
     monkeypatch.delenv("UNIMM_MODEL", raising=False)
     pipe = unimm.load()
