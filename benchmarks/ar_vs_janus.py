@@ -159,6 +159,7 @@ def parse_args(argv=None):
     if args.batch < 1:
         p.error("--batch must be >= 1")
     args.grid = grid
+    args.code_dim = CODE_DIM  # --model: the trained head's (sizes_from_model)
     args.threads = args.threads or os.cpu_count()
     return args
 
@@ -198,7 +199,7 @@ def build_unimm(a):
         "image_size": a.grid * VQ_DOWNSAMPLE,
         # Widths Janus can also build (its GroupNorm has 32 groups): 32 at every level.
         "block_out_channels": [32] * VQ_LEVELS,
-        "quantizer": {"type": "vq", "codebook_size": a.codebook, "codebook_dim": CODE_DIM, "use_cosine_sim": True},
+        "quantizer": {"type": "vq", "codebook_size": a.codebook, "codebook_dim": a.code_dim, "use_cosine_sim": True},
     }
     cfg["generation"] = {"paradigm": "autoregressive"}  # embed_dim = code dim, head hidden = backbone width
     torch.manual_seed(a.seed)
@@ -210,10 +211,11 @@ def build_unimm(a):
 def build_janus(a, pipe):
     """A Janus model whose text model and image-generation path match the unimm one."""
     ids = pipe.model.token_ids
-    text = LlamaConfig(**backbone_config(a), vocab_size=ids.vocab_size, bos_token_id=ids.bos,
-                       pad_token_id=ids.pad, eos_token_id=ids.eos)
     if a.model is not None:  # the trained LM's own config (norm eps, rope, head dim, ...)
         text = LlamaConfig(**{**pipe.model.backbone.lm.config.to_dict(), "pad_token_id": ids.pad})
+    else:
+        text = LlamaConfig(**backbone_config(a), vocab_size=ids.vocab_size, bos_token_id=ids.bos,
+                           pad_token_id=ids.pad, eos_token_id=ids.eos)
     # The vision (understanding) tower is not used to generate; keep it minimal.
     # image_size // patch_size sets the VQ grid (JanusConfig copies it into
     # vq_config.num_patches); num_image_tokens is the generation loop length.
@@ -222,7 +224,7 @@ def build_janus(a, pipe):
                                num_image_tokens=a.image_tokens)
     vq_cfg = pipe.model.image_tokenizer.config  # the built VQ's dataclass (the model config holds a spec dict)
     vq = JanusVQVAEConfig(
-        embed_dim=getattr(a, "code_dim", CODE_DIM), num_embeddings=a.codebook, latent_channels=vq_cfg.latent_channels,
+        embed_dim=a.code_dim, num_embeddings=a.codebook, latent_channels=vq_cfg.latent_channels,
         base_channels=32, channel_multiplier=[1] * VQ_LEVELS, num_res_blocks=vq_cfg.layers_per_block,
         # Aligner: code dim -> hidden -> hidden (2 layers); head: hidden -> hidden -> codebook. As unimm's.
         projection_dim=a.hidden, image_token_embed_dim=a.hidden, num_hidden_layers=2, hidden_act="gelu",

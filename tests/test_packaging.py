@@ -44,11 +44,10 @@ def test_a_wheel_install_outside_the_clone_finds_configs_weights_and_the_app(ins
     assert (site / "weights" / "default" / "model.safetensors").is_file()
     out = _run(installed, """
 import unimm
-from unimm.pipelines.load import DEFAULT_MODEL_DIR, available_configs
+from unimm.pipelines.load import DEFAULT_MODEL_DIR, available_configs, shipped_models
 print(unimm.__file__)
 print(DEFAULT_MODEL_DIR)
 print(available_configs().count("tiny"))
-from unimm.pipelines.load import shipped_models
 pipe = unimm.load()
 print(pipe.generate("a red circle on the left", seed=0)[0].size)
 print(all(unimm.load(name).generate("a red circle", seed=0)[0].size == (64, 64) for name in shipped_models()))

@@ -82,7 +82,7 @@ def load_weights(module: torch.nn.Module, directory: str | os.PathLike, skip: tu
     """
     directory = Path(directory)
     check_weights_files(directory)
-    state = {k: v for k, v in read_weights(directory).items() if not (fresh and k.startswith(fresh))}
+    state = {k: v for k, v in read_weights(directory).items() if not k.startswith(fresh)}
 
     skip = skip + fresh
     expected = {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.startswith(skip)}
