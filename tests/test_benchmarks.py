@@ -28,6 +28,8 @@ SMOKE = {
     "chat_cache.py": (["--model", "tiny", "--repeats", "2", "--threads", "1"], "ratio TTFT fresh / reused"),
     "jacobi.py": (["--model", "tiny", "--batches", "1", "--repeats", "1", "--threads", "1"],
                   "passes sequential / jacobi"),
+    "shape_learning.py": (["--steps", "4", "--every", "2", "--train", "64", "--test", "250", "--threads", "1"],
+                          "steps to 90% held-out: vit"),
     "probes.py": (["--n", "200", "--test", "50", "--llm-n", "40", "--iters", "10"], "accuracy on held-out scenes"),
 }
 

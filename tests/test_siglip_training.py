@@ -55,3 +55,64 @@ def test_siglip_training_with_hard_negatives_reports_their_accuracy(tmp_path):
                               "hard_negatives": [["circle", "square", "triangle", "star", "diamond", "hexagon"]]})
     metrics = train_siglip(cfg, progress=False)
     assert 0 <= metrics["hard_negative_acc"] <= 1 and torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_caption_token_targets_weigh_rare_words_and_skip_special_tokens():
+    import math
+
+    import pytest
+
+    from unimm.training.siglip import caption_idf, tag_recall, tag_targets, tagging_loss
+
+    # vocabulary of 6: 0 pad, 1 "a", 2 "red", 3 "circle", 4 "star", 5 unused
+    ids = torch.tensor([[1, 2, 3, 0], [1, 2, 4, 0], [1, 3, 3, 0]])
+    idf = caption_idf(ids, 6)
+    assert idf[1] == pytest.approx(math.log(4 / 4) + 1)  # in every caption
+    assert idf[4] == pytest.approx(math.log(4 / 2) + 1)  # in one
+    t = tag_targets(ids, idf, torch.tensor([0]))
+    assert torch.allclose(t.sum(-1), torch.ones(3))
+    assert t[0, 0] == 0 and t[0, 5] == 0  # padding is no tag; absent words get nothing
+    assert t[1, 4] > t[1, 2] > t[1, 1]  # rarer words weigh more
+    assert t[2, 3] == pytest.approx(idf[3] / (idf[1] + idf[3]))  # a repeated token counts once
+    # the loss is cross-entropy against the soft target: lowest when the logits put their mass there
+    good, bad = torch.log(t + 1e-9), torch.log(t.flip(0) + 1e-9)
+    assert tagging_loss(good, t) < tagging_loss(bad, t)
+    assert tag_recall(good, t) == 1.0 and tag_recall(torch.zeros(3, 6) - 10 * t, t) < 0.5
+    with pytest.raises(ValueError, match="tagging_weight must be a finite number >= 0"):
+        load_siglip_config({**TINY, "tagging_weight": -1})
+
+
+def test_siglip_training_with_caption_tagging_learns_tags_and_saves_a_plain_siglip(tmp_path):
+    from safetensors import safe_open
+
+    cfg = load_siglip_config({**TINY, "steps": 30, "output_dir": str(tmp_path / "siglip"), "tagging_weight": 1.0})
+    train_siglip(cfg, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "siglip" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["tagging_loss"] < log[0]["tagging_loss"]
+    assert log[-1]["tag_recall"] > log[0]["tag_recall"]
+    with safe_open(str(tmp_path / "siglip" / "model" / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if not k.startswith(("vision_model.", "text_model.", "logit_"))]
+    enc = SiglipEncoder(SiglipEncoderConfig(pretrained=str(tmp_path / "siglip" / "model"))).eval()
+    assert enc(torch.zeros(1, 3, 32, 32)).shape == (1, 16, 32)
+
+
+def test_siglip_training_continues_from_its_own_checkpoint(tmp_path):
+    import pytest
+    from transformers import SiglipModel
+
+    first = load_siglip_config({**TINY, "steps": 10, "output_dir": str(tmp_path / "a")})
+    train_siglip(first, progress=False)
+    # `vision`/`text` given here are not read: the checkpoint's own architecture is continued
+    more = load_siglip_config({**TINY, "steps": 10, "output_dir": str(tmp_path / "b"),
+                               "vision": {**TINY["vision"], "hidden_size": 64},
+                               "init_from": str(tmp_path / "a" / "model")})
+    train_siglip(more, progress=False)
+    a = SiglipModel.from_pretrained(tmp_path / "a" / "model")
+    b = SiglipModel.from_pretrained(tmp_path / "b" / "model")
+    assert b.config.vision_config.hidden_size == 32
+    assert (tmp_path / "b" / "model" / "tokenizer.json").read_text() == (tmp_path / "a" / "model" / "tokenizer.json").read_text()
+    wa, wb = a.vision_model.embeddings.patch_embedding.weight, b.vision_model.embeddings.patch_embedding.weight
+    assert not torch.equal(wa, wb) and (wa - wb).abs().max() < 0.1  # moved on from the first run's weights
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint of this trainer"):
+        train_siglip(load_siglip_config({**TINY, "output_dir": str(tmp_path / "c"), "init_from": str(tmp_path)}),
+                     progress=False)

@@ -274,6 +274,32 @@ def test_a_stage_gives_a_saved_model_another_generation_family(tmp_path):
     assert image.size == (32, 32)
 
 
+def test_a_stage_swaps_a_saved_models_vision_tower_for_a_pretrained_one(tmp_path):
+    """init_fresh: [encoder] with encoder.pretrained: the new SigLIP's weights, the rest as saved
+    (configs/recipes/xattn-tagged.yaml gives the shipped default another tower this way)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    start = _stage1(tmp_path)
+    torch.manual_seed(5)
+    tower = SiglipModel(SiglipConfig(vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                                    "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                                     text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                                  "num_attention_heads": 2, "vocab_size": 40}))
+    tower.save_pretrained(tmp_path / "siglip")
+    swapped = unimm.load(start, changes={"encoder": {"pretrained": str(tmp_path / "siglip")}}, fresh=["encoder"])
+    before, after = unimm.load(start).model.state_dict(), swapped.model.state_dict()
+    new = {k: v for k, v in tower.vision_model.state_dict().items()}
+    enc = {k[len("encoder.model."):]: v for k, v in after.items() if k.startswith("encoder.model.")}
+    assert enc.keys() <= new.keys() and all(torch.equal(v, new[k]) for k, v in enc.items())
+    assert not torch.equal(after["encoder.model.embeddings.patch_embedding.weight"],
+                           before["encoder.model.embeddings.patch_embedding.weight"])
+    rest = [k for k in before if not k.startswith("encoder.")]
+    assert rest and all(torch.equal(after[k], before[k]) for k in rest)
+    # saved, the model holds the tower's weights itself: it loads without the SigLIP folder
+    swapped.save_pretrained(tmp_path / "swapped")
+    assert unimm.load(str(tmp_path / "swapped")).model.config.encoder.pretrained is None
+
+
 def test_lr_scale_steps_a_part_slower_and_leaves_the_rest_as_it_was(tmp_path):
     start = _stage1(tmp_path)
     runs = {name: unimm.load(str(train(_cfg(2, tmp_path / name, "steps=1", "optim.warmup_steps=0", *extra,
@@ -327,6 +353,14 @@ def test_default_model_recipe_configs_parse():
     assert (tower.init_from, tower.init_changes, tower.steps, tower.batch_size) == (
         xattn.init_from, xattn.init_changes, xattn.steps, xattn.batch_size)
     assert tower.freeze["encoder"] is False and tower.freeze["backbone"] and tower.optim.lr_scale == {"encoder": 0.2}
+    # the fourth try: the frozen-tower run on a SigLIP pretrained with caption-token tagging, in two rounds
+    tagged = [load_siglip_config(str(recipes / f"siglip-shapes-tagged{k}.yaml")) for k in ("", "-continue")]
+    assert tagged[0].tagging_weight > 0 and tagged[0].init_from is None
+    assert tagged[1].init_from == tagged[0].output_dir + "/model" and tagged[1].tagging_weight > 0
+    xt = load_train_config(str(recipes / "xattn-tagged.yaml"))
+    assert xt.init_changes == {**xattn.init_changes, "encoder": {"pretrained": tagged[1].output_dir + "/model"}}
+    assert xt.init_fresh == ["encoder"] and xt.freeze == xattn.freeze
+    assert (xt.init_from, xt.steps, xt.batch_size) == (xattn.init_from, xattn.steps, xattn.batch_size)
     dit = load_train_config(str(recipes / "dit.yaml"))  # the DiT default: the AR default's understanding path, frozen
     assert dit.init_from == "weights/default" and dit.init_fresh == ["gen_head", "image_tokenizer"]
     assert dit.init_changes["generation"]["paradigm"] == "dit" and dit.export_dtype == "bfloat16"
