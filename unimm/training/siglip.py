@@ -3,7 +3,9 @@
 The understanding encoder of the default model starts here: image-caption
 pairs from the shapes world (or a caption JSONL), the pairwise sigmoid loss of
 SigLIP (arXiv:2303.15343) that `SiglipModel(return_loss=True)` computes, and
-unimm's own byte-level BPE for the text tower. The result is a standard
+unimm's own byte-level BPE for the text tower; optionally hard negatives (one
+word of a caption swapped) and caption-token classification (`tagging_weight`).
+The result is a standard
 SigLIP checkpoint directory that a model config uses as
 `encoder: {pretrained: DIR}` (its vision tower).
 """
@@ -234,10 +236,10 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
             if negatives:
                 ids = torch.cat([ids, tok(negatives, padding="max_length", truncation=True, max_length=cfg.text_length,
                                           return_tensors="pt")["input_ids"]])
-        out_ = model(input_ids=ids, pixel_values=images)
-        loss = sigmoid_loss(out_.logits_per_image)
+        result = model(input_ids=ids, pixel_values=images)
+        loss = sigmoid_loss(result.logits_per_image)
         if tagger is not None:
-            tags = tagging_loss(tagger(out_.vision_model_output.pooler_output),
+            tags = tagging_loss(tagger(result.vision_model_output.pooler_output),
                                 tag_targets(ids[: len(images)], idf, special))
             loss = loss + cfg.tagging_weight * tags
         if not torch.isfinite(loss):
