@@ -69,6 +69,11 @@ class SiglipTrainConfig:
                              f"got {self.hard_negatives!r}")
 
 
+def _ids(tok, texts: list[str], length: int) -> torch.Tensor:
+    """Captions -> (N, length) token ids, padded or cut to the text tower's length."""
+    return tok(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")["input_ids"]
+
+
 def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0.5), with_captions: bool = False):
     from ..images import fit_square, to_tensor
 
@@ -79,10 +84,10 @@ def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0
             continue
         images.append(to_tensor(fit_square(rec["image"], size, "resize", (127, 127, 127)), processor_mean, (0.5, 0.5, 0.5)))
         texts.append(rec["caption"])
-    enc = tok(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    ids = _ids(tok, texts, length)
     if with_captions:
-        return torch.stack(images), enc["input_ids"], texts
-    return torch.stack(images), enc["input_ids"]
+        return torch.stack(images), ids, texts
+    return torch.stack(images), ids
 
 
 def _swap_patterns(groups):
@@ -208,16 +213,15 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
     if patterns:  # each held-out image's caption against its own swapped copy
         eval_rng = random.Random(cfg.seed + 1)
         swapped = [hard_negative(c, patterns, eval_rng) or c for c in eval_captions]
-        eval_negatives = tok(swapped, padding="max_length", truncation=True, max_length=cfg.text_length,
-                             return_tensors="pt")["input_ids"]
+        eval_negatives = _ids(tok, swapped, cfg.text_length)
     params = list(model.parameters())
     tagger = None
     if cfg.tagging_weight > 0:
         tagger = torch.nn.Linear(model.config.vision_config.hidden_size, len(tok))
         params += list(tagger.parameters())
         # Frequencies from the training captions (never the held-out ones); special tokens are not tags.
-        idf_ids = _batch(source, range(min(2048, len(source) - 256)), tok, size, cfg.text_length)[1]
-        idf = caption_idf(idf_ids, len(tok))
+        captions = [rec["caption"] for i in range(min(2048, len(source) - 256)) if (rec := source.get(i)) is not None]
+        idf = caption_idf(_ids(tok, captions, cfg.text_length), len(tok))
         special = torch.tensor(sorted({t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id,
                                                    tok.unk_token_id) if t is not None}), dtype=torch.long)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
@@ -234,8 +238,7 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
         if patterns:
             negatives = [n for c in captions if (n := hard_negative(c, patterns, rng)) is not None]
             if negatives:
-                ids = torch.cat([ids, tok(negatives, padding="max_length", truncation=True, max_length=cfg.text_length,
-                                          return_tensors="pt")["input_ids"]])
+                ids = torch.cat([ids, _ids(tok, negatives, cfg.text_length)])
         result = model(input_ids=ids, pixel_values=images)
         loss = sigmoid_loss(result.logits_per_image)
         if tagger is not None:
