@@ -10,8 +10,15 @@
 # batch_size is per process, so halve it to keep 16 samples per step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The understanding encoder: SigLIP with shape and place hard negatives.
+# The understanding encoder: SigLIP with shape and place hard negatives (stages 1-3), and the
+# one stage 4 swaps in: the same pretraining plus caption-token tagging, four rounds.
 unimm train-siglip configs/recipes/siglip-shapes.yaml
+unimm train-siglip configs/recipes/siglip-shapes-tagged.yaml
+unimm train-siglip configs/recipes/siglip-shapes-tagged-continue.yaml
+unimm train-siglip configs/recipes/siglip-shapes-tagged-continue.yaml init_from=runs/siglip-tagged2/model \
+  data.seed=13 output_dir=runs/siglip-tagged3
+unimm train-siglip configs/recipes/siglip-shapes-tagged-continue.yaml init_from=runs/siglip-tagged3/model \
+  data.seed=14 output_dir=runs/siglip-tagged4
 # The 64 px VQ (16x16 FSQ codes): from scratch, two L1 continuations, then three with the
 # outline pixels weighted ever more (BENCHMARKS.md, "64 px image tokenizers", has each ceiling).
 T=configs/tokenizers
@@ -27,14 +34,15 @@ unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/def
 unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/default/vq64-5/tokenizer \
   output_dir=runs/default/vq64-6 edge_weight=24 data.seed=19
 # The unified model: three stages on the frozen SigLIP and VQ (targets cached once), stage 2
-# continued with more generation as the shipped model was.
+# continued with more generation as the shipped model was; stage 4 swaps in the tagged SigLIP.
 unimm train configs/recipes/stage1.yaml "$@"
 unimm train configs/recipes/stage2.yaml "$@"
 unimm train configs/recipes/stage2b.yaml "$@"
 unimm train configs/recipes/stage3.yaml "$@"
+unimm train configs/recipes/stage4-tagged.yaml "$@"
 # Installed with save_pretrained: an earlier default there is swapped out atomically, anything
 # else someone put in weights/default is refused rather than deleted.
-python -c "import unimm; unimm.load('runs/default/stage3/final').save_pretrained('weights/default', dtype='bfloat16')"
+python -c "import unimm; unimm.load('runs/default/stage4/final').save_pretrained('weights/default', dtype='bfloat16')"
 unimm eval --model weights/default --task all --n 400 --out runs/default/eval.json --grid runs/default/eval.png
 unimm eval --model weights/default --task tokenizer --n 400 --out runs/default/eval-tokenizer.json
 python scripts/sample_grid.py --model weights/default --out runs/default/samples.png

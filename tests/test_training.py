@@ -357,8 +357,9 @@ def test_default_model_recipe_configs_parse():
     tagged = [load_siglip_config(str(recipes / f"siglip-shapes-tagged{k}.yaml")) for k in ("", "-continue")]
     assert tagged[0].tagging_weight > 0 and tagged[0].init_from is None
     assert tagged[1].init_from == tagged[0].output_dir + "/model" and tagged[1].tagging_weight > 0
-    xt = load_train_config(str(recipes / "xattn-tagged.yaml"))
-    assert xt.init_changes == {**xattn.init_changes, "encoder": {"pretrained": tagged[1].output_dir + "/model"}}
+    xt = load_train_config(str(recipes / "xattn-tagged.yaml"))  # (the fifth: the fourth round's tower, last layer)
+    assert xt.init_changes == {**xattn.init_changes, "encoder": {"pretrained": "runs/siglip-tagged4/model",
+                                                                 "feature_layer": -1}}
     assert xt.init_fresh == ["encoder"] and xt.freeze == xattn.freeze
     assert (xt.init_from, xt.steps, xt.batch_size) == (xattn.init_from, xattn.steps, xattn.batch_size)
     dit = load_train_config(str(recipes / "dit.yaml"))  # the DiT default: the AR default's understanding path, frozen
@@ -371,19 +372,30 @@ def test_default_model_recipe_configs_parse():
     runs = [ln.split() for ln in joined.splitlines() if ln.startswith("unimm train")]
     assert [r[:3] for r in runs] == [
         ["unimm", "train-siglip", "configs/recipes/siglip-shapes.yaml"],
+        ["unimm", "train-siglip", "configs/recipes/siglip-shapes-tagged.yaml"],
+        *[["unimm", "train-siglip", "configs/recipes/siglip-shapes-tagged-continue.yaml"]] * 3,
         ["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x.yaml"],
         *[["unimm", "train-tokenizer", f"configs/tokenizers/vq-shapes64-4x-{k}.yaml"] for k in ("continue", "continue")],
         *[["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x-edges.yaml"]] * 3,
-        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in ("1", "2", "2b", "3")]]
+        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in ("1", "2", "2b", "3", "4-tagged")]]
+    # The tagged SigLIP's rounds: each continues the one before; stage 4 swaps in the last.
+    rounds = [load_siglip_config(r[2], r[3:]) for r in runs[1:5]]
+    assert all(b.init_from == a.output_dir + "/model" for a, b in zip(rounds, rounds[1:]))
+    assert len({r.data["seed"] for r in rounds}) == 4  # fresh scenes each round
+    stage4 = load_train_config(runs[-1][2])
+    assert stage4.init_from == stages[-1].output_dir + "/final" and stage4.init_fresh == ["encoder"]
+    assert stage4.init_changes["encoder"]["pretrained"] == rounds[-1].output_dir + "/model"
+    assert stage4.freeze == stages[-1].freeze and stage4.data.cache_dir == stages[-1].data.cache_dir
+    assert stage4.export_dtype == "bfloat16"
     # The VQ chain: each run starts from the one before, and the model reads the last.
     outs = []
-    for r in runs[1:7]:
+    for r in runs[5:11]:
         data = apply_overrides(read_config_file(r[2]), r[3:])
         assert set(data) <= {f.name for f in fields(TokenizerTrainConfig)}
         if outs:
             assert data["tokenizer"] == {"checkpoint": outs[-1] + "/tokenizer"}
         outs.append(data["output_dir"])
-    assert load_tokenizer_config(runs[1][2]).tokenizer["image_size"] == 64
+    assert load_tokenizer_config(runs[5][2]).tokenizer["image_size"] == 64
     model = read_config_file(str(ROOT / "configs" / "models" / "shapes-default.yaml"))
     assert model["image_tokenizer"] == {"checkpoint": outs[-1] + "/tokenizer"}
     assert model["encoder"]["pretrained"] == siglip.output_dir + "/model"
