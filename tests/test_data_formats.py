@@ -321,6 +321,26 @@ def test_shapes_source_all_tasks(world):
     assert not und.skipped
 
 
+def test_shapes_understanding_items_can_ask_fewer_questions(world):
+    """questions: N keeps the first N of the scene's shuffled turns (1: nothing to copy from an earlier turn)."""
+    opts = {"num_samples": 8, "image_size": SIZE, "seed": 0}
+    full = ShapesSource("understanding", **opts).get(5)
+    for n in (1, 3):
+        r = ShapesSource("understanding", questions=n, **opts).get(5)
+        check_understanding(r, 1)
+        assert r["turns"] == full["turns"][:n] and r["turns"][0][0].startswith("<image>\n")
+        assert r["images"][0].tobytes() == full["images"][0].tobytes()
+    spec = {"format": "shapes", "task": "understanding", "num_samples": 4, "questions": 1}
+    assert len(build_source(spec).get(0)["turns"]) == 1
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match=f"questions must be an int >= 1 .*got {bad!r}"):
+            ShapesSource("understanding", questions=bad, **opts)
+    with pytest.raises(ConfigError, match="questions applies to single-image understanding items, not task='text'"):
+        ShapesSource("text", questions=1, **opts)
+    with pytest.raises(ConfigError, match="with sequence='compare'"):
+        ShapesSource("understanding", questions=1, sequence="compare", **opts)
+
+
 # --------------------------------------------------------------------------- build_source
 
 

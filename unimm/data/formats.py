@@ -697,11 +697,15 @@ class ShapesSource(Source):
     (half of them "describe the image" against a hallucinating description). With
     `sequence` (understanding only): items of several images, "compare" (two scenes) or
     "clip" (`frames` frames of a moving object), from `unimm.data.sequences`.
-    Every item is usable.
+    `questions` (understanding only): how many of the scene's questions an item asks, taken
+    from their shuffled order (None: all). With all of them an earlier turn often names the
+    object a later question asks about ("Where is the black circle?" before "What colour is the
+    circle?"), so the answer can be copied from the text; with 1 it must be read off the image,
+    as the evaluator asks it. Every item is usable.
     """
 
     def __init__(self, task: str, reference: bool = False, sequence: str | None = None, frames: int = 4,
-                 **shapes_world_options: Any) -> None:
+                 questions: int | None = None, **shapes_world_options: Any) -> None:
         from .sequences import SEQUENCES
         from .shapes import ShapesWorld
 
@@ -716,6 +720,13 @@ class ShapesSource(Source):
                               f"understanding, got sequence={sequence!r}, task={task!r}")
         if not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 2):
             raise ConfigError(f"shapes source: frames must be an int >= 2, got {frames!r}")
+        if questions is not None:
+            if not (isinstance(questions, int) and not isinstance(questions, bool) and questions >= 1):
+                raise ConfigError(f"shapes source: questions must be an int >= 1 (or null: all), got {questions!r}")
+            if task != "understanding" or sequence is not None:
+                raise ConfigError("shapes source: questions applies to single-image understanding items, not "
+                                  f"task={task!r}" + (f" with sequence={sequence!r}" if sequence else ""))
+        self.questions = questions
         self.reference = reference  # IP-Adapter pairs (shapes.reference_pair) instead of the world's scenes
         self.sequence, self.frames = sequence, frames  # several images per item (unimm.data.sequences)
         self.world = ShapesWorld(**shapes_world_options)
@@ -753,7 +764,7 @@ class ShapesSource(Source):
             return {"task": "preference", "images": [s["image"]], "question": f"{IMAGE_PLACEHOLDER}\n{qa.question}",
                     "chosen": qa.answer, "rejected": rejected_answer(s["scene"], qa, rng)}
         turns = [(f"{IMAGE_PLACEHOLDER}\n{qa.question}" if k == 0 else qa.question, qa.answer)
-                 for k, qa in enumerate(s["qa"])]
+                 for k, qa in enumerate(s["qa"][:self.questions])]
         return _understanding([s["image"]], turns)
 
 
@@ -801,7 +812,8 @@ _FORMATS: dict[str, tuple[Callable[[dict], Source], tuple[str, ...], Callable[[]
     "webdataset": (lambda o: WebDatasetSource(**o), ("shards",), lambda: ("task",)),
     "hf": (lambda o: HFDatasetSource(o.pop("path"), **o), ("path",),
            lambda: ("task", "image_column", "caption_column", "split", "cache_dir")),
-    "shapes": (lambda o: ShapesSource(**o), ("task",), lambda: [*_shapes_keys(), "reference", "sequence", "frames"]),
+    "shapes": (lambda o: ShapesSource(**o), ("task",),
+               lambda: [*_shapes_keys(), "reference", "sequence", "frames", "questions"]),
     "preference": (lambda o: PreferenceJsonlSource(**o), ("path",), lambda: ("image_root",)),
 }
 
