@@ -14,12 +14,13 @@ from unimm.pipelines.load import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 20 * 2**20  # bytes: config, weights and tokenizer files together
-# Measured for BENCHMARKS.md on 400 images / 400 questions: generation 29.0%, VQA 76.0%; on the
-# samples below (seed 7): 23.3% of 60 images, 74% of 100 questions.
+# Measured for BENCHMARKS.md on 400 images / 400 questions: generation 31.5%, VQA 88.2%; on the
+# samples below (seed 7): 23.3% of 60 images, 90% of 100 questions.
 GEN_N, GEN_FLOOR = 15, 0.15  # prompts per category; overall accuracy
-VQA_N, VQA_FLOOR = 100, 0.65
+VQA_N, VQA_FLOOR = 100, 0.80
 # weights/default-dit: 7.8% of 400 images (seed 0); on the samples below (seed 7) 13.3% of 60.
 DIT_GEN_FLOOR = 0.05
+DIT_VQA_FLOOR = 0.65  # stage 3's understanding path: 76.0% of 400, 74% of the 100 below
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +143,10 @@ def test_the_dit_default_draws_reproducibly_above_its_floor(dit_pipe):
     assert report["accuracy"] >= DIT_GEN_FLOOR, report["categories"]
 
 
-def test_the_dit_default_understands_as_the_default_does(dit_pipe, default_pipe):
-    """Its SigLIP, projector and backbone are the default's, frozen: the same answers, token for token."""
-    from unimm.data.shapes import ShapesWorld, render
+def test_the_dit_default_understands_above_its_floor(dit_pipe):
+    """Its SigLIP, projector and backbone are stage 3's default's, frozen (the shipped default has
+    since had stage 4): it answers as that model did."""
+    from unimm.eval import evaluate_vqa
 
-    world = ShapesWorld(seed=5, num_samples=6)
-    for k in range(6):
-        scene = world[k]
-        question = next(q.question for q in scene.qa)
-        image = render(scene, 64)
-        assert dit_pipe.chat(image, question) == default_pipe.chat(image, question)
+    report = evaluate_vqa(dit_pipe, n=VQA_N, seed=7)
+    assert report["accuracy"] >= DIT_VQA_FLOOR, report["types"]
