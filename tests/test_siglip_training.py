@@ -116,3 +116,69 @@ def test_siglip_training_continues_from_its_own_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a checkpoint of this trainer"):
         train_siglip(load_siglip_config({**TINY, "output_dir": str(tmp_path / "c"), "init_from": str(tmp_path)}),
                      progress=False)
+
+
+def test_region_targets_tag_each_patch_with_the_object_it_lies_in():
+    import pytest
+
+    from unimm.training.siglip import load_siglip_config, patch_coverage, region_targets
+
+    # a 4x4 grid; the box covers 36% of patches (0,0) and (0,1), 12% of (1,0) and (1,1)
+    cover = patch_coverage([0.1, 0.1, 0.4, 0.3], 4).view(4, 4)
+    assert torch.allclose(cover[:2, :2], torch.tensor([[0.36, 0.36], [0.12, 0.12]]))
+    assert cover[2:].sum() == 0 and cover[:, 2:].sum() == 0
+
+    class Tok:  # word ids: a=1 red=2 blue=3 circle=4 star=5, 0 = padding
+        words = {"a": 1, "red": 2, "blue": 3, "circle": 4, "star": 5}
+
+        def __call__(self, texts, **kw):
+            rows = [[self.words[w] for w in t.split()] + [0] * (4 - len(t.split())) for t in texts]
+            return {"input_ids": torch.tensor(rows)}
+
+    idf = torch.ones(6)
+    regions = [[{"box": [0.0, 0.0, 0.5, 0.5], "text": "a red circle"},
+                {"box": [0.6, 0.7, 0.7, 0.8], "text": "a blue star"}],  # too small to cover 25%: its centre patch
+               []]
+    t, has = region_targets(regions, 4, Tok(), 4, idf, torch.tensor([0]))
+    assert t.shape == (2, 16, 6) and has.shape == (2, 16)
+    assert has[0].nonzero().flatten().tolist() == [0, 1, 4, 5, 14]  # the top-left 2x2 and the star's centre
+    assert torch.allclose(t[0, 0], torch.tensor([0, 1, 1, 0, 1, 0]) / 3)  # "a red circle", rows sum to 1
+    assert torch.allclose(t[0, 14], torch.tensor([0, 1, 0, 1, 0, 1]) / 3)  # "a blue star"
+    assert not has[1].any() and t[1].sum() == 0  # no regions: no loss anywhere
+    with pytest.raises(ValueError, match="region_tagging_weight must be a finite number >= 0"):
+        load_siglip_config({**TINY, "region_tagging_weight": -1})
+
+
+def test_shapes_records_carry_object_regions_and_region_tagging_trains(tmp_path):
+    import pytest
+
+    from unimm.data.formats import build_source
+
+    src = build_source({"format": "shapes", "task": "generation", "num_samples": 50, "seed": 3, "mix": {"pair": 1.0}})
+    rec = src.get(0)
+    scene = src.world[0]
+    assert [r["text"] for r in rec["regions"]] == [f"a {o.size} {o.colour} {o.shape}" for o in scene.objects]
+    o = scene.objects[0]
+    assert rec["regions"][0]["box"] == pytest.approx([o.cx - o.r, o.cy - o.r, o.cx + o.r, o.cy + o.r])
+    metrics = train_siglip(load_siglip_config({**TINY, "steps": 20, "region_tagging_weight": 1.0,
+                                               "output_dir": str(tmp_path / "regions")}), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "regions" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["region_tagging_loss"] < log[0]["region_tagging_loss"]
+    assert log[-1]["region_tag_recall"] == metrics["region_tag_recall"] and 0 < metrics["region_tag_recall"] <= 1
+    # a source without boxes is refused by name, before any step
+    jsonl = tmp_path / "caps.jsonl"
+    from PIL import Image
+    for k in range(3):
+        Image.new("RGB", (32, 32), (40 * k, 0, 0)).save(tmp_path / f"{k}.png")
+    jsonl.write_text("".join(json.dumps({"image": f"{k % 3}.png", "caption": "a red square"}) + "\n" for k in range(300)))
+    with pytest.raises(ValueError, match="needs records with 'regions'"):
+        train_siglip(load_siglip_config({**TINY, "region_tagging_weight": 1.0, "output_dir": str(tmp_path / "no"),
+                                         "data": {"format": "captions", "path": str(jsonl)}}), progress=False)
+    # grounded caption lines carry their regions; a bad box makes the line a skipped, counted item
+    good = {"box": [0.1, 0.2, 0.5, 0.6], "text": "a red square"}
+    jsonl.write_text(json.dumps({"image": "0.png", "caption": "a red square", "regions": [good]}) + "\n"
+                     + json.dumps({"image": "0.png", "caption": "x", "regions": [{"box": [0.5, 0, 0.4, 1], "text": "x"}]})
+                     + "\n")
+    grounded = build_source({"format": "captions", "path": str(jsonl)})
+    assert grounded.get(0)["regions"] == [good]
+    assert grounded.get(1) is None

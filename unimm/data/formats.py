@@ -328,7 +328,8 @@ def _image_paths(value: Any) -> list[str]:
 
 
 class CaptionJsonlSource(_RecordFileSource):
-    """Caption lines {"image": path, "caption": str} ("text" is accepted for "caption").
+    """Caption lines {"image": path, "caption": str} ("text" is accepted for "caption"), optionally
+    with "regions": [{"box": [x0, y0, x1, y1] in 0-1 of the image, "text": str}] (grounded captions).
 
     task="generation" yields (image, caption) records; task="text" yields the
     captions as text records and never reads an image (nor needs "image").
@@ -348,7 +349,27 @@ class CaptionJsonlSource(_RecordFileSource):
         path = entry.get("image")
         if not isinstance(path, str) or not path:
             raise _Skip(MALFORMED_ENTRY, f"'image' must be a path, got {path!r}")
-        return {"task": "generation", "image": _open_image(_resolve(path, self.image_root)), "caption": caption}
+        record = {"task": "generation", "image": _open_image(_resolve(path, self.image_root)), "caption": caption}
+        if "regions" in entry:  # grounded captions (GRIT, Flickr30k Entities style)
+            record["regions"] = _regions_of(entry["regions"])
+        return record
+
+
+def _regions_of(regions) -> list[dict]:
+    """Validated [{"box": [x0, y0, x1, y1] as shares of the image's width and height, "text": str}, ...]."""
+    if not isinstance(regions, list):
+        raise _Skip(MALFORMED_ENTRY, f"'regions' must be a list, got {type(regions).__name__}")
+    out = []
+    for r in regions:
+        box = r.get("box") if isinstance(r, dict) else None
+        text = r.get("text") if isinstance(r, dict) else None
+        ok = (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in box)
+              and box[0] < box[2] and box[1] < box[3])
+        if not ok or not isinstance(text, str) or not text.strip():
+            raise _Skip(MALFORMED_ENTRY, "each region must be {'box': [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
+                                         f"0 <= y0 < y1 <= 1, 'text': a non-empty string}}, got {r!r}")
+        out.append({"box": [float(v) for v in box], "text": text})
+    return out
 
 
 # --------------------------------------------------------------------------- preference pairs
@@ -754,7 +775,11 @@ class ShapesSource(Source):
                     "reference": render(ref, max(cfg.image_size, REFERENCE_SIZE), cfg.antialias)}
         s = self.world.sample(i)
         if self.task == "generation":
-            return {"task": "generation", "image": s["image"], "caption": s["caption"]}
+            # Each object's box and name: what a region-level objective (e.g. the SigLIP
+            # trainer's region_tagging_weight) reads; other consumers ignore it.
+            return {"task": "generation", "image": s["image"], "caption": s["caption"],
+                    "regions": [{"box": [o.cx - o.r, o.cy - o.r, o.cx + o.r, o.cy + o.r],
+                                 "text": f"a {o.size} {o.colour} {o.shape}"} for o in s["scene"].objects]}
         if self.task == "preference":  # one question per scene, half of them "describe the image"
             from .preference import rejected_answer
 

@@ -4,7 +4,8 @@ The understanding encoder of the default model starts here: image-caption
 pairs from the shapes world (or a caption JSONL), the pairwise sigmoid loss of
 SigLIP (arXiv:2303.15343) that `SiglipModel(return_loss=True)` computes, and
 unimm's own byte-level BPE for the text tower; optionally hard negatives (one
-word of a caption swapped) and caption-token classification (`tagging_weight`).
+word of a caption swapped), caption-token classification (`tagging_weight`) and
+its region-level form on every patch (`region_tagging_weight`).
 The result is a standard
 SigLIP checkpoint directory that a model config uses as
 `encoder: {pretrained: DIR}` (its vision tower).
@@ -54,6 +55,14 @@ class SiglipTrainConfig:
     # from in-batch contrast (shape: BENCHMARKS.md). The head is dropped at save: the checkpoint
     # stays a plain SiglipModel. 0 turns it off.
     tagging_weight: float = 0.0
+    # The same classification for every patch (region-level pretraining, as LocCa or RegionCLIP
+    # ground words in places): a linear head on each patch of the last layer predicts the tokens
+    # naming the region it lies in (records' "regions": [{"box": [x0, y0, x1, y1] in 0-1, "text"}];
+    # the shapes world gives each object's box and "size colour shape"). Patches outside every
+    # region carry no loss. A pooled tag says *what* is in the image; this says *where*, so a
+    # patch keeps its own object's attributes instead of a mix of the scene's (the binding that
+    # "what colour is the triangle?" in a two-object scene needs: BENCHMARKS.md). 0 turns it off.
+    region_tagging_weight: float = 0.0
     # A checkpoint this trainer saved (its `model` folder) to continue from: its SigLIP and its
     # tokenizer are loaded, `vision`, `text` and `vocab_size` are then not read. None: from scratch.
     init_from: str | None = None
@@ -62,6 +71,9 @@ class SiglipTrainConfig:
         if not isinstance(self.tagging_weight, (int, float)) or not math.isfinite(self.tagging_weight) \
                 or self.tagging_weight < 0:
             raise ValueError(f"tagging_weight must be a finite number >= 0, got {self.tagging_weight!r}")
+        if not isinstance(self.region_tagging_weight, (int, float)) or not math.isfinite(self.region_tagging_weight) \
+                or self.region_tagging_weight < 0:
+            raise ValueError(f"region_tagging_weight must be a finite number >= 0, got {self.region_tagging_weight!r}")
         if not isinstance(self.hard_negatives, list) or not all(
                 isinstance(g, list) and len(g) >= 2 and all(isinstance(w, str) and w.strip() for w in g)
                 for g in self.hard_negatives):
@@ -74,20 +86,25 @@ def _ids(tok, texts: list[str], length: int) -> torch.Tensor:
     return tok(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")["input_ids"]
 
 
-def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0.5), with_captions: bool = False):
+def _batch(source, idx, tok, size: int, length: int, processor_mean=(0.5, 0.5, 0.5), with_captions: bool = False,
+           with_regions: bool = False):
     from ..images import fit_square, to_tensor
 
-    images, texts = [], []
+    images, texts, regions = [], [], []
     for i in idx:
         rec = source.get(i)
         if rec is None:
             continue
+        # "resize" stretches the whole image, so boxes in 0-1 image coordinates stay valid
         images.append(to_tensor(fit_square(rec["image"], size, "resize", (127, 127, 127)), processor_mean, (0.5, 0.5, 0.5)))
         texts.append(rec["caption"])
-    ids = _ids(tok, texts, length)
-    if with_captions:
-        return torch.stack(images), ids, texts
-    return torch.stack(images), ids
+        if with_regions:
+            if "regions" not in rec:
+                raise ValueError(f"region_tagging_weight > 0 needs records with 'regions' (boxes and their text); "
+                                 f"{source.name} record {i} has none")
+            regions.append(rec["regions"])
+    out = (torch.stack(images), _ids(tok, texts, length))
+    return out + ((texts,) if with_captions else ()) + ((regions,) if with_regions else ())
 
 
 def _swap_patterns(groups):
@@ -120,6 +137,42 @@ def tag_targets(ids: torch.Tensor, idf: torch.Tensor, special: torch.Tensor) -> 
     hot[:, special] = 0.0
     weighted = hot * idf
     return weighted / weighted.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def patch_coverage(box, grid: int) -> torch.Tensor:
+    """(grid * grid,) share of each patch (row-major) that the 0-1 box [x0, y0, x1, y1] covers."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    edges = torch.arange(grid + 1, dtype=torch.float32) / grid
+    lo, hi = edges[:-1], edges[1:]
+    cx = ((torch.clamp(torch.tensor(x1), max=hi) - torch.clamp(torch.tensor(x0), min=lo)).clamp_min(0)) * grid
+    cy = ((torch.clamp(torch.tensor(y1), max=hi) - torch.clamp(torch.tensor(y0), min=lo)).clamp_min(0)) * grid
+    return (cy[:, None] * cx[None, :]).flatten()
+
+
+def region_targets(regions: list[list[dict]], grid: int, tok, length: int, idf: torch.Tensor, special: torch.Tensor,
+                   min_cover: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch tag targets (B, grid * grid, V) and which patches have one (B, grid * grid).
+
+    A patch takes the region covering most of it, if that covers at least `min_cover` of it;
+    the patch holding a region's centre always takes that region (a small object still gets one).
+    """
+    P, V = grid * grid, idf.numel()
+    targets, mask = torch.zeros(len(regions), P, V), torch.zeros(len(regions), P, dtype=torch.bool)
+    for b, regs in enumerate(regions):
+        if not regs:
+            continue
+        cover = torch.stack([patch_coverage(r["box"], grid) for r in regs])  # (R, P)
+        owner = cover.argmax(0)
+        has = cover.max(0).values >= min_cover
+        for k, r in enumerate(regs):
+            x0, y0, x1, y1 = r["box"]
+            col = min(max(int((x0 + x1) / 2 * grid), 0), grid - 1)
+            row = min(max(int((y0 + y1) / 2 * grid), 0), grid - 1)
+            owner[row * grid + col], has[row * grid + col] = k, True
+        tags = tag_targets(_ids(tok, [r["text"] for r in regs], length), idf, special)  # (R, V)
+        targets[b] = tags[owner] * has[:, None]
+        mask[b] = has
+    return targets, mask
 
 
 def caption_idf(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -207,18 +260,25 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
     rng = random.Random(cfg.seed)
     patterns = _swap_patterns(cfg.hard_negatives)
     held_out = range(len(source) - 256, len(source))  # never trained on
-    eval_images, eval_ids, eval_captions = _batch(source, list(held_out)[: cfg.batch_size], tok, size, cfg.text_length,
-                                                  with_captions=True)
+    eval_images, eval_ids, eval_captions, *eval_regions = _batch(
+        source, list(held_out)[: cfg.batch_size], tok, size, cfg.text_length, with_captions=True,
+        with_regions=cfg.region_tagging_weight > 0)
     eval_negatives = None
     if patterns:  # each held-out image's caption against its own swapped copy
         eval_rng = random.Random(cfg.seed + 1)
         swapped = [hard_negative(c, patterns, eval_rng) or c for c in eval_captions]
         eval_negatives = _ids(tok, swapped, cfg.text_length)
     params = list(model.parameters())
-    tagger = None
+    tagger = region_tagger = None
+    regions = cfg.region_tagging_weight > 0
+    grid = size // model.config.vision_config.patch_size
     if cfg.tagging_weight > 0:
         tagger = torch.nn.Linear(model.config.vision_config.hidden_size, len(tok))
         params += list(tagger.parameters())
+    if regions:
+        region_tagger = torch.nn.Linear(model.config.vision_config.hidden_size, len(tok))
+        params += list(region_tagger.parameters())
+    if tagger is not None or regions:
         # Frequencies from the training captions (never the held-out ones); special tokens are not tags.
         captions = [rec["caption"] for i in range(min(2048, len(source) - 256)) if (rec := source.get(i)) is not None]
         idf = caption_idf(_ids(tok, captions, cfg.text_length), len(tok))
@@ -234,7 +294,8 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
     model.train()
     for step in tqdm(range(1, cfg.steps + 1), desc="siglip", disable=not progress):
         idx = torch.randint(0, len(source) - 256, (cfg.batch_size,), generator=g).tolist()
-        images, ids, captions = _batch(source, idx, tok, size, cfg.text_length, with_captions=True)
+        images, ids, captions, *batch_regions = _batch(source, idx, tok, size, cfg.text_length, with_captions=True,
+                                                       with_regions=regions)
         if patterns:
             negatives = [n for c in captions if (n := hard_negative(c, patterns, rng)) is not None]
             if negatives:
@@ -245,6 +306,10 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
             tags = tagging_loss(tagger(result.vision_model_output.pooler_output),
                                 tag_targets(ids[: len(images)], idf, special))
             loss = loss + cfg.tagging_weight * tags
+        if regions:
+            targets, has = region_targets(batch_regions[0], grid, tok, cfg.text_length, idf, special)
+            region_tags = tagging_loss(region_tagger(result.vision_model_output.last_hidden_state)[has], targets[has])
+            loss = loss + cfg.region_tagging_weight * region_tags
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SigLIP loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -262,6 +327,12 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
                     pooled = model.vision_model(pixel_values=eval_images).pooler_output
                     metrics["tagging_loss"] = tags.item()
                     metrics["tag_recall"] = tag_recall(tagger(pooled), tag_targets(eval_ids, idf, special))
+            if regions:
+                with torch.no_grad():
+                    patches = model.vision_model(pixel_values=eval_images).last_hidden_state
+                    targets, has = region_targets(eval_regions[0], grid, tok, cfg.text_length, idf, special)
+                    metrics["region_tagging_loss"] = region_tags.item()
+                    metrics["region_tag_recall"] = tag_recall(region_tagger(patches)[has], targets[has])
             model.train()
             log.write(json.dumps(metrics) + "\n")
             log.flush()

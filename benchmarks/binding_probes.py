@@ -1,0 +1,115 @@
+"""Binding probes: does an image token hold its own object's attributes, or the scene's?
+
+probes.py asks whether shape and position survive along the understanding path on one-object
+scenes. A two-object question ("What colour is the triangle?") needs more: the token where the
+triangle lies must say "triangle" *and* its colour, and not the other object's. This script
+renders two-object scenes (the shapes world's "pair" kind: two objects differing in both colour
+and shape), reads each encoder layer (and, for a unimm model, the projector's output), and fits
+linear probes on the token(s) at object A's centroid for
+
+  own:   A's shape and colour  (high = the token knows its object)
+  other: B's shape and colour  (high = the token also carries the other object: a bag of the scene)
+
+A tower that binds has high "own" and "other" near chance (1/6 shapes, 1/7 colours).
+
+Usage: python benchmarks/binding_probes.py [--model weights/default | --siglip runs/siglip-regions/model]
+       [--n 3000] [--test 600] [--window 1]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from probes import fit_probe, reduce, to_grid
+
+
+def window(x: torch.Tensor, centres: torch.Tensor, w: int) -> torch.Tensor:
+    """The w x w tokens around each centre's token, flattened (zero-padded at the borders)."""
+    g = F.pad(to_grid(x), (w // 2,) * 4)
+    side = math.isqrt(x.shape[1])
+    cell = (centres * side).long().clamp(0, side - 1)
+    return torch.stack([g[b, :, r:r + w, c:c + w].flatten() for b, (c, r) in enumerate(cell.tolist())])
+
+
+@torch.no_grad()
+def features(args, items):
+    """{site: (N, tokens, D)} for the scenes, from a unimm model or a SigLIP checkpoint."""
+    from unimm.data.shapes import render
+    from unimm.images import to_tensor
+
+    if args.siglip:
+        from transformers import SiglipVisionModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # a full SigLIP folder: its text tower is unused here, not a problem
+        tower, projector = SiglipVisionModel.from_pretrained(args.siglip, use_safetensors=True).eval(), None
+        size, mean, std, fl = tower.config.image_size, (0.5,) * 3, (0.5,) * 3, -1
+        to_px = lambda imgs: torch.stack([to_tensor(im, mean, std) for im in imgs])  # noqa: E731
+    else:
+        import unimm
+
+        pipe = unimm.load(args.model, dtype="float32")
+        tower, projector = pipe.model.encoder.model, pipe.model.projector
+        size, to_px, fl = pipe.processor.image_size, pipe.processor.pixel_values, pipe.model.encoder.config.feature_layer
+    out: dict[str, list] = {}
+    for start in range(0, len(items), 100):
+        px = to_px([render(s, size) for s in items[start:start + 100]])
+        hs = tower(pixel_values=px, output_hidden_states=True).hidden_states
+        for k, h in enumerate(hs):
+            out.setdefault(f"enc_hs{k}", []).append(h)
+        last = tower.post_layernorm(hs[-1])
+        out.setdefault("enc_last_ln", []).append(last)
+        if projector is not None:
+            out.setdefault("proj_out", []).append(projector(last if fl == -1 else hs[fl]))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, help="a unimm model (default: weights/default)")
+    src.add_argument("--siglip", default=None, help="a SigLIP checkpoint folder (unimm train-siglip's output_dir/model)")
+    ap.add_argument("--n", type=int, default=3000, help="scenes in all (train + test)")
+    ap.add_argument("--test", type=int, default=600, help="held-out scenes (the last ones)")
+    ap.add_argument("--window", type=int, default=1, help="tokens per side around A's centroid token")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if args.siglip and not (Path(args.siglip) / "config.json").is_file():
+        ap.error(f"--siglip {args.siglip!r} is not a SigLIP checkpoint folder (no config.json)")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    from unimm.data.corpus import COLOURS, SHAPES
+    from unimm.data.shapes import ShapesWorld
+
+    t0 = time.time()
+    # Seeds far from the training worlds and the evaluator's.
+    world = ShapesWorld(seed=7_100_000 + args.seed, num_samples=args.n, mix={"pair": 1.0})
+    items = [world[i] for i in range(args.n)]
+    centres = torch.tensor([[s.objects[0].cx, s.objects[0].cy] for s in items])
+    labels = {
+        "own shape": (torch.tensor([SHAPES.index(s.objects[0].shape) for s in items]), len(SHAPES)),
+        "own colour": (torch.tensor([COLOURS.index(s.objects[0].colour) for s in items]), len(COLOURS)),
+        "other shape": (torch.tensor([SHAPES.index(s.objects[1].shape) for s in items]), len(SHAPES)),
+        "other colour": (torch.tensor([COLOURS.index(s.objects[1].colour) for s in items]), len(COLOURS)),
+    }
+    feats = features(args, items)
+    ntr = args.n - args.test
+    print(f"{args.siglip or args.model or 'weights/default'}: {args.n} two-object scenes ({ntr} train / {args.test} "
+          f"test), {args.window}x{args.window} tokens at object A; held-out accuracy of linear probes")
+    print(f"{'site':12s} | " + " | ".join(f"{k:>12s}" for k in labels))
+    for site, x in feats.items():
+        tr, te = reduce(*(lambda v: (v[:ntr], v[ntr:]))(window(x, centres, args.window)))
+        accs = [fit_probe(tr, y[:ntr], te, y[ntr:], n, 100) for y, n in labels.values()]
+        print(f"{site:12s} | " + " | ".join(f"{a:12.2f}" for a in accs), flush=True)
+    print(f"chance: shape {1 / len(SHAPES):.2f}, colour {1 / len(COLOURS):.2f}; {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
