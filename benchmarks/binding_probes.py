@@ -12,6 +12,12 @@ linear probes on the token(s) at object A's centroid for
 
 A tower that binds has high "own" and "other" near chance (1/6 shapes, 1/7 colours).
 
+The last column asks the question itself of the tokens: a single attention head whose query is
+a learned embedding of a shape word reads all tokens and answers the colour of the object with
+that shape (A's or B's, at random), trained on the train scenes (Adam, batches of 256) and
+scored on the held-out ones. High means one attention read answers "what colour is the
+triangle?" from these tokens.
+
 Usage: python benchmarks/binding_probes.py [--model weights/default | --siglip runs/siglip-regions/model]
        [--n 3000] [--test 600] [--window 1]
 """
@@ -69,6 +75,35 @@ def features(args, items):
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+class AttentionReader(torch.nn.Module):
+    """One attention head: a shape word's query over the tokens, their values read as colour logits."""
+
+    def __init__(self, dim: int, n_words: int, n_answers: int, width: int = 64):
+        super().__init__()
+        self.query = torch.nn.Embedding(n_words, width)
+        self.key = torch.nn.Linear(dim, width)
+        self.value = torch.nn.Linear(dim, n_answers)
+
+    def forward(self, tokens: torch.Tensor, word: torch.Tensor) -> torch.Tensor:
+        weights = torch.einsum("bw,btw->bt", self.query(word), self.key(tokens)).softmax(-1)
+        return torch.einsum("bt,bta->ba", weights, self.value(tokens))
+
+
+def attention_probe(x, word, answer, ntr: int, n_words: int, n_answers: int, steps: int, seed: int) -> float:
+    """Held-out accuracy of an AttentionReader trained on the first ntr scenes."""
+    torch.manual_seed(seed)
+    reader = AttentionReader(x.shape[-1], n_words, n_answers)
+    opt = torch.optim.Adam(reader.parameters(), 3e-3)
+    for _ in range(steps):
+        b = torch.randint(0, ntr, (256,))
+        loss = F.cross_entropy(reader(x[b], word[b]), answer[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((reader(x[ntr:], word[ntr:]).argmax(-1) == answer[ntr:]).float().mean())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
@@ -78,6 +113,7 @@ def main():
     ap.add_argument("--test", type=int, default=600, help="held-out scenes (the last ones)")
     ap.add_argument("--window", type=int, default=1, help="tokens per side around A's centroid token")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attention-steps", type=int, default=600, help="training steps of the attention probe")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.siglip and not (Path(args.siglip) / "config.json").is_file():
@@ -99,14 +135,19 @@ def main():
         "other shape": (torch.tensor([SHAPES.index(s.objects[1].shape) for s in items]), len(SHAPES)),
         "other colour": (torch.tensor([COLOURS.index(s.objects[1].colour) for s in items]), len(COLOURS)),
     }
+    # The attention probe's question: the colour of the object with a given shape (A's or B's).
+    asked = torch.randint(0, 2, (args.n,), generator=torch.Generator().manual_seed(args.seed))
+    word = torch.tensor([SHAPES.index(s.objects[k].shape) for s, k in zip(items, asked.tolist())])
+    answer = torch.tensor([COLOURS.index(s.objects[k].colour) for s, k in zip(items, asked.tolist())])
     feats = features(args, items)
     ntr = args.n - args.test
     print(f"{args.siglip or args.model or 'weights/default'}: {args.n} two-object scenes ({ntr} train / {args.test} "
           f"test), {args.window}x{args.window} tokens at object A; held-out accuracy of linear probes")
-    print(f"{'site':12s} | " + " | ".join(f"{k:>12s}" for k in labels))
+    print(f"{'site':12s} | " + " | ".join(f"{k:>12s}" for k in labels) + " | colour of the named shape (attention)")
     for site, x in feats.items():
         tr, te = reduce(*(lambda v: (v[:ntr], v[ntr:]))(window(x, centres, args.window)))
         accs = [fit_probe(tr, y[:ntr], te, y[ntr:], n, 100) for y, n in labels.values()]
+        accs.append(attention_probe(x, word, answer, ntr, len(SHAPES), len(COLOURS), args.attention_steps, args.seed))
         print(f"{site:12s} | " + " | ".join(f"{a:12.2f}" for a in accs), flush=True)
     print(f"chance: shape {1 / len(SHAPES):.2f}, colour {1 / len(COLOURS):.2f}; {time.time() - t0:.0f}s")
 

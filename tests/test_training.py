@@ -387,6 +387,14 @@ def test_default_model_recipe_configs_parse():
     assert stage4.init_changes["encoder"]["pretrained"] == rounds[-1].output_dir + "/model"
     assert stage4.freeze == stages[-1].freeze and stage4.data.cache_dir == stages[-1].data.cache_dir
     assert stage4.export_dtype == "bfloat16"
+    # Stage 5 (measured, not shipped): stage 4 with the fifth SigLIP round, the one with region tags.
+    regions = load_siglip_config(str(recipes / "siglip-shapes-regions.yaml"))
+    assert regions.init_from == rounds[-1].output_dir + "/model" and regions.region_tagging_weight > 0
+    assert regions.data["seed"] not in {r.data["seed"] for r in rounds}
+    stage5 = load_train_config(str(recipes / "stage5-regions.yaml"))
+    assert stage5.init_from == stage4.output_dir + "/final" and stage5.init_fresh == ["encoder"]
+    assert stage5.init_changes["encoder"]["pretrained"] == regions.output_dir + "/model"
+    assert stage5.freeze == stage4.freeze and stage5.data.cache_dir == stage4.data.cache_dir
     # The VQ chain: each run starts from the one before, and the model reads the last.
     outs = []
     for r in runs[5:11]:
