@@ -18,8 +18,14 @@ that shape (A's or B's, at random), trained on the train scenes (Adam, batches o
 scored on the held-out ones. High means one attention read answers "what colour is the
 triangle?" from these tokens.
 
+With --hops (a unimm model with the image in its sequence) it then asks the model itself
+"What colour is the <shape>?" about each scene and probes the backbone's hidden states, layer by
+layer, at the shape word and at the answer position for the asked object's colour: a model that
+binds carries that colour to the shape word first (its query finds the object's tokens), then
+to the answer. A bag reader sits at about .5 (it knows the scene's two colours, not which).
+
 Usage: python benchmarks/binding_probes.py [--model weights/default | --siglip runs/siglip-regions/model]
-       [--n 3000] [--test 600] [--window 1]
+       [--n 3000] [--test 600] [--window 1] [--hops]
 """
 from __future__ import annotations
 
@@ -104,6 +110,41 @@ def attention_probe(x, word, answer, ntr: int, n_words: int, n_answers: int, ste
         return float((reader(x[ntr:], word[ntr:]).argmax(-1) == answer[ntr:]).float().mean())
 
 
+@torch.no_grad()
+def hops(args, items, answer, asked, ntr: int, n_colours: int) -> None:
+    """Layer-by-layer probes of the backbone at the shape word and the answer position."""
+    import unimm
+    from unimm.data.shapes import render
+    from unimm.models.unified import positions
+    from unimm.processing import left_pad
+
+    pipe = unimm.load(args.model, dtype="float32")
+    model, proc = pipe.model, pipe.processor
+    if model.layout.cross_attends:
+        raise SystemExit("--hops reads the image's tokens in the sequence; this model cross-attends")
+    at_word: dict[int, list] = {}
+    at_answer: dict[int, list] = {}
+    for start in range(0, len(items), 100):
+        chunk, picks = items[start:start + 100], asked[start:start + 100].tolist()
+        px = proc.pixel_values([render(s, proc.image_size) for s in chunk]).to(model.dtype)
+        rows = [proc.chat_ids([(f"What colour is the {s.objects[k].shape}?", 1, None)])[0] for s, k in zip(chunk, picks)]
+        marks = [proc.tokenizer.encode("?", add_special_tokens=False)[0]]
+        back = [len(r) - (max(i for i, t in enumerate(r) if t in marks) - 1) for r in rows]  # the word before "?"
+        ids, mask = left_pad(rows, model.token_ids.pad)
+        out = model.backbone.decoder(model.embed_inputs(ids, px), attention_mask=mask, position_ids=positions(mask),
+                                     use_cache=False, output_hidden_states=True)
+        for layer, h in enumerate(out.hidden_states):
+            at_word.setdefault(layer, []).append(h[torch.arange(len(rows)), -torch.tensor(back)])
+            at_answer.setdefault(layer, []).append(h[:, -1])
+    print("asked object's colour, probed in the backbone (layer 0: the embeddings)")
+    for layer in at_word:
+        accs = []
+        for states in (torch.cat(at_word[layer]), torch.cat(at_answer[layer])):
+            tr, te = reduce(states[:ntr], states[ntr:])
+            accs.append(fit_probe(tr, answer[:ntr], te, answer[ntr:], n_colours, 100))
+        print(f"layer {layer}: at the shape word {accs[0]:.2f}, at the answer position {accs[1]:.2f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
@@ -114,6 +155,7 @@ def main():
     ap.add_argument("--window", type=int, default=1, help="tokens per side around A's centroid token")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attention-steps", type=int, default=600, help="training steps of the attention probe")
+    ap.add_argument("--hops", action="store_true", help="also probe the backbone at the shape word and the answer")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.siglip and not (Path(args.siglip) / "config.json").is_file():
@@ -149,6 +191,10 @@ def main():
         accs = [fit_probe(tr, y[:ntr], te, y[ntr:], n, 100) for y, n in labels.values()]
         accs.append(attention_probe(x, word, answer, ntr, len(SHAPES), len(COLOURS), args.attention_steps, args.seed))
         print(f"{site:12s} | " + " | ".join(f"{a:12.2f}" for a in accs), flush=True)
+    if args.hops:
+        if args.siglip:
+            ap.error("--hops needs a unimm model (--model), not a SigLIP tower")
+        hops(args, items, answer, asked, ntr, len(COLOURS))
     print(f"chance: shape {1 / len(SHAPES):.2f}, colour {1 / len(COLOURS):.2f}; {time.time() - t0:.0f}s")
 
 

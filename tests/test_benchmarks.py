@@ -31,8 +31,8 @@ SMOKE = {
     "shape_learning.py": (["--steps", "4", "--every", "2", "--train", "64", "--test", "250", "--threads", "1"],
                           "steps to 90% held-out: vit"),
     "probes.py": (["--n", "200", "--test", "50", "--llm-n", "40", "--iters", "10"], "accuracy on held-out scenes"),
-    "binding_probes.py": (["--n", "200", "--test", "50", "--attention-steps", "5", "--threads", "1"],
-                          "colour of the named shape"),
+    "binding_probes.py": (["--n", "200", "--test", "50", "--attention-steps", "5", "--hops", "--threads", "1"],
+                          "at the answer position"),
 }
 
 
