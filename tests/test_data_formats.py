@@ -46,7 +46,10 @@ def check_understanding(record: dict, n_images: int) -> None:
 
 
 def check_generation(record: dict) -> None:
-    assert set(record) == {"task", "image", "caption"} and record["task"] == "generation"
+    assert set(record) - {"regions"} == {"task", "image", "caption"} and record["task"] == "generation"
+    for region in record.get("regions", []):  # optional: boxes in 0-1 of the image, each with its words
+        x0, y0, x1, y1 = region["box"]
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and region["text"].strip()
     assert isinstance(record["image"], Image.Image) and record["image"].mode == "RGB"
     assert isinstance(record["caption"], str) and record["caption"]
 

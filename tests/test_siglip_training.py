@@ -150,6 +150,8 @@ def test_region_targets_tag_each_patch_with_the_object_it_lies_in():
 
 
 def test_shapes_records_carry_object_regions_and_region_tagging_trains(tmp_path):
+    import math
+
     import pytest
 
     from unimm.data.formats import build_source
@@ -182,3 +184,10 @@ def test_shapes_records_carry_object_regions_and_region_tagging_trains(tmp_path)
     grounded = build_source({"format": "captions", "path": str(jsonl)})
     assert grounded.get(0)["regions"] == [good]
     assert grounded.get(1) is None
+    # images whose lines name no region train on the other losses alone (no NaN from an empty mean)
+    jsonl.write_text("".join(json.dumps({"image": f"{k % 3}.png", "caption": "a red square", "regions": []}) + "\n"
+                             for k in range(300)))
+    metrics = train_siglip(load_siglip_config({**TINY, "steps": 4, "log_every": 2, "region_tagging_weight": 1.0,
+                                               "output_dir": str(tmp_path / "empty"),
+                                               "data": {"format": "captions", "path": str(jsonl)}}), progress=False)
+    assert math.isfinite(metrics["loss"]) and "region_tag_recall" not in metrics

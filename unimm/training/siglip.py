@@ -58,7 +58,7 @@ class SiglipTrainConfig:
     # The same classification for every patch (region-level pretraining, as LocCa or RegionCLIP
     # ground words in places): a linear head on each patch of the last layer predicts the tokens
     # naming the region it lies in (records' "regions": [{"box": [x0, y0, x1, y1] in 0-1, "text"}];
-    # the shapes world gives each object's box and "size colour shape"). Patches outside every
+    # the shapes world gives each object's box and "a small red circle"). Patches outside every
     # region carry no loss. A pooled tag says *what* is in the image; this says *where*, so a
     # patch keeps its own object's attributes instead of a mix of the scene's (the binding that
     # "what colour is the triangle?" in a two-object scene needs: BENCHMARKS.md). 0 turns it off.
@@ -269,7 +269,7 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
         swapped = [hard_negative(c, patterns, eval_rng) or c for c in eval_captions]
         eval_negatives = _ids(tok, swapped, cfg.text_length)
     params = list(model.parameters())
-    tagger = region_tagger = None
+    tagger = region_tagger = region_tags = None
     regions = cfg.region_tagging_weight > 0
     grid = size // model.config.vision_config.patch_size
     if cfg.tagging_weight > 0:
@@ -308,8 +308,11 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
             loss = loss + cfg.tagging_weight * tags
         if regions:
             targets, has = region_targets(batch_regions[0], grid, tok, cfg.text_length, idf, special)
-            region_tags = tagging_loss(region_tagger(result.vision_model_output.last_hidden_state)[has], targets[has])
-            loss = loss + cfg.region_tagging_weight * region_tags
+            region_tags = None
+            if has.any():  # (a batch of images without regions has no region loss)
+                region_tags = tagging_loss(region_tagger(result.vision_model_output.last_hidden_state)[has],
+                                           targets[has])
+                loss = loss + cfg.region_tagging_weight * region_tags
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SigLIP loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -331,8 +334,10 @@ def train_siglip(cfg: SiglipTrainConfig, progress: bool = True, overwrite: bool 
                 with torch.no_grad():
                     patches = model.vision_model(pixel_values=eval_images).last_hidden_state
                     targets, has = region_targets(eval_regions[0], grid, tok, cfg.text_length, idf, special)
+                    if has.any():
+                        metrics["region_tag_recall"] = tag_recall(region_tagger(patches)[has], targets[has])
+                if region_tags is not None:
                     metrics["region_tagging_loss"] = region_tags.item()
-                    metrics["region_tag_recall"] = tag_recall(region_tagger(patches)[has], targets[has])
             model.train()
             log.write(json.dumps(metrics) + "\n")
             log.flush()
