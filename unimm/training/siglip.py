@@ -158,9 +158,15 @@ def region_targets(regions: list[list[dict]], grid: int, tok, length: int, idf: 
     """
     P, V = grid * grid, idf.numel()
     targets, mask = torch.zeros(len(regions), P, V), torch.zeros(len(regions), P, dtype=torch.bool)
+    texts = [r["text"] for regs in regions for r in regs]
+    if not texts:
+        return targets, mask
+    all_tags = tag_targets(_ids(tok, texts, length), idf, special)  # (regions in the batch, V): one tokeniser call
+    start = 0
     for b, regs in enumerate(regions):
         if not regs:
             continue
+        tags, start = all_tags[start:start + len(regs)], start + len(regs)  # (R, V)
         cover = torch.stack([patch_coverage(r["box"], grid) for r in regs])  # (R, P)
         owner = cover.argmax(0)
         has = cover.max(0).values >= min_cover
@@ -169,7 +175,6 @@ def region_targets(regions: list[list[dict]], grid: int, tok, length: int, idf: 
             col = min(max(int((x0 + x1) / 2 * grid), 0), grid - 1)
             row = min(max(int((y0 + y1) / 2 * grid), 0), grid - 1)
             owner[row * grid + col], has[row * grid + col] = k, True
-        tags = tag_targets(_ids(tok, [r["text"] for r in regs], length), idf, special)  # (R, V)
         targets[b] = tags[owner] * has[:, None]
         mask[b] = has
     return targets, mask
