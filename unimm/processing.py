@@ -241,6 +241,11 @@ def normalise_text(text: str, sentence: bool) -> str:
     return text
 
 
+def left_pad_to(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    """(B, T) left-padded rows -> (B, width), `value` added on the left (width >= T)."""
+    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad id lists into (B, T) ids and a (B, T) attention mask, so every row ends together."""
     T = max(len(r) for r in rows)

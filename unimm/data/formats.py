@@ -13,6 +13,9 @@ Records are plain dicts:
     understanding  {"task": "understanding", "images": [PIL RGB, ...], "turns": [(question, answer), ...]}
     text           {"task": "text", "text": str}
     generation     {"task": "generation", "image": PIL RGB, "caption": str}
+                   (optionally "swapped_caption": the same words bound to other objects, e.g. "a
+                   red star and a blue circle" for "a red circle and a blue star": a caption the
+                   image does not match, for the trainer's `prompt_contrast`)
     preference     {"task": "preference", "images": [PIL RGB, ...], "question": str, "chosen": str,
                     "rejected": str}   (the DPO stage's pairs; unimm.data.preference)
 
@@ -329,7 +332,8 @@ def _image_paths(value: Any) -> list[str]:
 
 class CaptionJsonlSource(_RecordFileSource):
     """Caption lines {"image": path, "caption": str} ("text" is accepted for "caption"), optionally
-    with "regions": [{"box": [x0, y0, x1, y1] in 0-1 of the image, "text": str}] (grounded captions).
+    with "regions": [{"box": [x0, y0, x1, y1] in 0-1 of the image, "text": str}] (grounded captions)
+    and "swapped_caption": str (the caption's words bound to other objects; `prompt_contrast`).
 
     task="generation" yields (image, caption) records; task="text" yields the
     captions as text records and never reads an image (nor needs "image").
@@ -352,6 +356,11 @@ class CaptionJsonlSource(_RecordFileSource):
         record = {"task": "generation", "image": _open_image(_resolve(path, self.image_root)), "caption": caption}
         if "regions" in entry:  # grounded captions (GRIT, Flickr30k Entities style)
             record["regions"] = _regions_of(entry["regions"])
+        if "swapped_caption" in entry:
+            swapped = entry["swapped_caption"]
+            if not isinstance(swapped, str) or not swapped.strip():
+                raise _Skip(MALFORMED_ENTRY, f"'swapped_caption' must be a non-empty string, got {swapped!r}")
+            record["swapped_caption"] = swapped
         return record
 
 
@@ -777,9 +786,15 @@ class ShapesSource(Source):
         if self.task == "generation":
             # Each object's box and name: what a region-level objective (e.g. the SigLIP
             # trainer's region_tagging_weight) reads; other consumers ignore it.
-            return {"task": "generation", "image": s["image"], "caption": s["caption"],
-                    "regions": [{"box": [o.cx - o.r, o.cy - o.r, o.cx + o.r, o.cy + o.r],
-                                 "text": f"a {o.size} {o.colour} {o.shape}"} for o in s["scene"].objects]}
+            record = {"task": "generation", "image": s["image"], "caption": s["caption"],
+                      "regions": [{"box": [o.cx - o.r, o.cy - o.r, o.cx + o.r, o.cy + o.r],
+                                   "text": f"a {o.size} {o.colour} {o.shape}"} for o in s["scene"].objects]}
+            from .shapes import swapped_caption
+
+            swapped = swapped_caption(s["scene"])
+            if swapped is not None:  # two objects: their shapes exchanged (the trainer's prompt_contrast)
+                record["swapped_caption"] = swapped
+            return record
         if self.task == "preference":  # one question per scene, half of them "describe the image"
             from .preference import rejected_answer
 

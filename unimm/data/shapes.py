@@ -371,6 +371,17 @@ def _caption(rng: random.Random, kind: str, objects: list[Obj]) -> str:
     return _a_an(text)
 
 
+def swapped_caption(scene: Scene) -> str | None:
+    """A two-object scene's caption with the objects' shape words exchanged ("a red circle and a
+    blue star" -> "a red star and a blue circle"): the same words bound to other objects, so it
+    describes another scene; None for scenes with one kind of object (nothing to swap)."""
+    shapes = {o.shape for o in scene.objects}
+    if len(scene.objects) != 2 or len(shapes) != 2:
+        return None
+    a, b = scene.objects[0].shape, scene.objects[1].shape
+    return re.sub(rf"\b({a}|{b})\b", lambda m: b if m.group(1) == a else a, scene.caption)
+
+
 def _ask(rng: random.Random, key: str, answer: str, qa_type: str, **fields: str) -> QA:
     return QA(rng.choice(_QUESTIONS[key]).format(**fields), answer, qa_type)
 

@@ -33,6 +33,8 @@ class GenerationFamily:
     # maps), "reference" (SigLIP features of reference pictures for an IP-Adapter).
     conditions: ClassVar[tuple[str, ...]] = ()
     position_embedding: ClassVar[bool] = False  # its head takes generation.position_embedding
+    token_noise: ClassVar[bool] = False  # its loss takes generation.token_noise
+    contrastive: ClassVar[bool] = False  # it implements contrast() (the trainer's prompt_contrast)
 
     def check_config(self, generation_config) -> None:
         """Check the family's own settings (`generation.generator`) when a config is read."""
@@ -42,6 +44,9 @@ class GenerationFamily:
         if generation_config.position_embedding and not self.position_embedding:
             raise ValueError(f"generation.position_embedding is an autoregressive head's option; the {self.name} "
                              "paradigm's head places image tokens itself")
+        if generation_config.token_noise and not self.token_noise:
+            raise ValueError(f"generation.token_noise corrupts teacher-forced image tokens in autoregressive "
+                             f"training; the {self.name} paradigm does not train that way")
 
     def library_parts(self, model) -> dict[str, torch.nn.Module]:
         """Submodules saved in their library's own layout, each in a subfolder of the model
@@ -75,6 +80,14 @@ class GenerationFamily:
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss for prompts (B, L) ending in BOI and the tokenizer's targets for their images."""
         raise NotImplementedError
+
+    def contrast(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, targets: torch.Tensor,
+                 swapped_ids: torch.Tensor, swapped_mask: torch.Tensor, rows: torch.Tensor,
+                 generator: torch.Generator | None = None):
+        """For families with an exact image likelihood (`contrastive = True`): `loss()` of the batch,
+        and for the batch rows `rows` (S,) the NLL of each one's image summed over its tokens, under
+        its own prompt and under `swapped_ids` / `swapped_mask` (S, L'), another prompt for it."""
+        raise NotImplementedError(f"the {self.name} paradigm has no exact image likelihood to compare prompts with")
 
     def sample(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, options: SampleOptions,
                generator: torch.Generator | None = None, progress=None, **kwargs) -> torch.Tensor:

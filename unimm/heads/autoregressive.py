@@ -40,5 +40,10 @@ class ARImageHead(nn.Module):
 
     def loss(self, hidden: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         """Next-token loss: hidden (B, N, D) at the positions that predict target_ids (B, N)."""
+        return self.token_nll(hidden, target_ids).mean()
+
+    def token_nll(self, hidden: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) cross-entropy of each target id: hidden (B, N, D) at the positions that predict them."""
         logits = self.logits(hidden)
-        return F.cross_entropy(logits.flatten(0, 1).float(), target_ids.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), target_ids.flatten().long(),
+                               reduction="none").view(target_ids.shape)

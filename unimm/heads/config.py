@@ -26,6 +26,11 @@ class GenerationConfig:
     # zeros at first (a model given it later starts unchanged); without it the image grid is
     # known to the backbone only through 1-D rotary positions over the raster order.
     position_embedding: bool = False
+    # autoregressive training: the fraction of the teacher-forced image tokens fed back as random
+    # codes (each input token independently; the targets stay true), so the backbone learns to
+    # draw the prompt's image from a context with mistakes in it, as its own samples will have.
+    # 0 (off) is plain teacher forcing; inference never corrupts anything.
+    token_noise: float = 0.0
     # The family's own settings for a generator it builds beside the backbone (the dit
     # family's diffusers transformer and connector: unimm.heads.dit.DiTGeneratorConfig).
     generator: dict = field(default_factory=dict)
@@ -34,6 +39,9 @@ class GenerationConfig:
         from ..generation import get_family
 
         get_family(self.paradigm).check_config(self)  # names the registered paradigms if it is not one
+        if isinstance(self.token_noise, bool) or not isinstance(self.token_noise, (int, float)) or not (
+                0 <= self.token_noise < 1):
+            raise ValueError(f"generation.token_noise must be a number in [0, 1), got {self.token_noise!r}")
         if self.patch_size < 1 or self.shift <= 0 or self.logit_std <= 0:
             raise ValueError("patch_size must be >= 1, shift > 0 and logit_std > 0")
         check_activation(self.activation)

@@ -295,6 +295,17 @@ class UnifiedModel(nn.Module):
                 raise ValueError(f"the training data has {what} but the {self.family.name} paradigm takes none")
         return self.family.loss(self, prompt_ids, prompt_mask, targets, generator, **extra)
 
+    def generation_contrast(self, prompt_ids, prompt_mask, targets, swapped_ids, swapped_mask, swapped_rows,
+                            generator=None):
+        """`generation_loss` of the batch, and each image of rows `swapped_rows` scored (summed NLL)
+        under its prompt and under `swapped_ids` (the same words bound to other objects): (loss,
+        caption_nll (S,), swapped_nll (S,)). Families with an exact likelihood only."""
+        if not self.family.contrastive:
+            raise ValueError(f"prompt_contrast compares an image's likelihood under two captions; the "
+                             f"{self.family.name} paradigm has no exact image likelihood")
+        return self.family.contrast(self, prompt_ids, prompt_mask, targets, swapped_ids, swapped_mask, swapped_rows,
+                                    generator)
+
     def forward(self, und: dict | None = None, gen: dict | None = None, pref: dict | None = None,
                 every_weight: bool = False) -> dict[str, torch.Tensor]:
         """Losses for an understanding batch, a generation batch, or both (summed); for a
@@ -312,7 +323,11 @@ class UnifiedModel(nn.Module):
             if und is not None:
                 out["und_loss"] = self.understanding_loss(**und)
             if gen is not None:
-                out["gen_loss"] = self.generation_loss(**self._encoded(gen))
+                gen = self._encoded(gen)
+                if "swapped_ids" in gen:  # the trainer's prompt_contrast: each image under another caption too
+                    out["gen_loss"], out["caption_nll"], out["swapped_nll"] = self.generation_contrast(**gen)
+                else:
+                    out["gen_loss"] = self.generation_loss(**gen)
             if pref is not None:
                 out["pref_logps"] = self.answer_logprobs(**pref)
         if not out:

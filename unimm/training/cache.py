@@ -6,7 +6,7 @@ the image and runs the tokenizer's encoder again. `TargetCache.build_or_load`
 does that once per source and stores the result in `data.cache_dir`:
 
     targets-<key>.safetensors   "targets" (N, ...) and "valid" (N,) tensors
-    targets-<key>.json          the captions, the source spec and the counts
+    targets-<key>.json          the captions (and any swapped captions), the source spec and the counts
 
 `key` hashes the source spec, the generation image size and the tokenizer's
 config and weights, so a changed source or tokenizer never reads a stale cache.
@@ -24,7 +24,7 @@ import torch
 
 from ..config import to_dict
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: swapped captions kept
 
 
 def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
@@ -63,10 +63,13 @@ def cache_key(spec: dict, image_size: int, fingerprint: str, source: dict | None
 
 
 class TargetCache:
-    """Item j of a generation source as {"task", "caption", "targets"} without rendering or encoding it."""
+    """Item j of a generation source as {"task", "caption", "targets"} (and its "swapped_caption"
+    where the source gave one) without rendering or encoding it."""
 
-    def __init__(self, captions: list[str | None], targets: torch.Tensor, valid: torch.Tensor, name: str):
+    def __init__(self, captions: list[str | None], targets: torch.Tensor, valid: torch.Tensor, name: str,
+                 swapped: list[str | None] | None = None):
         self.captions, self.targets, self.valid, self.name = captions, targets, valid, name
+        self.swapped = swapped or [None] * len(captions)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -74,7 +77,10 @@ class TargetCache:
     def get(self, j: int) -> dict | None:
         if not bool(self.valid[j]):
             return None  # the source skipped this item when the cache was built (counted then)
-        return {"task": "generation", "caption": self.captions[j], "targets": self.targets[j]}
+        record = {"task": "generation", "caption": self.captions[j], "targets": self.targets[j]}
+        if self.swapped[j] is not None:
+            record["swapped_caption"] = self.swapped[j]
+        return record
 
     @classmethod
     def build_or_load(cls, source, spec: dict, model, cache_dir, main_process: bool = True,
@@ -86,12 +92,12 @@ class TargetCache:
         root = Path(cache_dir)
         tensors, meta = root / f"targets-{key}.safetensors", root / f"targets-{key}.json"
         if main_process and not (tensors.is_file() and meta.is_file()):
-            captions, targets, valid = _compute(source, model, batch_size, progress)
+            captions, swapped, targets, valid = _compute(source, model, batch_size, progress)
             root.mkdir(parents=True, exist_ok=True)
             _write_atomic(tensors, lambda p: _save_tensors(p, targets, valid))
             _write_atomic(meta, lambda p: p.write_text(json.dumps(
                 {"version": CACHE_VERSION, "source": spec, "image_size": image_size, "items": len(captions),
-                 "valid": int(valid.sum()), "captions": captions}, default=str)))
+                 "valid": int(valid.sum()), "captions": captions, "swapped_captions": swapped}, default=str)))
         cache = cls.load(tensors, meta)
         if len(cache) != len(source):  # the key covers this; a hand-copied cache might not
             raise ValueError(f"the target cache {tensors} holds {len(cache)} items but the source has {len(source)}; "
@@ -108,7 +114,8 @@ class TargetCache:
             info = json.loads(meta.read_text())
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"the target cache {tensors} is damaged ({e}); delete it to rebuild") from None
-        return cls(info["captions"], data["targets"], data["valid"].bool(), info["source"].get("format", "source"))
+        return cls(info["captions"], data["targets"], data["valid"].bool(), info["source"].get("format", "source"),
+                   info.get("swapped_captions"))
 
 
 def _save_tensors(path: Path, targets: torch.Tensor, valid: torch.Tensor) -> None:
@@ -135,6 +142,7 @@ def _compute(source, model, batch_size: int, progress: bool):
     tok.eval()
     param = next(tok.parameters())
     captions: list[str | None] = []
+    swapped: list[str | None] = []
     chunks, pending = [], []
 
     def flush():
@@ -149,8 +157,10 @@ def _compute(source, model, batch_size: int, progress: bool):
         record = source.get(j)
         if record is None:
             captions.append(None)
+            swapped.append(None)
             continue
         captions.append(record["caption"])
+        swapped.append(record.get("swapped_caption"))
         pending.append(tok.preprocess(record["image"]))  # the tokenizer's own transform
         rows.append(j)
         if len(pending) == batch_size:
@@ -163,4 +173,4 @@ def _compute(source, model, batch_size: int, progress: bool):
     if rows:
         targets[rows] = encoded
         valid[rows] = True
-    return captions, targets, valid
+    return captions, swapped, targets, valid

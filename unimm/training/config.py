@@ -65,6 +65,24 @@ class LoraConfig:
 
 
 @dataclass
+class PromptContrastConfig:
+    # Generation items whose data gives a swapped caption (the same words bound to other
+    # objects: "a red star and a blue circle" for "a red circle and a blue star") also learn to
+    # score their image higher under their own caption than under the swapped one:
+    # weight * softplus(beta * (NLL(image | caption) - NLL(image | swapped))), NLLs summed over
+    # the image's tokens. The plain likelihood rewards this only through the few tokens where
+    # the binding shows; the contrast is nothing but that difference. Families with an exact
+    # image likelihood (autoregressive) take it.
+    weight: float = 1.0
+    beta: float = 0.1
+
+    def __post_init__(self):
+        if not self.weight > 0 or not self.beta > 0:
+            raise ValueError(f"prompt_contrast needs weight > 0 and beta > 0, got weight={self.weight}, "
+                             f"beta={self.beta}")
+
+
+@dataclass
 class DPOConfig:
     # The preference stage (RLHF-V / DPO): answers of `task: preference` sources scored against
     # a frozen reference model, the stage's starting model unless `reference` names a model directory.
@@ -105,6 +123,8 @@ class TrainConfig:
     lora: LoraConfig | None = None  # LoRA on the backbone instead of full fine-tuning
     # Preference tuning (DPO) on the data's `task: preference` sources; see DPOConfig.
     dpo: DPOConfig | None = None
+    # Generation: each image scored against its swapped caption too (PromptContrastConfig).
+    prompt_contrast: PromptContrastConfig | None = None
     save_every: int = 500
     keep_last: int = 3
     log_every: int = 10

@@ -28,7 +28,8 @@ def index_rng(seed: int, i: int) -> random.Random:
 class TrainingDataset(Dataset):
     def __init__(self, sources: dict, ratios: dict, processor: Processor, gen_transform, length: int,
                  seed: int = 0, prompt_dropout: float = 0.0, max_positions: int | None = None,
-                 num_gen_tokens: int = 0, caches: dict | None = None, gen_size: int | None = None):
+                 num_gen_tokens: int = 0, caches: dict | None = None, gen_size: int | None = None,
+                 contrast: bool = False):
         self.names = [n for n in sources if ratios[n] > 0]
         self.sources = sources
         # name -> TargetCache: generation items served with precomputed targets, not images
@@ -38,6 +39,7 @@ class TrainingDataset(Dataset):
         self.processor, self.gen_transform, self.gen_size = processor, gen_transform, gen_size
         self.length, self.seed, self.prompt_dropout = length, seed, prompt_dropout
         self.max_positions, self.num_gen_tokens = max_positions, num_gen_tokens
+        self.contrast = contrast  # tokenise generation records' swapped captions (prompt_contrast)
         self.skipped: Counter = Counter()  # reasons found while tokenising (too long, ...)
         for n in self.names:
             if len(sources[n]) == 0:
@@ -96,11 +98,18 @@ class TrainingDataset(Dataset):
                            for k in record["control"]}
             # A reference picture for an IP-Adapter, prepared as the encoder reads any image.
             reference = p.whole_values([record["reference"]])[0] if "reference" in record else None
+            drop = rng.random() < self.prompt_dropout
+            sample = {"task": "generation", "prompt_ids": ids, "drop": drop, "control": control,
+                      "reference": reference}
             if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
-                return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
-                        "targets": record["targets"], "control": control, "reference": reference}
-            return {"task": "generation", "prompt_ids": ids, "drop": rng.random() < self.prompt_dropout,
-                    "image": self.gen_transform(record["image"]), "control": control, "reference": reference}
+                sample["targets"] = record["targets"]
+            else:
+                sample["image"] = self.gen_transform(record["image"])
+            if self.contrast and not drop and record.get("swapped_caption"):
+                swapped = p.generation_ids(record["swapped_caption"])
+                if not self._too_long(len(swapped) + self.num_gen_tokens):
+                    sample["swapped_ids"] = swapped
+            return sample
         if task == "text":
             ids = ([p.ids.bos] if p.ids.bos is not None else []) + p.tokenizer.encode(
                 record["text"], add_special_tokens=False) + [p.ids.eos]
@@ -157,6 +166,11 @@ class Collator:
             rows = [self.uncond(s["prompt_ids"]) if s["drop"] else s["prompt_ids"] for s in gen]
             ids, mask = left_pad(rows, self.pad_id)
             out["gen"] = {"prompt_ids": ids, "prompt_mask": mask}
+            contrasted = [i for i, s in enumerate(gen) if s.get("swapped_ids")]
+            if contrasted:  # prompt_contrast: rows with a swapped caption, and those captions
+                swapped, swapped_mask = left_pad([gen[i]["swapped_ids"] for i in contrasted], self.pad_id)
+                out["gen"].update(swapped_ids=swapped, swapped_mask=swapped_mask,
+                                  swapped_rows=torch.tensor(contrasted))
             if all("targets" in s for s in gen):
                 out["gen"]["targets"] = torch.stack([s["targets"] for s in gen])
             else:

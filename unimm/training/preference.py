@@ -1,6 +1,7 @@
-"""The preference stage's loss: DPO (Rafailov et al., 2023) on chosen / rejected answers.
+"""Pairwise losses: the preference stage's DPO (Rafailov et al., 2023) on chosen / rejected
+answers, and generation's prompt contrast (an image under its caption against a swapped one).
 
-With each answer's log-probability under the model being trained (the policy) and
+DPO: with each answer's log-probability under the model being trained (the policy) and
 under a frozen reference (the model the stage started from), the implicit reward of an
 answer is beta * (log p_policy - log p_reference); the loss is -log sigmoid(reward of
 the chosen answer - reward of the rejected one), which raises the chosen answer against
@@ -27,3 +28,12 @@ def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: fl
     return {"dpo_loss": -F.logsigmoid(margin).mean(),
             "reward_accuracy": (margin > 0).float().mean().detach(),
             "reward_margin": margin.mean().detach()}
+
+
+def contrast_loss(caption_nll: torch.Tensor, swapped_nll: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """The trainer's prompt_contrast: (S,) summed NLLs of S images under their captions and under
+    their swapped captions -> {"contrast_loss": mean softplus(beta * (caption - swapped)),
+    "contrast_accuracy": share of images likelier under their own caption (no gradient)}."""
+    margin = swapped_nll - caption_nll
+    return {"contrast_loss": F.softplus(-beta * margin).mean(),
+            "contrast_accuracy": (margin > 0).float().mean().detach()}

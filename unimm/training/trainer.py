@@ -25,7 +25,7 @@ from .checkpoints import (latest_checkpoint, list_checkpoints, remove_checkpoint
                           save_checkpoint)
 from .config import PARTS, TrainConfig
 from .data import Collator, TrainingDataset, warn_skipped
-from .preference import dpo_loss
+from .preference import contrast_loss, dpo_loss
 from .outputs import claim_output_dir
 
 
@@ -166,6 +166,8 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None, shar
             keep["control_images"] = {k: m.to(dt) for k, m in gen["control_images"].items()}
         if "reference_images" in gen:  # IP-Adapter references: the model encodes them with its SigLIP
             keep["reference"] = gen["reference_images"]
+        if "swapped_ids" in gen:  # prompt_contrast: some rows' captions with their words bound otherwise
+            keep.update({k: gen[k] for k in ("swapped_ids", "swapped_mask", "swapped_rows")})
         gen = keep
 
     def in_model_dtype(chat):  # an understanding or preference batch's pixels
@@ -179,9 +181,12 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None, shar
         with torch.no_grad():
             ref_logps = reference.answer_logprobs(**pref)
         out.update(dpo_loss(out.pop("pref_logps"), ref_logps, cfg.dpo.beta))
+    if "caption_nll" in out:
+        out.update(contrast_loss(out.pop("caption_nll"), out.pop("swapped_nll"), cfg.prompt_contrast.beta))
     w = cfg.loss_weights
     out["loss"] = (w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
                    + w.get("preference", 1.0) * out.get("dpo_loss", 0)
+                   + (cfg.prompt_contrast.weight * out["contrast_loss"] if "contrast_loss" in out else 0)
                    + out.get("router_loss", 0)  # a mixture-of-experts backbone's load balancing
                    + out.pop("grad_anchor", 0))  # sharded: a (zero) gradient for every weight (not logged)
     return out
@@ -254,6 +259,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
 
     from ..data.formats import build_source
 
+    if cfg.prompt_contrast is not None and not model.family.contrastive:
+        raise ValueError(f"prompt_contrast compares an image's likelihood under two captions; the "
+                         f"{model.family.name} paradigm has no exact image likelihood")
     sources = {name: build_source(spec) for name, spec in cfg.data.sources.items()}
     reference = _reference_model(cfg, model, sources, acc.device)  # with LoRA: fresh adapters add nothing
     total = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes
@@ -262,6 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         sources, cfg.data.ratios, pipe.processor, model.image_tokenizer.transform, total, seed=cfg.seed,
         prompt_dropout=cfg.data.prompt_dropout, max_positions=model.backbone.max_positions,
         num_gen_tokens=model.num_image_tokens, caches=caches, gen_size=model.image_tokenizer.config.image_size,
+        contrast=cfg.prompt_contrast is not None,
     )
     unconditional = model.unconditional_ids  # bound now: `model` becomes the DDP wrapper below
     uncond = lambda ids: unconditional(torch.tensor(ids)).tolist()
