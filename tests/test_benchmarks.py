@@ -31,6 +31,7 @@ SMOKE = {
     "shape_learning.py": (["--steps", "4", "--every", "2", "--train", "64", "--test", "250", "--threads", "1"],
                           "steps to 90% held-out: vit"),
     "probes.py": (["--n", "200", "--test", "50", "--llm-n", "40", "--iters", "10"], "accuracy on held-out scenes"),
+    "caption_likelihood.py": (["--n", "3", "--threads", "1"], "binding  true caption beats the swapped one"),
     "binding_probes.py": (["--n", "200", "--test", "50", "--attention-steps", "5", "--hops", "--threads", "1"],
                           "at the answer position"),
 }

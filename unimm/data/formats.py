@@ -16,6 +16,9 @@ Records are plain dicts:
                    (optionally "swapped_caption": the same words bound to other objects, e.g. "a
                    red star and a blue circle" for "a red circle and a blue star": a caption the
                    image does not match, for the trainer's `prompt_contrast`)
+    understanding  (optionally, with one turn, "swapped_question": its words bound to another object
+                   of the image, e.g. "What colour is the star?" for "What colour is the circle?",
+                   whose answer differs: `prompt_contrast` again)
     preference     {"task": "preference", "images": [PIL RGB, ...], "question": str, "chosen": str,
                     "rejected": str}   (the DPO stage's pairs; unimm.data.preference)
 
@@ -805,7 +808,14 @@ class ShapesSource(Source):
                     "chosen": qa.answer, "rejected": rejected_answer(s["scene"], qa, rng)}
         turns = [(f"{IMAGE_PLACEHOLDER}\n{qa.question}" if k == 0 else qa.question, qa.answer)
                  for k, qa in enumerate(s["qa"][:self.questions])]
-        return _understanding([s["image"]], turns)
+        record = _understanding([s["image"]], turns)
+        if len(turns) == 1:  # one question: its words bound to the other object, if that changes the answer
+            from .shapes import swapped_question
+
+            swapped = swapped_question(s["scene"], s["qa"][0])
+            if swapped is not None:  # the trainer's prompt_contrast
+                record["swapped_question"] = f"{IMAGE_PLACEHOLDER}\n{swapped}"
+        return record
 
 
 class ControlMapSource(Source):

@@ -382,6 +382,25 @@ def swapped_caption(scene: Scene) -> str | None:
     return re.sub(rf"\b({a}|{b})\b", lambda m: b if m.group(1) == a else a, scene.caption)
 
 
+def swapped_question(scene: Scene, qa: QA) -> str | None:
+    """A two-object scene's question with the objects' colour and shape words exchanged ("What
+    colour is the circle?" -> "What colour is the star?"), when the question names one of them
+    and its answer differs for the other ("red", where the star is blue); else None. The question
+    reads the same words either way, so only the object it is bound to tells the answers apart."""
+    if len(scene.objects) != 2 or qa.type not in ("colour", "shape", "position", "size"):
+        return None
+    a, b = scene.objects
+    if a.colour == b.colour or a.shape == b.shape:
+        return None
+    own = next((o for o in (a, b) if getattr(o, qa.type) == qa.answer), None)
+    other = b if own is a else a
+    if own is None or getattr(other, qa.type) == qa.answer:
+        return None
+    pairs = {a.colour: b.colour, b.colour: a.colour, a.shape: b.shape, b.shape: a.shape}
+    swapped = re.sub(rf"\b({'|'.join(pairs)})\b", lambda m: pairs[m.group(1)], qa.question)
+    return swapped if swapped != qa.question else None
+
+
 def _ask(rng: random.Random, key: str, answer: str, qa_type: str, **fields: str) -> QA:
     return QA(rng.choice(_QUESTIONS[key]).format(**fields), answer, qa_type)
 

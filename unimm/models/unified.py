@@ -307,10 +307,11 @@ class UnifiedModel(nn.Module):
                                     generator)
 
     def forward(self, und: dict | None = None, gen: dict | None = None, pref: dict | None = None,
-                every_weight: bool = False) -> dict[str, torch.Tensor]:
+                und_contrast: dict | None = None, every_weight: bool = False) -> dict[str, torch.Tensor]:
         """Losses for an understanding batch, a generation batch, or both (summed); for a
         preference batch (`pref`, chat rows as `und` has them) each row's answer log-probability
-        ("pref_logps", (B,)), which a preference loss compares with a reference model's. A
+        ("pref_logps", (B,)), which a preference loss compares with a reference model's; for
+        `und_contrast` (the same, rows 0..S-1 questions and S..2S-1 swapped ones) "contrast_logps". A
         mixture-of-experts backbone adds its routers' load-balancing loss ("router_loss") and
         the expert load it measured ("expert_load_max" / "_min", tensors without gradient).
 
@@ -330,6 +331,8 @@ class UnifiedModel(nn.Module):
                     out["gen_loss"] = self.generation_loss(**gen)
             if pref is not None:
                 out["pref_logps"] = self.answer_logprobs(**pref)
+            if und_contrast is not None:  # the trainer's prompt_contrast: answers under two questions
+                out["contrast_logps"] = self.answer_logprobs(**und_contrast)
         if not out:
             raise ValueError("forward needs an understanding batch (und=...), a generation batch (gen=...) "
                              "or a preference batch (pref=...)")

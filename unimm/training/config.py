@@ -72,14 +72,19 @@ class PromptContrastConfig:
     # weight * softplus(beta * (NLL(image | caption) - NLL(image | swapped))), NLLs summed over
     # the image's tokens. The plain likelihood rewards this only through the few tokens where
     # the binding shows; the contrast is nothing but that difference. Families with an exact
-    # image likelihood (autoregressive) take it.
-    weight: float = 1.0
+    # image likelihood (autoregressive) take it. Understanding items with one question and a
+    # "swapped_question" (its words bound to another object, whose answer differs) get the same
+    # loss on the answer's NLL under the two questions: a reply that reads the scene's colours
+    # without finding the named object scores both alike and gains nothing.
+    weight: float = 1.0  # generation items (0: none)
+    answer_weight: float = 1.0  # understanding items (0: none)
     beta: float = 0.1
 
     def __post_init__(self):
-        if not self.weight > 0 or not self.beta > 0:
-            raise ValueError(f"prompt_contrast needs weight > 0 and beta > 0, got weight={self.weight}, "
-                             f"beta={self.beta}")
+        if not (self.weight >= 0 and self.answer_weight >= 0 and self.weight + self.answer_weight > 0
+                and self.beta > 0):
+            raise ValueError(f"prompt_contrast needs weight >= 0 and answer_weight >= 0, not both 0, and beta > 0; "
+                             f"got weight={self.weight}, answer_weight={self.answer_weight}, beta={self.beta}")
 
 
 @dataclass

@@ -29,7 +29,7 @@ class TrainingDataset(Dataset):
     def __init__(self, sources: dict, ratios: dict, processor: Processor, gen_transform, length: int,
                  seed: int = 0, prompt_dropout: float = 0.0, max_positions: int | None = None,
                  num_gen_tokens: int = 0, caches: dict | None = None, gen_size: int | None = None,
-                 contrast: bool = False):
+                 contrast_captions: bool = False, contrast_questions: bool = False):
         self.names = [n for n in sources if ratios[n] > 0]
         self.sources = sources
         # name -> TargetCache: generation items served with precomputed targets, not images
@@ -39,7 +39,8 @@ class TrainingDataset(Dataset):
         self.processor, self.gen_transform, self.gen_size = processor, gen_transform, gen_size
         self.length, self.seed, self.prompt_dropout = length, seed, prompt_dropout
         self.max_positions, self.num_gen_tokens = max_positions, num_gen_tokens
-        self.contrast = contrast  # tokenise generation records' swapped captions (prompt_contrast)
+        # prompt_contrast: tokenise generation records' swapped captions, understanding records' swapped questions
+        self.contrast_captions, self.contrast_questions = contrast_captions, contrast_questions
         self.skipped: Counter = Counter()  # reasons found while tokenising (too long, ...)
         for n in self.names:
             if len(sources[n]) == 0:
@@ -105,7 +106,7 @@ class TrainingDataset(Dataset):
                 sample["targets"] = record["targets"]
             else:
                 sample["image"] = self.gen_transform(record["image"])
-            if self.contrast and not drop and record.get("swapped_caption"):
+            if self.contrast_captions and not drop and record.get("swapped_caption"):
                 swapped = p.generation_ids(record["swapped_caption"])
                 if not self._too_long(len(swapped) + self.num_gen_tokens):
                     sample["swapped_ids"] = swapped
@@ -129,7 +130,13 @@ class TrainingDataset(Dataset):
         ids, labels = self._chat_ids(record["turns"], len(record["images"]), layout)
         if self._too_long(len(ids)):
             return None
-        return {"task": "understanding", "input_ids": ids, "labels": labels, "pixel_values": pixels}
+        sample = {"task": "understanding", "input_ids": ids, "labels": labels, "pixel_values": pixels}
+        if self.contrast_questions and record.get("swapped_question") and len(record["turns"]) == 1:
+            swapped = self._chat_ids([(record["swapped_question"], record["turns"][0][1])], len(record["images"]),
+                                     layout)
+            if not self._too_long(len(swapped[0])):
+                sample["swapped_ids"], sample["swapped_labels"] = swapped
+        return sample
 
     def _chat_ids(self, turns: list[tuple[str, str]], n_images: int, layout) -> tuple[list[int], list[int]]:
         p = self.processor
@@ -142,7 +149,7 @@ class TrainingDataset(Dataset):
 
 
 class Collator:
-    """List of samples -> {"und": ... or None, "gen": ... or None, "pref": ... or None, "n_samples", "n_tokens"}."""
+    """List of samples -> {"und", "gen", "pref", "und_contrast" (each a batch or None), "n_samples", "n_tokens"}."""
 
     def __init__(self, pad_id: int, uncond):
         self.pad_id, self.uncond = pad_id, uncond  # uncond: ids -> unconditional ids (model's rule)
@@ -151,12 +158,19 @@ class Collator:
         und = [s for s in samples if s["task"] == "understanding"]
         gen = [s for s in samples if s["task"] == "generation"]
         pref = [s for s in samples if s["task"] == "preference"]
-        out = {"und": None, "gen": None, "pref": None, "n_samples": len(samples), "n_tokens": 0,
+        out = {"und": None, "gen": None, "pref": None, "und_contrast": None, "n_samples": len(samples), "n_tokens": 0,
                "skipped": dict(sum((s.get("skipped", Counter()) for s in samples), Counter()))}
         if und:
             out["und"] = self._chat_batch([s["input_ids"] for s in und], [s["labels"] for s in und],
                                           [s["pixel_values"] for s in und])
             out["n_tokens"] += int(out["und"]["attention_mask"].sum())
+        contrasted = [s for s in und if s.get("swapped_ids")]
+        if contrasted:  # prompt_contrast: rows 0..S-1 the questions, S..2S-1 the swapped ones, same answers
+            out["und_contrast"] = self._chat_batch(
+                [s["input_ids"] for s in contrasted] + [s["swapped_ids"] for s in contrasted],
+                [s["labels"] for s in contrasted] + [s["swapped_labels"] for s in contrasted],
+                [s["pixel_values"] for s in contrasted] * 2)
+            out["n_tokens"] += int(out["und_contrast"]["attention_mask"].sum())
         if pref:  # rows 0..P-1 the chosen answers, P..2P-1 the rejected ones, each with its images
             out["pref"] = self._chat_batch([s["chosen_ids"] for s in pref] + [s["rejected_ids"] for s in pref],
                                            [s["chosen_labels"] for s in pref] + [s["rejected_labels"] for s in pref],

@@ -175,18 +175,22 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None, shar
             return chat
         return {**chat, "pixel_values": chat["pixel_values"].to(unwrapped.dtype)}
 
-    und, pref = in_model_dtype(und), in_model_dtype(pref)
-    out = model(und=und, gen=gen, pref=pref, every_weight=sharded)
+    und, pref, contrast = in_model_dtype(und), in_model_dtype(pref), in_model_dtype(batch.get("und_contrast"))
+    out = model(und=und, gen=gen, pref=pref, und_contrast=contrast, every_weight=sharded)
     if pref is not None:  # DPO: the same answers scored by the frozen reference
         with torch.no_grad():
             ref_logps = reference.answer_logprobs(**pref)
         out.update(dpo_loss(out.pop("pref_logps"), ref_logps, cfg.dpo.beta))
     if "caption_nll" in out:
         out.update(contrast_loss(out.pop("caption_nll"), out.pop("swapped_nll"), cfg.prompt_contrast.beta))
+    if "contrast_logps" in out:  # answers: NLL under their question (rows 0..S-1) and the swapped one
+        own, swapped = (-out.pop("contrast_logps")).chunk(2)
+        out.update({f"answer_{k}": v for k, v in contrast_loss(own, swapped, cfg.prompt_contrast.beta).items()})
     w = cfg.loss_weights
     out["loss"] = (w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
                    + w.get("preference", 1.0) * out.get("dpo_loss", 0)
                    + (cfg.prompt_contrast.weight * out["contrast_loss"] if "contrast_loss" in out else 0)
+                   + (cfg.prompt_contrast.answer_weight * out["answer_contrast_loss"] if "answer_contrast_loss" in out else 0)
                    + out.get("router_loss", 0)  # a mixture-of-experts backbone's load balancing
                    + out.pop("grad_anchor", 0))  # sharded: a (zero) gradient for every weight (not logged)
     return out
@@ -259,9 +263,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
 
     from ..data.formats import build_source
 
-    if cfg.prompt_contrast is not None and not model.family.contrastive:
-        raise ValueError(f"prompt_contrast compares an image's likelihood under two captions; the "
-                         f"{model.family.name} paradigm has no exact image likelihood")
+    contrast = cfg.prompt_contrast
+    if contrast is not None and contrast.weight > 0 and not model.family.contrastive:
+        raise ValueError(f"prompt_contrast.weight compares an image's likelihood under two captions; the "
+                         f"{model.family.name} paradigm has no exact image likelihood (set weight: 0 to "
+                         "contrast answers only)")
     sources = {name: build_source(spec) for name, spec in cfg.data.sources.items()}
     reference = _reference_model(cfg, model, sources, acc.device)  # with LoRA: fresh adapters add nothing
     total = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes
@@ -270,7 +276,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         sources, cfg.data.ratios, pipe.processor, model.image_tokenizer.transform, total, seed=cfg.seed,
         prompt_dropout=cfg.data.prompt_dropout, max_positions=model.backbone.max_positions,
         num_gen_tokens=model.num_image_tokens, caches=caches, gen_size=model.image_tokenizer.config.image_size,
-        contrast=cfg.prompt_contrast is not None,
+        contrast_captions=contrast is not None and contrast.weight > 0,
+        contrast_questions=contrast is not None and contrast.answer_weight > 0,
     )
     unconditional = model.unconditional_ids  # bound now: `model` becomes the DDP wrapper below
     uncond = lambda ids: unconditional(torch.tensor(ids)).tolist()

@@ -1,5 +1,6 @@
-"""Generation training's extras: generation.token_noise (random codes among the teacher-forced
-image tokens) and the trainer's prompt_contrast (an image under its caption against a swapped one)."""
+"""Training objectives beyond likelihood: generation.token_noise (random codes among the teacher-forced
+image tokens) and the trainer's prompt_contrast (an image under its caption against a swapped one,
+an answer under its question against a swapped one)."""
 import json
 import warnings
 
@@ -10,7 +11,7 @@ import unimm
 from unimm.generation.autoregressive import corrupt_ids
 from unimm.heads import GenerationConfig
 from unimm.data.formats import build_source
-from unimm.data.shapes import ShapesWorld, swapped_caption
+from unimm.data.shapes import ShapesWorld, swapped_caption, swapped_question
 from unimm.processing import left_pad
 from unimm.training.config import load_train_config
 from unimm.training.preference import contrast_loss
@@ -154,13 +155,81 @@ def test_a_stage_with_prompt_contrast_logs_it_and_moves_the_margin(saved_tiny, t
         return (other - own).mean().item()
 
     assert margins(unimm.load(str(final)).model) > margins(unimm.load(saved_tiny).model)
-    with pytest.raises(ValueError, match="prompt_contrast needs weight > 0 and beta > 0"):
+    with pytest.raises(ValueError, match="prompt_contrast needs weight >= 0 and answer_weight >= 0, not both 0"):
         _stage(saved_tiny, tmp_path, "prompt_contrast={beta: 0}")
+    with pytest.raises(ValueError, match="not both 0"):
+        _stage(saved_tiny, tmp_path, "prompt_contrast={weight: 0, answer_weight: 0}")
 
 
-def test_prompt_contrast_needs_a_family_with_a_likelihood(tmp_path):
-    cfg = load_train_config("configs/train/tiny-stage2.yaml", [
+def _masked_stage(tmp_path, *extra):
+    return load_train_config("configs/train/tiny-stage2.yaml", [
         "init_from=null", "model={base: tiny, generation: {paradigm: masked}}", f"output_dir={tmp_path / 'm'}",
-        "steps=1", "batch_size=2", "prompt_contrast={beta: 0.1}"])
+        "steps=2", "batch_size=8", "log_every=1", *extra])
+
+
+def test_caption_contrast_needs_a_family_with_a_likelihood(tmp_path):
     with pytest.raises(ValueError, match="the masked paradigm has no exact image likelihood"):
+        train(_masked_stage(tmp_path, "prompt_contrast={beta: 0.1}"), progress=False)
+
+
+def test_swapped_questions_name_the_other_object_and_change_the_answer():
+    world = ShapesWorld(seed=3, num_samples=60)
+    seen = set()
+    for scene in (world[i] for i in range(60)):
+        for qa in scene.qa:
+            swapped = swapped_question(scene, qa)
+            if swapped is None:
+                continue
+            seen.add(qa.type)
+            assert scene.kind == "pair" and swapped != qa.question
+            own = next(o for o in scene.objects if getattr(o, qa.type) == qa.answer)
+            other = next(o for o in scene.objects if o is not own)
+            # every colour / shape word of one object is now the other's
+            names = {own.colour: other.colour, own.shape: other.shape, other.colour: own.colour,
+                     other.shape: own.shape}
+            assert swapped.split() == [names.get(w.rstrip("?"), w.rstrip("?")) + ("?" if w.endswith("?") else "")
+                                       for w in qa.question.split()]
+            assert getattr(other, qa.type) != qa.answer  # the answer is wrong for the swapped question
+    assert seen == {"colour", "shape", "position", "size"}
+    source = build_source({"format": "shapes", "task": "understanding", "image_size": 32, "num_samples": 60,
+                           "seed": 3, "questions": 1})
+    records = [source.get(i) for i in range(60)]
+    with_swap = [r for r in records if "swapped_question" in r]
+    assert with_swap and all(r["swapped_question"].startswith("<image>\n") for r in with_swap)
+    every = build_source({"format": "shapes", "task": "understanding", "image_size": 32, "num_samples": 60, "seed": 3})
+    assert not any("swapped_question" in every.get(i) for i in range(60))  # several turns: no swap
+
+
+def test_answer_contrast_trains_on_a_masked_model_and_logs_its_own_metrics(tmp_path):
+    cfg = _masked_stage(tmp_path, "prompt_contrast={weight: 0, answer_weight: 1.0, beta: 0.5}",
+                        "data.sources.vqa.questions=1", "data.sources.vqa.mix={pair: 1.0}",
+                        "data.ratios={vqa: 1, text: 0, t2i: 1}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
         train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert any({"answer_contrast_loss", "answer_contrast_accuracy"} <= r.keys() for r in rows)
+    assert not any("contrast_loss" in r for r in rows)  # weight 0: no caption contrast
+
+
+def test_answer_contrast_rows_share_answers_and_images():
+    from unimm.training.data import Collator, TrainingDataset
+
+    pipe = _tiny()
+    source = build_source({"format": "shapes", "task": "understanding", "image_size": 32, "num_samples": 64,
+                           "seed": 3, "questions": 1, "mix": {"pair": 1.0}})
+    ds = TrainingDataset({"vqa": source}, {"vqa": 1}, pipe.processor, None, 16, contrast_questions=True)
+    batch = Collator(pipe.model.token_ids.pad, lambda ids: ids)([ds[i] for i in range(16)])
+    pairs = batch["und_contrast"]
+    S = pairs["input_ids"].shape[0] // 2
+    assert S > 0 and pairs["pixel_values"].shape[0] == 2 * S
+    torch.testing.assert_close(pairs["pixel_values"][:S], pairs["pixel_values"][S:])
+    for k in range(S):  # the same answer tokens, after different questions
+        own, swap = pairs["labels"][k], pairs["labels"][S + k]
+        assert torch.equal(own[own != -100], swap[swap != -100])
+        assert not torch.equal(pairs["input_ids"][k], pairs["input_ids"][S + k])
+    model = pipe.model.eval()
+    with torch.no_grad():
+        logps = model(und_contrast=pairs)["contrast_logps"]
+        torch.testing.assert_close(logps, model.answer_logprobs(**pairs))
+    assert logps.shape == (2 * S,)
