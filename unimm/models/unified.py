@@ -299,10 +299,8 @@ class UnifiedModel(nn.Module):
                             generator=None):
         """`generation_loss` of the batch, and each image of rows `swapped_rows` scored (summed NLL)
         under its prompt and under `swapped_ids` (the same words bound to other objects): (loss,
-        caption_nll (S,), swapped_nll (S,)). Families with an exact likelihood only."""
-        if not self.family.contrastive:
-            raise ValueError(f"prompt_contrast compares an image's likelihood under two captions; the "
-                             f"{self.family.name} paradigm has no exact image likelihood")
+        caption_nll (S,), swapped_nll (S,)). Families with an exact likelihood only (the others'
+        `contrast` says so)."""
         return self.family.contrast(self, prompt_ids, prompt_mask, targets, swapped_ids, swapped_mask, swapped_rows,
                                     generator)
 
