@@ -14,11 +14,15 @@ reports samples/s, their ratio and the loss curves side by side: the training lo
 at every sixth of the run (the main process's batch) and the loss of each final model
 on the same evaluation batches.
 
-`--compare compile` runs the stage (targets cached) eager and with `compile=True`.
+`--compare compile` runs the stage (targets cached) eager and with `compile=True`;
+`--compare precision` in float32 and with bf16 autocast (bf16 matrix products run
+natively on CPUs with AVX512-BF16 or AMX). `--set KEY=VALUE` changes the stage for
+every run (`--compare compile --set mixed_precision=bf16`: bf16 eager vs compiled).
 
     python benchmarks/train_throughput.py                 # ~3 minutes on 2 CPU cores
     python benchmarks/train_throughput.py --compare processes
     python benchmarks/train_throughput.py --compare compile
+    python benchmarks/train_throughput.py --compare precision --steps 300
     python benchmarks/train_throughput.py --smoke         # tiny model, a few steps (run by the tests)
 """
 from __future__ import annotations
@@ -94,15 +98,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args, tmp: Path, name: str, processes: int, threads: int, cache: Path) -> Path:
+def _launch(args, tmp: Path, name: str, processes: int, threads: int, cache: Path, extra: list[str] = (),
+            every: int = 6) -> Path:
     """The stage as `processes` processes of `threads` threads each (a subprocess, so each
-    start-up is its own), the same samples per optimizer step whatever the split."""
+    start-up, and accelerate's once-per-process state, is its own), the same samples per
+    optimizer step whatever the split; `extra`: changes to the stage; a log line every
+    `every`-th of the run."""
     from unimm.config import apply_overrides
 
     out = tmp / name
     per_process = args.batch_size // processes
     over = _overrides(args, out, cache, args.steps) + [f"batch_size={per_process}",
-                                                       f"log_every={max(1, args.steps // 6)}"]
+                                                       f"log_every={max(1, args.steps // every)}", *extra]
     stage = tmp / f"{name}.json"
     stage.write_text(json.dumps(apply_overrides(_stage(args), over)))
     launcher = [sys.executable, "-m", "unimm.train"] if processes == 1 else [
@@ -123,8 +130,8 @@ def same_batches_loss(model_dir: Path, args, cache: Path, batches: int) -> float
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "eval"
-        cfg = _config(args, out, cache, batches, ["optim.lr=0", "log_every=1", "data.prompt_dropout=0", "seed=12345"],
-                      init_from=model_dir)
+        cfg = _config(args, out, cache, batches, ["optim.lr=0", "log_every=1", "data.prompt_dropout=0", "seed=12345",
+                                                  "mixed_precision='no'"], init_from=model_dir)
         train(cfg, progress=False)
         losses = [r["loss"] for r in _records(out)]
     return sum(losses) / len(losses)
@@ -156,32 +163,40 @@ def compare_processes(args) -> dict:
     return {"rows": rows, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size}
 
 
-def compare_compile(args) -> dict:
-    """The stage (targets cached) eager, then with `compile=True` (each decoder layer's forward
-    and backward through torch.compile); samples/s over the run's last third, so the one-off
-    compilation (and any recompilation for a new sequence length) stays out of it."""
+VARIANTS = {  # --compare: the runs, each (name, overrides on the stage), the first the baseline
+    "compile": (("eager", []), ("compiled", ["compile=true"])),
+    "precision": (("float32", ["mixed_precision='no'"]), ("bf16 autocast", ["mixed_precision=bf16"])),
+}
+
+
+def compare_variants(args) -> dict:
+    """The stage (targets cached) once per variant of `--compare` (eager vs `compile=True`; float32
+    vs bf16 autocast), `--set` applied to all; samples/s over the run's last third, so the one-off
+    compilation (and any recompilation for a new sequence length) stays out of it; the training
+    loss at each third, and each final model's float32 loss on the same fixed batches."""
     from unimm.training.trainer import train
 
-    torch.set_num_threads(args.threads)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
         train(_config(args, tmp / "build", cache, 1), progress=False)
-        every = [f"log_every={max(1, args.steps // 3)}"]
-        for name, extra in (("eager", []), ("compiled", ["compile=true"])):
-            t = time.perf_counter()
-            train(_config(args, tmp / name, cache, args.steps, every + extra), progress=False)
-            recs = _records(tmp / name)
+        for k, (name, extra) in enumerate(VARIANTS[args.compare]):
+            t = time.perf_counter()  # each run its own process: accelerate fixes the precision once per process
+            out = _launch(args, tmp, f"run{k}", 1, args.threads, cache, [*args.set, *extra], every=3)
+            recs = _records(out)
             rows[name] = {"samples_per_s": recs[-1]["samples_per_s"], "wall_s": time.perf_counter() - t,
-                          "loss_by_window": [round(r["loss"], 4) for r in recs]}
-    ratio = rows["compiled"]["samples_per_s"] / rows["eager"]["samples_per_s"]
-    print(f"{'':10s} {'samples/s':>10s} {'run (s)':>8s}  training loss every k steps")
+                          "loss_by_window": [round(r["loss"], 4) for r in recs],
+                          "same_batches_loss": same_batches_loss(out / "final", args, cache, args.eval_batches)}
+    base = next(iter(rows))
+    print(f"{'':16s} {'samples/s':>10s} {'ratio':>6s} {'run (s)':>8s} {'same-batch loss':>15s}  "
+          "training loss at each third")
     for name, r in rows.items():
-        print(f"{name:10s} {r['samples_per_s']:10.1f} {r['wall_s']:8.1f}  {r['loss_by_window']}")
-    print(f"ratio compiled / eager: {ratio:.2f}x over the last third of {args.steps} steps "
-          f"(the run's time includes compiling)")
-    return {"rows": rows, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size}
+        r["ratio"] = r["samples_per_s"] / rows[base]["samples_per_s"]
+        print(f"{name:16s} {r['samples_per_s']:10.1f} {r['ratio']:5.2f}x {r['wall_s']:8.1f} "
+              f"{r['same_batches_loss']:15.4f}  {r['loss_by_window']}")
+    print(f"ratios against {base} over the last third of {args.steps} steps (run times include start-up and any compiling)")
+    return {"rows": rows, "steps": args.steps, "batch_size": args.batch_size}
 
 
 def main(argv=None) -> int:
@@ -191,8 +206,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--gen-items", type=int, default=2000, help="generation items to cache")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--compare", choices=("cache", "processes", "compile"), default="cache")
-    p.add_argument("--eval-batches", type=int, default=10, help="evaluation batches per model (--compare processes)")
+    p.add_argument("--compare", choices=("cache", "processes", *VARIANTS), default="cache")
+    p.add_argument("--eval-batches", type=int, default=10, help="evaluation batches per model (all but --compare cache)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a change to the stage for every run (--compare compile / precision)")
     p.add_argument("--smoke", action="store_true", help="tiny model, 6 steps: checks the script runs")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -201,7 +218,7 @@ def main(argv=None) -> int:
     if args.compare == "processes" and (args.threads < 2 or args.batch_size % args.threads):
         p.error("--compare processes needs --threads >= 2 dividing --batch-size")
     if args.compare != "cache":
-        result = compare_processes(args) if args.compare == "processes" else compare_compile(args)
+        result = compare_processes(args) if args.compare == "processes" else compare_variants(args)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return 0

@@ -25,6 +25,8 @@ SMOKE = {
     "train_throughput.py": (["--smoke", "--threads", "1"], "ratio cached / every step"),
     "train_throughput.py --compare processes": (["--smoke", "--threads", "2", "--compare", "processes"],
                                                 "ratio processes / threads"),
+    "train_throughput.py --compare precision": (["--smoke", "--threads", "1", "--compare", "precision"],
+                                                "ratios against float32"),
     "chat_cache.py": (["--model", "tiny", "--repeats", "2", "--threads", "1"], "ratio TTFT fresh / reused"),
     "jacobi.py": (["--model", "tiny", "--batches", "1", "--repeats", "1", "--threads", "1"],
                   "passes sequential / jacobi"),

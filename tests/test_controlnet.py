@@ -144,3 +144,31 @@ def test_the_app_takes_a_control_picture_and_shows_the_map(control_pipe, scene_i
         h.generate("a red circle", 1, 2.0, 1.0, 3, 4, False, control_image=str(tmp_path / "scene.png"),
                    control_type="edges", control_scale=5)
     demo.build_app(control_pipe)  # the control inputs are wired (a model without ControlNets gets none)
+
+
+def test_a_stage_adds_a_controlnet_and_an_ip_adapter_to_a_saved_model(tmp_path):
+    """`init_changes` that add parts to a saved dit model (as the shipped modules' recipes do): the
+    ControlNet copies the *loaded* generator's first blocks, not the random ones the build drew, and
+    neither part changes an image until it is used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        base = unimm.load("tiny-dit")
+    with torch.no_grad():  # a saved generator unlike any fresh build
+        for p in base.model.gen_head.transformer.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    base.save_pretrained(tmp_path / "saved")
+    changes = {"generation": {"generator": {"controlnets": {"edges": 1}, "ip_adapter": {}}}}
+    pipe = unimm.load(tmp_path / "saved", changes=changes)
+    head = pipe.model.gen_head
+    blocks = head.controlnets["edges"].transformer_blocks
+    assert len(blocks) == 1
+    torch.testing.assert_close(blocks[0].state_dict(), head.transformer.transformer_blocks[0].state_dict(),
+                               rtol=0, atol=0)
+    assert head.ip_adapter is not None
+    plain = base.generate("a red circle", seed=2, steps=3)[0]
+    assert pipe.generate("a red circle", seed=2, steps=3)[0].tobytes() == plain.tobytes()
+    # Saved with the parts, the model opens without the changes and holds the same weights.
+    pipe.save_pretrained(tmp_path / "with-parts")
+    again = unimm.load(tmp_path / "with-parts").model.state_dict()
+    for k, v in pipe.model.state_dict().items():
+        torch.testing.assert_close(again[k], v, rtol=0, atol=0, msg=k)

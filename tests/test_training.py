@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import unimm
+from unimm.config import MODEL_PARTS
 from unimm.training.checkpoints import latest_checkpoint, list_checkpoints
 from unimm.training.config import load_train_config
 from unimm.training.trainer import train
@@ -367,6 +368,13 @@ def test_default_model_recipe_configs_parse():
     assert dit.init_changes["generation"]["paradigm"] == "dit" and dit.export_dtype == "bfloat16"
     assert dit.init_changes["image_tokenizer"] == {"checkpoint": "weights/tokenizers/vae-shapes64"}
     assert not dit.freeze["gen_head"] and all(dit.freeze[p] for p in ("encoder", "projector", "backbone"))
+    # The DiT default's steering modules (issue 16): each added to the DiT stage's export, only it trained.
+    for name, part, key in (("dit-controlnet", "controlnets", "control"), ("dit-ip-adapter", "ip_adapter", "reference")):
+        stage = load_train_config(str(recipes / f"{name}.yaml"))
+        assert stage.init_from == dit.output_dir + "/final" and list(stage.init_changes["generation"]["generator"]) == [part]
+        assert stage.freeze[f"gen_head.{part}"] is False and all(stage.freeze[p] for p in MODEL_PARTS)
+        (source,) = stage.data.sources.values()
+        assert source["image_size"] == 64 and key in source and stage.export_dtype == "bfloat16"
     script = (ROOT / "scripts" / "train_default.sh").read_text().replace("$T/", "configs/tokenizers/")
     joined = script.replace("\\\n", " ")  # continued lines
     runs = [ln.split() for ln in joined.splitlines() if ln.startswith("unimm train")]

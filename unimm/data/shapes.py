@@ -641,4 +641,15 @@ def caption_vocabulary() -> tuple[str, ...]:
     fillers = [*COLOURS, *SHAPES, *(s + "s" for s in SHAPES), *SIZES, *COUNTS, *_WHERE.values(), "is", "are",
                "an"]  # "an" from the article fix before vowels
     text = " ".join([*_SINGLE_CAPTIONS, *_COUNTING_CAPTIONS, *_PAIR_CAPTIONS, *fillers])
+    return _words(text)
+
+
+def reference_vocabulary() -> tuple[str, ...]:
+    """The words of IP-Adapter training prompts that captions lack ("object"): known to a model
+    whose prompt comes with a reference picture."""
+    return tuple(sorted(set(_words(" ".join(_REFERENCE_PROMPTS))) - set(caption_vocabulary())))
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """The sorted distinct lower-case words of `text`, its {placeholders} left out."""
     return tuple(sorted(set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text).lower()))))

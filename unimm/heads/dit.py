@@ -184,6 +184,8 @@ class DiTHead(nn.Module):
         """Build the part named `part` ("controlnet_<type>" or "ip_adapter") that `config` (this
         head's config with that part added) describes, install it, and return it (weights as built)."""
         if part == "ip_adapter":
+            if self.ip_adapter is not None:  # rebuilt: the transformer gets its own processors back first
+                self.ip_adapter.uninstall()
             self.ip_adapter = IPAdapter(config.ip_adapter, self.transformer, encoder_width)
             module = self.ip_adapter
         else:

@@ -425,8 +425,14 @@ class UnifiedModel(nn.Module):
         fresh = tuple(f"{p}." for p in fresh)
         parts = {prefix: v for prefix, v in model._library_parts().items() if not prefix.startswith(fresh)}
         load_weights(model, directory, skip=tuple(parts), new=new, fresh=fresh)
-        for folder, part in parts.values():
-            load_library_part(part, directory / folder)
+        added = []  # parts the change adds (a ControlNet, an IP-Adapter): none saved, every weight new
+        for prefix, (folder, part) in parts.items():
+            if not (directory / folder).exists() and all(f"{prefix}{k}" in new for k in part.state_dict()):
+                added.append(folder)
+            else:
+                load_library_part(part, directory / folder)
+        for folder in added:  # built now, as attach builds them: a ControlNet copies the *loaded* generator
+            model.family.add_part(model, dict(model.config.generation.generator), folder)
         return model.eval()
 
     def _library_parts(self) -> dict[str, tuple[str, nn.Module]]:

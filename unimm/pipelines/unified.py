@@ -136,14 +136,15 @@ class UnimmPipeline:
         return self.model.image_tokenizer.config.image_size
 
     # -- generation -------------------------------------------------------------
-    def _warn_unknown_words(self, prompts: list[str]) -> None:
+    def _warn_unknown_words(self, prompts: list[str], reference: bool = False) -> None:
+        """`reference`: the prompts go with a reference picture (IP-Adapter prompts, "a red object")."""
         known = self.config.vocabulary
         if not known:
             return
         if known == "shapes":
-            from ..data.shapes import caption_vocabulary
+            from ..data.shapes import caption_vocabulary, reference_vocabulary
 
-            known = caption_vocabulary()
+            known = caption_vocabulary() + (reference_vocabulary() if reference else ())
         known = set(known)
         for p in prompts:
             text = normalise_text(p, sentence=False) if self.config.prompt.normalise else p.lower()
@@ -194,7 +195,7 @@ class UnimmPipeline:
         num_images = _positive_int(num_images, "num_images")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _positive_int(batch_size, "batch_size")
         check_output_fits(len(prompts) * num_images, self.image_size)
-        self._warn_unknown_words(prompts)
+        self._warn_unknown_words(prompts, reference=reference_image is not None)
         opts = self.sampling_options(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                      top_p=top_p, do_sample=do_sample, steps=steps, solver=solver, shift=shift,
                                      **options)
