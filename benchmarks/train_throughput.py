@@ -16,13 +16,16 @@ on the same evaluation batches.
 
 `--compare compile` runs the stage (targets cached) eager and with `compile=True`;
 `--compare precision` in float32 and with bf16 autocast (bf16 matrix products run
-natively on CPUs with AVX512-BF16 or AMX). `--set KEY=VALUE` changes the stage for
+natively on CPUs with AVX512-BF16 or AMX); `--compare fast` today's trainer (float32, each
+batch's understanding rows padded to the longest), then `data.length_buckets=3`, then bf16
+autocast too, then `compile=true` too. `--set KEY=VALUE` changes the stage for
 every run (`--compare compile --set mixed_precision=bf16`: bf16 eager vs compiled).
 
     python benchmarks/train_throughput.py                 # ~3 minutes on 2 CPU cores
     python benchmarks/train_throughput.py --compare processes
     python benchmarks/train_throughput.py --compare compile
     python benchmarks/train_throughput.py --compare precision --steps 300
+    python benchmarks/train_throughput.py --compare fast --steps 300
     python benchmarks/train_throughput.py --smoke         # tiny model, a few steps (run by the tests)
 """
 from __future__ import annotations
@@ -166,6 +169,11 @@ def compare_processes(args) -> dict:
 VARIANTS = {  # --compare: the runs, each (name, overrides on the stage), the first the baseline
     "compile": (("eager", []), ("compiled", ["compile=true"])),
     "precision": (("float32", ["mixed_precision='no'"]), ("bf16 autocast", ["mixed_precision=bf16"])),
+    # today's trainer, then each speed option added in turn (issue 17's training bar)
+    "fast": (("today", ["mixed_precision='no'", "data.length_buckets=1"]),
+             ("length groups", ["mixed_precision='no'", "data.length_buckets=3"]),
+             ("+ bf16", ["mixed_precision=bf16", "data.length_buckets=3"]),
+             ("+ compile", ["mixed_precision=bf16", "data.length_buckets=3", "compile=true"])),
 }
 
 

@@ -36,6 +36,7 @@ SMOKE = {
     "caption_likelihood.py": (["--n", "3", "--threads", "1"], "binding  true caption beats the swapped one"),
     "binding_probes.py": (["--n", "200", "--test", "50", "--attention-steps", "5", "--hops", "--threads", "1"],
                           "at the answer position"),
+    "grounding_attention.py": (["--model", "tiny-xattn", "--n", "8"], "two objects"),
 }
 
 

@@ -70,3 +70,56 @@ def test_bad_cross_attention_settings_are_named():
         _load({"base": "tiny-xattn", "cross_attention": {"every": 0}})
     with pytest.raises(ConfigError, match="unknown config key 'gate'"):
         _load({"base": "tiny-xattn", "cross_attention": {"gate": 1}})
+
+
+def test_the_grounding_loss_rewards_attention_on_the_asked_about_object():
+    """loss_weights.grounding: -log of the share of the blocks' attention (all blocks but the first)
+    on the visual tokens the asked-about object's box covers, a square grid in raster order."""
+    model = _load("tiny-xattn").model
+    boxes = torch.tensor([[0.0, 0.0, 0.2, 0.2], [0.6, 0.3, 0.9, 0.45]])  # cell (0, 0); cells (1, 2), (1, 3)
+    uniform = torch.full((2, 16), 1 / 16)
+    on_target = torch.zeros(2, 16)
+    on_target[0, 0] = 1.0
+    on_target[1, [6, 7]] = 0.5
+    first_block_ignored = [torch.zeros(2, 16)]  # it sees only the token's own embedding
+    shares = model.grounding_shares(first_block_ignored + [uniform, on_target], boxes)
+    torch.testing.assert_close(shares, torch.tensor([[1 / 16, 2 / 16], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="square grid"):
+        model.grounding_shares([torch.full((2, 12), 1 / 12)], boxes)
+    with pytest.raises(ValueError, match="this model has none"):
+        model.grounding_shares([], boxes)
+
+
+def test_grounding_trains_the_blocks_to_look_at_the_asked_about_object(tmp_path):
+    """The shapes world marks one-question items with the asked-about object's box; a stage with
+    loss_weights.grounding logs the loss and lowers it; a model without cross-attention is refused."""
+    import json
+    import warnings
+
+    from unimm.data.formats import build_source
+    from unimm.training.config import load_train_config
+    from unimm.training.trainer import train
+
+    source = build_source({"format": "shapes", "task": "understanding", "image_size": 32, "num_samples": 64,
+                           "seed": 3, "questions": 1, "mix": {"pair": 1.0}})
+    records = [source.get(i) for i in range(64)]
+    boxed = [r for r in records if "ground" in r]
+    assert len(boxed) > 32 and all(0 <= v <= 1.01 and len(r["ground"]) == 4 for r in boxed for v in r["ground"][2:])
+
+    def stage(model, out, steps=40):
+        return load_train_config({
+            "model": model, "output_dir": str(tmp_path / out), "steps": steps, "batch_size": 8, "log_every": 10,
+            "save_every": steps, "freeze": {"encoder": True},
+            "loss_weights": {"understanding": 1.0, "grounding": 1.0}, "optim": {"lr": 3e-3, "warmup_steps": 0},
+            "data": {"sources": {"vqa": {"format": "shapes", "task": "understanding", "image_size": 32,
+                                         "num_samples": 64, "seed": 3, "questions": 1, "mix": {"pair": 1.0}}},
+                     "ratios": {"vqa": 1}}})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        train(stage("tiny-xattn", "x"), progress=False)
+        with pytest.raises(ValueError, match="loss_weights.grounding supervises cross-attention blocks"):
+            train(stage("tiny", "plain", 1), progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()]
+    ground = [r["ground_loss"] for r in rows]
+    assert len(ground) == 4 and ground[-1] < ground[0]

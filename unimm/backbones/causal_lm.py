@@ -102,11 +102,12 @@ class Backbone(nn.Module):
     def decoder_layers(self) -> nn.ModuleList:
         return self.lm.get_decoder().layers
 
-    def seeing(self, visual: torch.Tensor, key_mask: torch.Tensor):
-        """A context in which the cross-attention blocks read `visual` (B, V, D) where `key_mask` (B, V)."""
+    def seeing(self, visual: torch.Tensor, key_mask: torch.Tensor, watch=None):
+        """A context in which the cross-attention blocks read `visual` (B, V, D) where `key_mask` (B, V);
+        with `watch` (rows, positions) it yields each block's attention there (CrossAttentionStack)."""
         if not hasattr(self, "cross_attn"):
             raise ValueError("this backbone has no cross-attention layers (cross_attention: in the model config)")
-        return self.cross_attn.seeing(self.decoder_layers(), visual, key_mask)
+        return self.cross_attn.seeing(self.decoder_layers(), visual, key_mask, watch)
 
     # -- mixture-of-experts backbones (Qwen2-MoE, OLMoE, Mixtral, ...) -------------------
     def routers(self) -> list[nn.Module]:

@@ -387,18 +387,27 @@ def swapped_question(scene: Scene, qa: QA) -> str | None:
     colour is the circle?" -> "What colour is the star?"), when the question names one of them
     and its answer differs for the other ("red", where the star is blue); else None. The question
     reads the same words either way, so only the object it is bound to tells the answers apart."""
-    if len(scene.objects) != 2 or qa.type not in ("colour", "shape", "position", "size"):
+    if len(scene.objects) != 2:
         return None
     a, b = scene.objects
     if a.colour == b.colour or a.shape == b.shape:
         return None
-    own = next((o for o in (a, b) if getattr(o, qa.type) == qa.answer), None)
-    other = b if own is a else a
-    if own is None or getattr(other, qa.type) == qa.answer:
+    own = named_object(scene, qa)
+    if own is None:
         return None
     pairs = {a.colour: b.colour, b.colour: a.colour, a.shape: b.shape, b.shape: a.shape}
     swapped = re.sub(rf"\b({'|'.join(pairs)})\b", lambda m: pairs[m.group(1)], qa.question)
     return swapped if swapped != qa.question else None
+
+
+def named_object(scene: Scene, qa: QA) -> Obj | None:
+    """The one object a colour, shape, position or size question is about: the only object in
+    the scene whose attribute is the answer; None when no single object is (copies in a counting
+    scene, two objects alike in that attribute) or for other questions."""
+    if qa.type not in ("colour", "shape", "position", "size"):
+        return None
+    own = [o for o in scene.objects if getattr(o, qa.type) == qa.answer]
+    return own[0] if len(own) == 1 else None
 
 
 def _ask(rng: random.Random, key: str, answer: str, qa_type: str, **fields: str) -> QA:

@@ -61,10 +61,18 @@ class GatedCrossAttentionBlock(nn.Module):
                                  nn.Linear(dim * ffn_mult, dim))
         self.ffn_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, visual: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D) text states; visual (B, V, D); key_mask (B, V), True where a visual token is real."""
+    def forward(self, x: torch.Tensor, visual: torch.Tensor, key_mask: torch.Tensor, watch=None,
+                seen: list | None = None) -> torch.Tensor:
+        """x (B, T, D) text states; visual (B, V, D); key_mask (B, V), True where a visual token is real.
+        `watch` (rows (R,), positions (R,)): the attention over the visual tokens of the text state at
+        each, averaged over heads, is appended to `seen` as (R, V) (the trainer's grounding loss)."""
         has = key_mask.any(1).to(x.dtype)[:, None, None]  # rows with no image: left exactly as they are
         keys_ok = key_mask | ~key_mask.any(1, keepdim=True)  # (an all-masked row would give NaN)
+        if watch is not None:
+            rows, positions = watch
+            _, w = self.attn(self.norm(x[rows, positions])[:, None], visual[rows], visual[rows],
+                             key_padding_mask=~keys_ok[rows], need_weights=True)
+            seen.append(w[:, 0])
         a, _ = self.attn(self.norm(x), visual, visual, key_padding_mask=~keys_ok, need_weights=False)
         x = x + has * torch.tanh(self.attn_gate).to(x.dtype) * a
         return x + has * torch.tanh(self.ffn_gate).to(x.dtype) * self.ffn(self.ffn_norm(x))
@@ -81,20 +89,23 @@ class CrossAttentionStack(nn.Module):
                                     for _ in self.layer_ids)
 
     @contextlib.contextmanager
-    def seeing(self, decoder_layers, visual: torch.Tensor, key_mask: torch.Tensor):
-        """Within: each hooked decoder layer first runs its block over (visual, key_mask)."""
+    def seeing(self, decoder_layers, visual: torch.Tensor, key_mask: torch.Tensor, watch=None):
+        """Within: each hooked decoder layer first runs its block over (visual, key_mask). Yields a
+        list that gets, with `watch` (rows, positions), each block's attention there (R, V), in
+        layer order."""
+        seen: list[torch.Tensor] = []
 
         def hook_for(block):
             def pre_hook(module, args, kwargs):
                 if args:
-                    return (block(args[0], visual, key_mask), *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": block(kwargs["hidden_states"], visual, key_mask)}
+                    return (block(args[0], visual, key_mask, watch, seen), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": block(kwargs["hidden_states"], visual, key_mask, watch, seen)}
             return pre_hook
 
         hooks = [decoder_layers[i].register_forward_pre_hook(hook_for(b), with_kwargs=True)
                  for i, b in zip(self.layer_ids, self.blocks)]
         try:
-            yield
+            yield seen
         finally:
             for h in hooks:
                 h.remove()

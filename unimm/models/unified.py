@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,14 +198,16 @@ class UnifiedModel(nn.Module):
                              f"{feats.shape[0]} tokens")
         return embeds.masked_scatter(is_image.unsqueeze(-1), feats.to(embeds.dtype))
 
-    def seeing(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None):
+    def seeing(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, watch=None):
         """The context for a forward pass over `input_ids`: with cross-attention fusion, the
-        blocks read each row's images inside it; otherwise (or with no images) nothing to do."""
+        blocks read each row's images inside it; otherwise (or with no images) nothing to do.
+        It yields a list that gets, with `watch` (rows, positions), each block's attention over
+        the images at those positions (R, V)."""
         read = None if pixel_values is None else self.layout.visual(self, input_ids, pixel_values)
         if read is None:
-            return contextlib.nullcontext()
+            return contextlib.nullcontext([])
         visual, key_mask = read
-        return self.backbone.seeing(visual.to(self.dtype), key_mask)
+        return self.backbone.seeing(visual.to(self.dtype), key_mask, watch)
 
     def embed_image_tokens(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Image token ids (B, T) that stand at image positions start, start + 1, ... -> (B, T, D)."""
@@ -255,21 +258,68 @@ class UnifiedModel(nn.Module):
         return h[:, L:]
 
     # -- losses -----------------------------------------------------------------
-    def _answer_logits(self, input_ids, attention_mask, labels, pixel_values):
-        """(logits at the answer positions (n_answer, V), their targets (n_answer,), their rows (n_answer,))."""
+    def _answer_logits(self, input_ids, attention_mask, labels, pixel_values, ground=None):
+        """(logits at the answer positions (n_answer, V), their targets (n_answer,), their rows
+        (n_answer,)), and with `ground` a fourth item: `grounding_shares` of its boxed rows (or None)."""
         embeds = self.embed_inputs(input_ids, pixel_values)
-        with self.seeing(input_ids, pixel_values):
-            h = self.hidden_states(embeds, attention_mask=attention_mask,
-                                   position_ids=positions(attention_mask), use_cache=False)
         targets = labels[:, 1:]
         keep = targets != -100  # only score answer positions: the LM head never sees the rest
+        watch = None
+        if ground is not None:  # rows with a box: watched where their answer is predicted
+            boxed = (~ground[:, 0].isnan()).nonzero()[:, 0]
+            watch = (boxed, keep[boxed].float().argmax(1)) if len(boxed) else None
+        with self.seeing(input_ids, pixel_values, watch) as seen:
+            h = self.hidden_states(embeds, attention_mask=attention_mask,
+                                   position_ids=positions(attention_mask), use_cache=False)
         rows = keep.nonzero()[:, 0]
-        return self.text_logits(h[:, :-1][keep]).float(), targets[keep], rows
+        out = (self.text_logits(h[:, :-1][keep]).float(), targets[keep], rows)
+        if ground is None:
+            return out
+        return *out, (self.grounding_shares(seen, ground[watch[0]]) if watch is not None else None)
+
+    @staticmethod
+    def grounding_shares(seen: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        """(blocks, R): the share of each cross-attention block's attention (all blocks but the first,
+        which sees only the token's own embedding; heads averaged), where a row's answer is
+        predicted, that falls on the visual tokens covering the box (x0, y0, x1, y1 in 0-1) of
+        the object its question asks about. The grounding loss is -log of it: the lookup a question
+        about one of several objects needs, trained directly. The row's image must be its only
+        one, its tokens a square grid in raster order."""
+        if not seen:
+            raise ValueError("the grounding loss supervises cross-attention blocks; this model has none "
+                             "(cross_attention: in the model config)")
+        V = seen[0].shape[1]
+        g = math.isqrt(V)
+        if g * g != V:
+            raise ValueError(f"the grounding loss needs each row's visual tokens to form a square grid, got {V}")
+        lo = torch.arange(g, device=boxes.device, dtype=boxes.dtype) / g  # each cell's first edge
+        cols = (lo[None] < boxes[:, 2:3]) & (lo[None] + 1 / g > boxes[:, 0:1])  # (R, g) cells the box spans
+        rows = (lo[None] < boxes[:, 3:4]) & (lo[None] + 1 / g > boxes[:, 1:2])
+        target = (rows[:, :, None] & cols[:, None, :]).flatten(1).float()  # (R, V)
+        return torch.stack([(w.float() * target).sum(1) for w in (seen[1:] or seen)])
 
     def understanding_loss(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
         """Next-token loss on the positions whose label is not -100 (answer text only)."""
         logits, targets, _ = self._answer_logits(input_ids, attention_mask, labels, pixel_values)
         return F.cross_entropy(logits, targets)
+
+    def understanding_losses(self, groups: list[dict]) -> dict[str, torch.Tensor]:
+        """An understanding batch given as one or more chat batches (its rows grouped by length,
+        each group padded on its own): {"und_loss": the mean over every group's answer tokens},
+        and where groups carry "ground" boxes, "ground_loss" (-log of `grounding_shares`, over
+        every boxed row)."""
+        total, count, ground, boxed = 0, 0, 0, 0
+        for g in groups:
+            logits, targets, _, *rest = self._answer_logits(**g)
+            total = total + F.cross_entropy(logits, targets, reduction="sum")
+            count += targets.numel()
+            if rest and rest[0] is not None:  # (blocks, R) shares: -log, summed over rows, averaged over blocks
+                ground = ground - rest[0].clamp_min(1e-6).log().mean(0).sum()
+                boxed += rest[0].shape[1]
+        out = {"und_loss": total / count}
+        if boxed:
+            out["ground_loss"] = ground / boxed
+        return out
 
     def answer_logprobs(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
         """(B,) each row's log-probability of its answer: the sum over the positions whose label is
@@ -304,7 +354,7 @@ class UnifiedModel(nn.Module):
         return self.family.contrast(self, prompt_ids, prompt_mask, targets, swapped_ids, swapped_mask, swapped_rows,
                                     generator)
 
-    def forward(self, und: dict | None = None, gen: dict | None = None, pref: dict | None = None,
+    def forward(self, und: dict | list | None = None, gen: dict | None = None, pref: dict | None = None,
                 und_contrast: dict | None = None, every_weight: bool = False) -> dict[str, torch.Tensor]:
         """Losses for an understanding batch, a generation batch, or both (summed); for a
         preference batch (`pref`, chat rows as `und` has them) each row's answer log-probability
@@ -319,8 +369,8 @@ class UnifiedModel(nn.Module):
         out: dict[str, torch.Tensor] = {}
         moe = bool(self.backbone.routers())
         with self.backbone.routing() if moe else contextlib.nullcontext([]) as routed:
-            if und is not None:
-                out["und_loss"] = self.understanding_loss(**und)
+            if und is not None:  # a batch, or its rows grouped by length (data.length_buckets)
+                out.update(self.understanding_losses(und if isinstance(und, list) else [und]))
             if gen is not None:
                 gen = self._encoded(gen)
                 if "swapped_ids" in gen:  # the trainer's prompt_contrast: each image under another caption too

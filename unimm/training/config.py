@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from ..config import MODEL_PARTS as PARTS
 from ..config import ConfigError, from_dict
 
-LOSSES = ("understanding", "generation", "preference")  # the names loss_weights may set
+# The names loss_weights may set. "grounding" (default 0): with cross-attention fusion, where a
+# one-question item's answer is predicted, -log of the blocks' attention on the asked-about
+# object's visual tokens (the shapes world gives its box); UnifiedModel.grounding_shares.
+LOSSES = ("understanding", "generation", "preference", "grounding")
 
 
 @dataclass
@@ -42,6 +45,11 @@ class DataConfig:
     # Probability of replacing a caption with the unconditional prompt, for classifier-free guidance.
     prompt_dropout: float = 0.1
     num_workers: int = 0
+    # Split each batch's understanding rows into up to this many groups of similar length, each
+    # padded only to its own longest row (the loss is the same mean over every answer token):
+    # chat rows run from a few tokens (text) to hundreds (a scene's questions), and one batch
+    # padded to its longest spends ~40% of its understanding compute on padding. 1: one group.
+    length_buckets: int = 1
     # Where the frozen image tokenizer's targets for every generation item are computed once
     # and kept (safetensors); None: encode the images at every step. Needs a frozen
     # image_tokenizer; stages that share sources and tokenizer share the files.
@@ -54,6 +62,8 @@ class DataConfig:
             raise ValueError("data.ratios must be >= 0 with a positive sum")
         if not 0 <= self.prompt_dropout < 1:
             raise ValueError(f"data.prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+        if isinstance(self.length_buckets, bool) or not isinstance(self.length_buckets, int) or self.length_buckets < 1:
+            raise ValueError(f"data.length_buckets must be an integer >= 1, got {self.length_buckets!r}")
 
 
 @dataclass

@@ -131,6 +131,8 @@ class TrainingDataset(Dataset):
         if self._too_long(len(ids)):
             return None
         sample = {"task": "understanding", "input_ids": ids, "labels": labels, "pixel_values": pixels}
+        if record.get("ground") is not None and len(record["images"]) == 1:  # the asked-about object's box
+            sample["ground"] = record["ground"]
         if self.contrast_questions and record.get("swapped_question") and len(record["turns"]) == 1:
             swapped = self._chat_ids([(record["swapped_question"], record["turns"][0][1])], len(record["images"]),
                                      layout)
@@ -149,10 +151,17 @@ class TrainingDataset(Dataset):
 
 
 class Collator:
-    """List of samples -> {"und", "gen", "pref", "und_contrast" (each a batch or None), "n_samples", "n_tokens"}."""
+    """List of samples -> {"und", "gen", "pref", "und_contrast" (each a batch or None), "n_samples", "n_tokens"}.
 
-    def __init__(self, pad_id: int, uncond):
+    With `length_buckets` k > 1, "und" is a list of up to k chat batches, its rows grouped by
+    length so that each pads to its own longest row (`length_groups`); the model's loss over
+    the list is the mean over all their answer tokens, as over one batch.
+    """
+
+    def __init__(self, pad_id: int, uncond, length_buckets: int = 1, grounding: bool = False):
         self.pad_id, self.uncond = pad_id, uncond  # uncond: ids -> unconditional ids (model's rule)
+        self.length_buckets = length_buckets
+        self.grounding = grounding  # chat batches carry "ground" (B, 4): each row's box, NaN for none
 
     def __call__(self, samples: list[dict]) -> dict:
         und = [s for s in samples if s["task"] == "understanding"]
@@ -161,9 +170,15 @@ class Collator:
         out = {"und": None, "gen": None, "pref": None, "und_contrast": None, "n_samples": len(samples), "n_tokens": 0,
                "skipped": dict(sum((s.get("skipped", Counter()) for s in samples), Counter()))}
         if und:
-            out["und"] = self._chat_batch([s["input_ids"] for s in und], [s["labels"] for s in und],
-                                          [s["pixel_values"] for s in und])
-            out["n_tokens"] += int(out["und"]["attention_mask"].sum())
+            groups = length_groups([len(s["input_ids"]) for s in und], self.length_buckets)
+            chats = [self._chat_batch([und[i]["input_ids"] for i in g], [und[i]["labels"] for i in g],
+                                      [und[i]["pixel_values"] for i in g]) for g in groups]
+            for chat, g in zip(chats, groups):
+                boxes = [und[i].get("ground") for i in g]
+                if self.grounding and any(b is not None for b in boxes):
+                    chat["ground"] = torch.tensor([b if b is not None else [float("nan")] * 4 for b in boxes])
+            out["und"] = chats[0] if self.length_buckets == 1 else chats
+            out["n_tokens"] += sum(int(c["attention_mask"].sum()) for c in chats)
         contrasted = [s for s in und if s.get("swapped_ids")]
         if contrasted:  # prompt_contrast: rows 0..S-1 the questions, S..2S-1 the swapped ones, same answers
             out["und_contrast"] = self._chat_batch(
@@ -208,10 +223,38 @@ class Collator:
     def _chat_batch(self, ids: list, labels: list, pixels: list) -> dict:
         ids, mask = left_pad(ids, self.pad_id)
         labels, _ = left_pad(labels, -100)
-        labels[:, 0] = -100  # a first token is never predicted
+        # A row's first token is never predicted: left-padded, it sits after the padding, where
+        # nothing real precedes it (text rows, whose labels are their ids, would otherwise train
+        # the last pad position to predict BOS, and a row's loss would depend on its batch).
+        labels[(mask.cumsum(1) == 1) & (mask == 1)] = -100
         pixels = [x for x in pixels if x is not None]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels,
                 "pixel_values": torch.cat(pixels) if pixels else None}
+
+
+def length_groups(lengths: list[int], k: int) -> list[list[int]]:
+    """Indices of `lengths` in at most `k` groups of neighbouring lengths that minimise the padded
+    total (each group padded to its longest); one group when k is 1, in the given order."""
+    if k == 1 or len(lengths) <= 1:
+        return [list(range(len(lengths)))]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n, inf = len(order), float("inf")
+    # cost[j][m]: least padded total of the first m sorted rows in j groups; cut[j][m] the last group's start
+    cost = [[0] + [inf] * n] + [[inf] * (n + 1) for _ in range(k)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    for j in range(1, k + 1):
+        for m in range(1, n + 1):
+            for s in range(j - 1, m):
+                c = cost[j - 1][s] + lengths[order[m - 1]] * (m - s)
+                if c < cost[j][m]:
+                    cost[j][m], cut[j][m] = c, s
+    j = min(range(1, k + 1), key=lambda j: (cost[j][n], j))  # fewest groups among the cheapest
+    groups, m = [], n
+    while j:
+        s = cut[j][m]
+        groups.append(order[s:m])
+        m, j = s, j - 1
+    return groups[::-1]
 
 
 def warn_skipped(counts: dict[str, int]) -> None:

@@ -170,7 +170,9 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None, shar
             keep.update({k: gen[k] for k in ("swapped_ids", "swapped_mask", "swapped_rows")})
         gen = keep
 
-    def in_model_dtype(chat):  # an understanding or preference batch's pixels
+    def in_model_dtype(chat):  # an understanding or preference batch's pixels (or each group's)
+        if isinstance(chat, list):
+            return [in_model_dtype(c) for c in chat]
         if chat is None or chat["pixel_values"] is None:
             return chat
         return {**chat, "pixel_values": chat["pixel_values"].to(unwrapped.dtype)}
@@ -189,6 +191,7 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None, shar
     w = cfg.loss_weights
     out["loss"] = (w.get("understanding", 1.0) * out.get("und_loss", 0) + w.get("generation", 1.0) * out.get("gen_loss", 0)
                    + w.get("preference", 1.0) * out.get("dpo_loss", 0)
+                   + w.get("grounding", 0.0) * out.get("ground_loss", 0)
                    + (cfg.prompt_contrast.weight * out["contrast_loss"] if "contrast_loss" in out else 0)
                    + (cfg.prompt_contrast.answer_weight * out["answer_contrast_loss"] if "answer_contrast_loss" in out else 0)
                    + out.get("router_loss", 0)  # a mixture-of-experts backbone's load balancing
@@ -279,10 +282,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         contrast_captions=contrast is not None and contrast.weight > 0,
         contrast_questions=contrast is not None and contrast.answer_weight > 0,
     )
+    grounding = cfg.loss_weights.get("grounding", 0) > 0
+    if grounding and not model.layout.cross_attends:
+        raise ValueError("loss_weights.grounding supervises cross-attention blocks, and this model has none "
+                         "(add cross_attention: {every: k} to the model config, or init_changes)")
     unconditional = model.unconditional_ids  # bound now: `model` becomes the DDP wrapper below
     uncond = lambda ids: unconditional(torch.tensor(ids)).tolist()
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
-                                         collate_fn=Collator(model.token_ids.pad, uncond),
+                                         collate_fn=Collator(model.token_ids.pad, uncond, cfg.data.length_buckets, grounding),
                                          num_workers=cfg.data.num_workers)
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.lr, cfg.optim.lr_scale), lr=cfg.optim.lr,
                             betas=tuple(cfg.optim.betas),
