@@ -4,7 +4,7 @@ import torch
 
 import unimm
 from unimm.data.shapes import ShapesWorld, render
-from unimm.sampling.prefix_cache import PrefixCache, image_spans
+from unimm.sampling.prefix_cache import PrefixCache, image_spans, weights_key
 
 
 @pytest.fixture()
@@ -103,6 +103,26 @@ def test_changed_weights_are_never_served_from_an_old_cache(pipe, prefilled):
     assert [c[1] for c in prefilled if c[0] > 1] == [1]  # the image was encoded again: nothing reused
     pipe.chat_cache.clear()
     assert got == pipe.chat(None, QUESTIONS[1], history=history, temperature=0, max_new_tokens=6)
+
+
+def test_the_weights_key_sees_swapped_added_moved_and_edited_weights():
+    """The key a cached conversation is checked against is kept between calls (no walk over the
+    modules each turn), yet changes whenever a weight is swapped, added, moved or edited."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    key = weights_key(model)
+    assert weights_key(model) == key
+    model[0].weight = torch.nn.Parameter(torch.zeros(3, 3))  # swapped (load_state_dict(assign=True))
+    assert weights_key(model) != key
+    key = weights_key(model)
+    model.append(torch.nn.Linear(2, 2))  # a part added (an adapter attached)
+    assert len(weights_key(model)) == len(key) + 2
+    key = weights_key(model)
+    model.to(torch.float64)  # moved or cast: new storage
+    assert weights_key(model) != key
+    key = weights_key(model)
+    with torch.no_grad():
+        model[1].bias.add_(1.0)  # edited in place (training)
+    assert weights_key(model) != key
 
 
 def test_a_stream_closed_early_leaves_a_usable_cache(pipe):

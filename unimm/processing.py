@@ -130,7 +130,15 @@ class Processor:
 
     # -- text -------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """Token ids of `text`, remembered: a chat turn re-sends the whole conversation, whose
+        earlier pieces were tokenised by the turns before."""
+        known = self.__dict__.setdefault("_encoded", {})
+        ids = known.get(text)
+        if ids is None:
+            if len(known) >= 4096:
+                known.clear()
+            ids = known[text] = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        return list(ids)
 
     def _image_block(self, runs: list[int]) -> str:
         """An image's placeholders: one run, or a tiled image's runs each ended by a newline."""

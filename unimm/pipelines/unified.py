@@ -19,7 +19,7 @@ from ..folders import reading
 from ..models.unified import UnifiedConfig, UnifiedModel, build_model
 from ..processing import Processor, left_pad, normalise_text
 from ..sampling.logits import check_sampling_args, make_generator
-from ..sampling.prefix_cache import PrefixCache, image_fingerprints, image_spans
+from ..sampling.prefix_cache import PrefixCache, image_fingerprints, image_spans, weights_key
 from ..sampling.text import generate_text
 from ..tokenizers.text import load_text_tokenizer
 
@@ -355,7 +355,7 @@ class UnimmPipeline:
         spans = image_spans(ids, tok.image, [sum(runs) for runs in layout])
         views = [self.model.layout.num_views(runs, self.processor.num_image_tokens) for runs in layout]
         prints = image_fingerprints(pixels, views)
-        state = self._weights_state()
+        state = weights_key(self.model)
         if not self.model.layout.cross_attends:
             past, cache = self.chat_cache.take(ids, spans, prints, state)
         else:  # its blocks read every image at every step, and a cache keeps no images: run it all
@@ -396,11 +396,6 @@ class UnimmPipeline:
             n = cache.get_seq_length()
             if keep and len(ids) <= n <= len(fed):
                 self.chat_cache.put(fed[:n], prints, cache, state)
-
-    def _weights_state(self) -> tuple:
-        """What a cached conversation depends on besides its tokens: each weight's identity, storage,
-        dtype, device and in-place version, so loading, training or moving the model invalidates it."""
-        return tuple((id(p), p.data_ptr(), p.dtype, p.device, p._version) for p in self.model.parameters())
 
     def chat(self, image_or_images, question: str, history: list | None = None, stream: bool = False,
              max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
