@@ -123,3 +123,51 @@ def test_grounding_trains_the_blocks_to_look_at_the_asked_about_object(tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()]
     ground = [r["ground_loss"] for r in rows]
     assert len(ground) == 4 and ground[-1] < ground[0]
+
+
+def test_grounding_at_the_word_that_names_the_object(tmp_path):
+    """grounding_at: word watches the question's word for the object ("diamond" in "What colour is
+    the diamond?"), every block, at its place after left padding."""
+    from unimm.data.formats import build_source
+    from unimm.data.shapes import Obj, QA, Scene, naming_word
+    from unimm.training.data import Collator, TrainingDataset
+
+    red_circle = Obj("circle", "red", "small", "left", 0.2, 0.5, 0.1)
+    blue_star = Obj("star", "blue", "large", "right", 0.8, 0.5, 0.15)
+    red_star = Obj("star", "red", "small", "right", 0.8, 0.5, 0.1)
+    scene = Scene("pair", [red_circle, blue_star], "", [])
+    assert naming_word(scene, QA("What colour is the circle?", "red", "colour")) == "circle"
+    assert naming_word(scene, QA("What shape is the blue object?", "star", "shape")) == "blue"
+    assert naming_word(scene, QA("Is the red circle small or large?", "small", "size")) == "circle"
+    # "red" names both objects, "circle" only one; nothing names the star apart from "star"
+    both_red = Scene("pair", [red_circle, red_star], "", [])
+    assert naming_word(both_red, QA("Where is the red circle?", "left", "position")) == "circle"
+    assert naming_word(scene, QA("How many objects are there?", "two", "count")) is None
+
+    pipe = _load("tiny-xattn")
+    source = build_source({"format": "shapes", "task": "understanding", "image_size": 32, "num_samples": 64,
+                           "seed": 3, "questions": 1, "mix": {"pair": 1.0}})
+    data = TrainingDataset({"vqa": source}, {"vqa": 1}, pipe.processor, None, 32)
+    samples = [data[i] for i in range(16)]
+    named = [s for s in samples if "ground_at" in s]
+    assert len(named) > 8
+    from unimm.data.corpus import COLOURS, SHAPES
+
+    for s in named:  # a shape or colour word of the question, before its answer
+        assert pipe.processor.tokenizer.decode([s["input_ids"][s["ground_at"]]]).strip() in COLOURS + SHAPES
+        assert s["labels"][s["ground_at"]] == -100
+    batch = Collator(pipe.model.token_ids.pad, lambda ids: ids, grounding="word")(samples)["und"]
+    for row, s in enumerate(samples):
+        at = int(batch["ground_at"][row])
+        if "ground_at" in s:
+            assert batch["input_ids"][row, at] == s["input_ids"][s["ground_at"]]
+        else:
+            assert at == -1 and batch["ground"][row].isnan().all()
+    model = pipe.model
+    with torch.no_grad():
+        *_, shares = model._answer_logits(**batch)
+    assert shares.shape == (len(model.backbone.cross_attn.blocks), len(named))  # every block, named rows
+    from unimm.training.config import load_train_config
+
+    with pytest.raises(ValueError, match="grounding_at must be answer or word"):
+        load_train_config({"model": "tiny-xattn", "grounding_at": "noun"})

@@ -19,8 +19,8 @@ Records are plain dicts:
     understanding  (optionally, with one turn, "swapped_question": its words bound to another object
                    of the image, e.g. "What colour is the star?" for "What colour is the circle?",
                    whose answer differs: `prompt_contrast` again; and "ground": the box [x0, y0,
-                   x1, y1] in 0-1 of the one object the question is about, for the trainer's
-                   grounding loss)
+                   x1, y1] in 0-1 of the one object the question is about, and "ground_word",
+                   the question's word naming it, for the trainer's grounding loss)
     preference     {"task": "preference", "images": [PIL RGB, ...], "question": str, "chosen": str,
                     "rejected": str}   (the DPO stage's pairs; unimm.data.preference)
 
@@ -812,7 +812,7 @@ class ShapesSource(Source):
                  for k, qa in enumerate(s["qa"][:self.questions])]
         record = _understanding([s["image"]], turns)
         if len(turns) == 1:  # one question: its words bound to the other object, if that changes the answer
-            from .shapes import named_object, swapped_question
+            from .shapes import named_object, naming_word, swapped_question
 
             swapped = swapped_question(s["scene"], s["qa"][0])
             if swapped is not None:  # the trainer's prompt_contrast
@@ -820,6 +820,9 @@ class ShapesSource(Source):
             own = named_object(s["scene"], s["qa"][0])
             if own is not None:  # the box of the object asked about (the trainer's grounding loss)
                 record["ground"] = [own.cx - own.r, own.cy - own.r, own.cx + own.r, own.cy + own.r]
+                word = naming_word(s["scene"], s["qa"][0])
+                if word is not None:  # the question's word for it ("diamond"): grounding_at: word
+                    record["ground_word"] = word
         return record
 
 

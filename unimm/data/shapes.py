@@ -410,6 +410,21 @@ def named_object(scene: Scene, qa: QA) -> Obj | None:
     return own[0] if len(own) == 1 else None
 
 
+def naming_word(scene: Scene, qa: QA) -> str | None:
+    """The last word of the question that names `named_object` (its shape or its colour word:
+    "diamond" in "What colour is the diamond?", "orange" in "What shape is the orange object?"),
+    when that word names no other object of the scene; else None."""
+    own = named_object(scene, qa)
+    if own is None:
+        return None
+    words = re.findall(r"[a-z]+", qa.question.lower())
+    for word in reversed(words):
+        if word in (own.shape, own.colour) and not any(word in (o.shape, o.colour) for o in scene.objects
+                                                       if o is not own):
+            return word
+    return None
+
+
 def _ask(rng: random.Random, key: str, answer: str, qa_type: str, **fields: str) -> QA:
     return QA(rng.choice(_QUESTIONS[key]).format(**fields), answer, qa_type)
 

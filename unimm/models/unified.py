@@ -258,16 +258,18 @@ class UnifiedModel(nn.Module):
         return h[:, L:]
 
     # -- losses -----------------------------------------------------------------
-    def _answer_logits(self, input_ids, attention_mask, labels, pixel_values, ground=None):
+    def _answer_logits(self, input_ids, attention_mask, labels, pixel_values, ground=None, ground_at=None):
         """(logits at the answer positions (n_answer, V), their targets (n_answer,), their rows
-        (n_answer,)), and with `ground` a fourth item: `grounding_shares` of its boxed rows (or None)."""
+        (n_answer,)), and with `ground` a fourth item: `grounding_shares` of its boxed rows (or None),
+        watched where their answer is predicted, or with `ground_at` (B,) at those positions."""
         embeds = self.embed_inputs(input_ids, pixel_values)
         targets = labels[:, 1:]
         keep = targets != -100  # only score answer positions: the LM head never sees the rest
         watch = None
-        if ground is not None:  # rows with a box: watched where their answer is predicted
+        if ground is not None:
             boxed = (~ground[:, 0].isnan()).nonzero()[:, 0]
-            watch = (boxed, keep[boxed].float().argmax(1)) if len(boxed) else None
+            at = ground_at[boxed] if ground_at is not None else keep[boxed].float().argmax(1)
+            watch = (boxed, at) if len(boxed) else None
         with self.seeing(input_ids, pixel_values, watch) as seen:
             h = self.hidden_states(embeds, attention_mask=attention_mask,
                                    position_ids=positions(attention_mask), use_cache=False)
@@ -275,14 +277,15 @@ class UnifiedModel(nn.Module):
         out = (self.text_logits(h[:, :-1][keep]).float(), targets[keep], rows)
         if ground is None:
             return out
-        return *out, (self.grounding_shares(seen, ground[watch[0]]) if watch is not None else None)
+        shares = None if watch is None else self.grounding_shares(seen, ground[watch[0]], ground_at is None)
+        return *out, shares
 
     @staticmethod
-    def grounding_shares(seen: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """(blocks, R): the share of each cross-attention block's attention (all blocks but the first,
-        which sees only the token's own embedding; heads averaged), where a row's answer is
-        predicted, that falls on the visual tokens covering the box (x0, y0, x1, y1 in 0-1) of
-        the object its question asks about. The grounding loss is -log of it: the lookup a question
+    def grounding_shares(seen: list[torch.Tensor], boxes: torch.Tensor, skip_first: bool = True) -> torch.Tensor:
+        """(blocks, R): the share of each cross-attention block's attention (heads averaged; without
+        the first block where `skip_first`, as at the answer position, where it sees only that
+        token's own embedding), at a watched position of each row, that falls on the visual tokens
+        covering the box (x0, y0, x1, y1 in 0-1) of the object its question asks about. The grounding loss is -log of it: the lookup a question
         about one of several objects needs, trained directly. The row's image must be its only
         one, its tokens a square grid in raster order."""
         if not seen:
@@ -296,7 +299,7 @@ class UnifiedModel(nn.Module):
         cols = (lo[None] < boxes[:, 2:3]) & (lo[None] + 1 / g > boxes[:, 0:1])  # (R, g) cells the box spans
         rows = (lo[None] < boxes[:, 3:4]) & (lo[None] + 1 / g > boxes[:, 1:2])
         target = (rows[:, :, None] & cols[:, None, :]).flatten(1).float()  # (R, V)
-        return torch.stack([(w.float() * target).sum(1) for w in (seen[1:] or seen)])
+        return torch.stack([(w.float() * target).sum(1) for w in ((seen[1:] or seen) if skip_first else seen)])
 
     def understanding_loss(self, input_ids, attention_mask, labels, pixel_values=None) -> torch.Tensor:
         """Next-token loss on the positions whose label is not -100 (answer text only)."""

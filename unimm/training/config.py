@@ -131,6 +131,10 @@ class TrainConfig:
     batch_size: int = 8  # per process, per micro-step
     grad_accum: int = 1
     loss_weights: dict = field(default_factory=lambda: {"understanding": 1.0, "generation": 1.0, "preference": 1.0})
+    # Where loss_weights.grounding supervises the blocks' attention: "answer" (where the answer is
+    # predicted; every block but the first) or "word" (at the question's word naming the object,
+    # every block: the first reads little more than the word's embedding there).
+    grounding_at: str = "answer"
     mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU; or no / bf16 / fp16
     ema_decay: float | None = None  # e.g. 0.999: keep an EMA of the trainable weights and export it
     gradient_checkpointing: bool = False
@@ -179,6 +183,8 @@ class TrainConfig:
         unknown = set(self.loss_weights) - set(LOSSES)
         if unknown:
             raise ValueError(f"unknown loss(es) {sorted(unknown)} in loss_weights; losses: {', '.join(LOSSES)}")
+        if self.grounding_at not in ("answer", "word"):
+            raise ValueError(f"grounding_at must be answer or word, got {self.grounding_at!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

@@ -133,12 +133,25 @@ class TrainingDataset(Dataset):
         sample = {"task": "understanding", "input_ids": ids, "labels": labels, "pixel_values": pixels}
         if record.get("ground") is not None and len(record["images"]) == 1:  # the asked-about object's box
             sample["ground"] = record["ground"]
+            at = self._word_position(ids, labels, record.get("ground_word"))
+            if at is not None:  # where the question names it
+                sample["ground_at"] = at
         if self.contrast_questions and record.get("swapped_question") and len(record["turns"]) == 1:
             swapped = self._chat_ids([(record["swapped_question"], record["turns"][0][1])], len(record["images"]),
                                      layout)
             if not self._too_long(len(swapped[0])):
                 sample["swapped_ids"], sample["swapped_labels"] = swapped
         return sample
+
+    def _word_position(self, ids: list[int], labels: list[int], word: str | None) -> int | None:
+        """The last position before the first answer token that holds `word` as one token, or None."""
+        if word is None:
+            return None
+        token = self.processor.tokenizer.encode(" " + word, add_special_tokens=False)
+        end = next((i for i, t in enumerate(labels) if t != -100), len(ids))
+        if len(token) != 1:
+            return None
+        return next((i for i in range(end - 1, -1, -1) if ids[i] == token[0]), None)
 
     def _chat_ids(self, turns: list[tuple[str, str]], n_images: int, layout) -> tuple[list[int], list[int]]:
         p = self.processor
@@ -158,10 +171,13 @@ class Collator:
     the list is the mean over all their answer tokens, as over one batch.
     """
 
-    def __init__(self, pad_id: int, uncond, length_buckets: int = 1, grounding: bool = False):
+    def __init__(self, pad_id: int, uncond, length_buckets: int = 1, grounding: str | None = None):
         self.pad_id, self.uncond = pad_id, uncond  # uncond: ids -> unconditional ids (model's rule)
         self.length_buckets = length_buckets
-        self.grounding = grounding  # chat batches carry "ground" (B, 4): each row's box, NaN for none
+        # "answer" / "word": chat batches carry "ground" (B, 4), each row's box (NaN for none); with
+        # "word" also "ground_at" (B,), the position of the question's word naming the object
+        # (-1 for none, and those rows' boxes are NaN)
+        self.grounding = grounding
 
     def __call__(self, samples: list[dict]) -> dict:
         und = [s for s in samples if s["task"] == "understanding"]
@@ -174,9 +190,18 @@ class Collator:
             chats = [self._chat_batch([und[i]["input_ids"] for i in g], [und[i]["labels"] for i in g],
                                       [und[i]["pixel_values"] for i in g]) for g in groups]
             for chat, g in zip(chats, groups):
-                boxes = [und[i].get("ground") for i in g]
+                if self.grounding == "word":  # only rows whose question names the object in one word
+                    width = chat["input_ids"].shape[1]  # positions move right by each row's padding
+                    at = [width - len(und[i]["input_ids"]) + und[i]["ground_at"] if "ground_at" in und[i] else -1
+                          for i in g]
+                    boxes = [und[i]["ground"] if a >= 0 else None for i, a in zip(g, at)]
+                    chat["ground_at"] = torch.tensor(at)
+                else:
+                    boxes = [und[i].get("ground") for i in g]
                 if self.grounding and any(b is not None for b in boxes):
                     chat["ground"] = torch.tensor([b if b is not None else [float("nan")] * 4 for b in boxes])
+                else:
+                    chat.pop("ground_at", None)
             out["und"] = chats[0] if self.length_buckets == 1 else chats
             out["n_tokens"] += sum(int(c["attention_mask"].sum()) for c in chats)
         contrasted = [s for s in und if s.get("swapped_ids")]

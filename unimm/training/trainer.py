@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         contrast_captions=contrast is not None and contrast.weight > 0,
         contrast_questions=contrast is not None and contrast.answer_weight > 0,
     )
-    grounding = cfg.loss_weights.get("grounding", 0) > 0
+    grounding = cfg.grounding_at if cfg.loss_weights.get("grounding", 0) > 0 else None
     if grounding and not model.layout.cross_attends:
         raise ValueError("loss_weights.grounding supervises cross-attention blocks, and this model has none "
                          "(add cross_attention: {every: k} to the model config, or init_changes)")
