@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,9 +285,10 @@ class UnifiedModel(nn.Module):
         """(blocks, R): the share of each cross-attention block's attention (heads averaged; without
         the first block where `skip_first`, as at the answer position, where it sees only that
         token's own embedding), at a watched position of each row, that falls on the visual tokens
-        covering the box (x0, y0, x1, y1 in 0-1) of the object its question asks about. The grounding loss is -log of it: the lookup a question
-        about one of several objects needs, trained directly. The row's image must be its only
-        one, its tokens a square grid in raster order."""
+        covering the box (x0, y0, x1, y1 in 0-1) of the object its question asks about. The
+        grounding loss is -log of it: the lookup a question about one of several objects needs,
+        trained directly. The row's image must be its only one, its tokens a square grid in
+        raster order."""
         if not seen:
             raise ValueError("the grounding loss supervises cross-attention blocks; this model has none "
                              "(cross_attention: in the model config)")
