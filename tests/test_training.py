@@ -366,7 +366,7 @@ def test_default_model_recipe_configs_parse():
     dit = load_train_config(str(recipes / "dit.yaml"))  # the DiT default: the AR default's understanding path, frozen
     assert dit.init_from == "weights/default" and dit.init_fresh == ["gen_head", "image_tokenizer"]
     assert dit.init_changes["generation"]["paradigm"] == "dit" and dit.export_dtype == "bfloat16"
-    assert dit.init_changes["image_tokenizer"] == {"checkpoint": "weights/tokenizers/vae-shapes64"}
+    assert dit.init_changes["image_tokenizer"] == {"checkpoint": "checkpoints/tokenizers/vae-shapes64"}
     assert not dit.freeze["gen_head"] and all(dit.freeze[p] for p in ("encoder", "projector", "backbone"))
     # The DiT default's steering modules (issue 16): each added to the DiT stage's export, only it trained.
     for name, part, key in (("dit-controlnet", "controlnets", "control"), ("dit-ip-adapter", "ip_adapter", "reference")):
