@@ -34,9 +34,10 @@ def mass_on_object(pipe, kind: str, n: int, seed: int, at: str = "answer", batch
     shares = []
     with torch.no_grad():
         for k in range(0, len(boxed), batch):
-            *_, share = model._answer_logits(**collate(boxed[k:k + batch])["und"])  # (blocks, rows)
-            shares.append(share.mean(0))
+            *_, places = model._answer_logits(**collate(boxed[k:k + batch])["und"])  # [(blocks, rows)]
+            shares.append(places[0].mean(0))
     return float(torch.cat(shares).mean())
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -164,10 +164,26 @@ def test_grounding_at_the_word_that_names_the_object(tmp_path):
         else:
             assert at == -1 and batch["ground"][row].isnan().all()
     model = pipe.model
+    blocks = len(model.backbone.cross_attn.blocks)
     with torch.no_grad():
-        *_, shares = model._answer_logits(**batch)
-    assert shares.shape == (len(model.backbone.cross_attn.blocks), len(named))  # every block, named rows
+        *_, (shares,) = model._answer_logits(**batch)
+    assert shares.shape == (blocks, len(named))  # every block, named rows
+    # "both": the word (every block) and where the answer is predicted (all blocks but the first)
+    both = Collator(pipe.model.token_ids.pad, lambda ids: ids, grounding="both")(samples)["und"]
+    assert torch.equal(both["ground_at"][:, 0], batch["ground_at"]) and torch.equal(both["ground"].isnan(),
+                                                                                    batch["ground"].isnan())
+    for row in range(len(samples)):  # the position whose next token is the answer's first
+        answer = int(both["ground_at"][row, 1])
+        assert both["labels"][row, answer] == -100 and both["labels"][row, answer + 1] != -100
+    with torch.no_grad():
+        *_, (at_word, at_answer) = model._answer_logits(**both)
+        *_, (answer_only,) = model._answer_logits(**{**both, "ground_at": None})
+    torch.testing.assert_close(at_word, shares)
+    assert at_answer.shape == (blocks - 1, len(named))
+    named_rows = ~both["ground"][:, 0].isnan()  # the answer-only mode watches the same rows there
+    assert answer_only.shape[1] == int((~batch["ground"][:, 0].isnan()).sum()) == int(named_rows.sum())
+    torch.testing.assert_close(at_answer, answer_only)
     from unimm.training.config import load_train_config
 
-    with pytest.raises(ValueError, match="grounding_at must be answer or word"):
+    with pytest.raises(ValueError, match="grounding_at must be answer, word or both"):
         load_train_config({"model": "tiny-xattn", "grounding_at": "noun"})

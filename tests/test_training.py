@@ -261,6 +261,9 @@ def test_a_stage_gives_a_saved_model_another_generation_family(tmp_path):
         unimm.load(start, fresh=["gen_head"])
     with pytest.raises(ValueError, match="init_fresh names parts that init_changes rebuilds"):
         load_train_config({"init_from": start, "init_fresh": ["gen_head"]})
+    with pytest.raises(ValueError, match="init_changes gives encoder new pretrained weights, but init_from's weights "
+                                         "would replace them: add encoder to init_fresh"):
+        load_train_config({"init_from": start, "init_changes": {"encoder": {"pretrained": "some/tower"}}})
     stage = yaml.safe_load((ROOT / "configs" / "train" / "tiny-dit-stage1.yaml").read_text())  # t2i, gen_head learns
     del stage["model"]
     cfg = load_train_config({**stage, "init_from": start, "init_changes": changes, "init_fresh": ["gen_head", "image_tokenizer"],

@@ -260,16 +260,23 @@ class UnifiedModel(nn.Module):
     # -- losses -----------------------------------------------------------------
     def _answer_logits(self, input_ids, attention_mask, labels, pixel_values, ground=None, ground_at=None):
         """(logits at the answer positions (n_answer, V), their targets (n_answer,), their rows
-        (n_answer,)), and with `ground` a fourth item: `grounding_shares` of its boxed rows (or None),
-        watched where their answer is predicted, or with `ground_at` (B,) at those positions."""
+        (n_answer,)), and with `ground` a fourth item: for its boxed rows a list of (blocks, R)
+        `grounding_shares`, one per watched place (empty without boxed rows). The places: where the
+        answer is predicted (no `ground_at`; every block but the first, which sees little more than
+        that token's embedding), the question's word naming the object (`ground_at` (B,), every
+        block), or both (`ground_at` (B, 2): the word's position, then the answer's)."""
         embeds = self.embed_inputs(input_ids, pixel_values)
         targets = labels[:, 1:]
         keep = targets != -100  # only score answer positions: the LM head never sees the rest
-        watch = None
+        watch, places = None, []
         if ground is not None:
             boxed = (~ground[:, 0].isnan()).nonzero()[:, 0]
-            at = ground_at[boxed] if ground_at is not None else keep[boxed].float().argmax(1)
-            watch = (boxed, at) if len(boxed) else None
+            if ground_at is None:
+                places = [(keep[boxed].float().argmax(1), True)]  # (positions, skip the first block)
+            else:
+                at = ground_at[boxed].reshape(len(boxed), -1)
+                places = [(at[:, 0], False)] + ([(at[:, 1], True)] if at.shape[1] > 1 else [])
+            watch = (boxed.repeat(len(places)), torch.cat([p for p, _ in places])) if len(boxed) else None
         with self.seeing(input_ids, pixel_values, watch) as seen:
             h = self.hidden_states(embeds, attention_mask=attention_mask,
                                    position_ids=positions(attention_mask), use_cache=False)
@@ -277,8 +284,10 @@ class UnifiedModel(nn.Module):
         out = (self.text_logits(h[:, :-1][keep]).float(), targets[keep], rows)
         if ground is None:
             return out
-        shares = None if watch is None else self.grounding_shares(seen, ground[watch[0]], ground_at is None)
-        return *out, shares
+        if watch is None:
+            return *out, []
+        shares = self.grounding_shares(seen, ground[watch[0]], skip_first=False).chunk(len(places), dim=1)
+        return *out, [s[1:] if skip and len(s) > 1 else s for s, (_, skip) in zip(shares, places)]
 
     @staticmethod
     def grounding_shares(seen: list[torch.Tensor], boxes: torch.Tensor, skip_first: bool = True) -> torch.Tensor:
@@ -311,15 +320,15 @@ class UnifiedModel(nn.Module):
         """An understanding batch given as one or more chat batches (its rows grouped by length,
         each group padded on its own): {"und_loss": the mean over every group's answer tokens},
         and where groups carry "ground" boxes, "ground_loss" (-log of `grounding_shares`, over
-        every boxed row)."""
+        every boxed row and watched place)."""
         total, count, ground, boxed = 0, 0, 0, 0
         for g in groups:
             logits, targets, _, *rest = self._answer_logits(**g)
             total = total + F.cross_entropy(logits, targets, reduction="sum")
             count += targets.numel()
-            if rest and rest[0] is not None:  # (blocks, R) shares: -log, summed over rows, averaged over blocks
-                ground = ground - rest[0].clamp_min(1e-6).log().mean(0).sum()
-                boxed += rest[0].shape[1]
+            for shares in (rest[0] if rest else []):  # (blocks, R) per place: -log, averaged over blocks
+                ground = ground - shares.clamp_min(1e-6).log().mean(0).sum()
+                boxed += shares.shape[1]
         out = {"und_loss": total / count}
         if boxed:
             out["ground_loss"] = ground / boxed

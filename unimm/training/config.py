@@ -133,7 +133,7 @@ class TrainConfig:
     loss_weights: dict = field(default_factory=lambda: {"understanding": 1.0, "generation": 1.0, "preference": 1.0})
     # Where loss_weights.grounding supervises the blocks' attention: "answer" (where the answer is
     # predicted; every block but the first) or "word" (at the question's word naming the object,
-    # every block: the first reads little more than the word's embedding there).
+    # every block: the first reads little more than the word's embedding there), or "both".
     grounding_at: str = "answer"
     mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU; or no / bf16 / fp16
     ema_decay: float | None = None  # e.g. 0.999: keep an EMA of the trainable weights and export it
@@ -162,6 +162,13 @@ class TrainConfig:
             raise ValueError(f"unknown part(s) {unknown} in init_fresh; parts: {', '.join(PARTS)}")
         if self.init_fresh and not self.init_changes:
             raise ValueError("init_fresh names parts that init_changes rebuilds; set init_changes too")
+        # A part given new pretrained weights that is not rebuilt would silently keep init_from's.
+        stale = sorted(part for part, change in (self.init_changes or {}).items()
+                       if part in PARTS and isinstance(change, dict) and change.get("pretrained")
+                       and part not in self.init_fresh)
+        if stale:
+            raise ValueError(f"init_changes gives {', '.join(stale)} new pretrained weights, but init_from's "
+                             f"weights would replace them: add {', '.join(stale)} to init_fresh")
         unknown = {k for k in self.freeze if k.split(".")[0] not in PARTS}
         if unknown:
             raise ValueError(f"unknown part(s) {sorted(unknown)} in freeze; parts: {', '.join(PARTS)} "
@@ -183,8 +190,8 @@ class TrainConfig:
         unknown = set(self.loss_weights) - set(LOSSES)
         if unknown:
             raise ValueError(f"unknown loss(es) {sorted(unknown)} in loss_weights; losses: {', '.join(LOSSES)}")
-        if self.grounding_at not in ("answer", "word"):
-            raise ValueError(f"grounding_at must be answer or word, got {self.grounding_at!r}")
+        if self.grounding_at not in ("answer", "word", "both"):
+            raise ValueError(f"grounding_at must be answer, word or both, got {self.grounding_at!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

@@ -174,9 +174,10 @@ class Collator:
     def __init__(self, pad_id: int, uncond, length_buckets: int = 1, grounding: str | None = None):
         self.pad_id, self.uncond = pad_id, uncond  # uncond: ids -> unconditional ids (model's rule)
         self.length_buckets = length_buckets
-        # "answer" / "word": chat batches carry "ground" (B, 4), each row's box (NaN for none); with
-        # "word" also "ground_at" (B,), the position of the question's word naming the object
-        # (-1 for none, and those rows' boxes are NaN)
+        # "answer" / "word" / "both": chat batches carry "ground" (B, 4), each row's box (NaN for
+        # none); with "word" also "ground_at" (B,), the position of the question's word naming the
+        # object (-1 for none, and those rows' boxes are NaN); with "both" "ground_at" (B, 2), that
+        # position and the one predicting the answer
         self.grounding = grounding
 
     def __call__(self, samples: list[dict]) -> dict:
@@ -190,12 +191,15 @@ class Collator:
             chats = [self._chat_batch([und[i]["input_ids"] for i in g], [und[i]["labels"] for i in g],
                                       [und[i]["pixel_values"] for i in g]) for g in groups]
             for chat, g in zip(chats, groups):
-                if self.grounding == "word":  # only rows whose question names the object in one word
+                if self.grounding in ("word", "both"):  # only rows whose question names the object in one word
                     width = chat["input_ids"].shape[1]  # positions move right by each row's padding
                     at = [width - len(und[i]["input_ids"]) + und[i]["ground_at"] if "ground_at" in und[i] else -1
                           for i in g]
                     boxes = [und[i]["ground"] if a >= 0 else None for i, a in zip(g, at)]
                     chat["ground_at"] = torch.tensor(at)
+                    if self.grounding == "both":  # and the position predicting the answer's first token
+                        first = (chat["labels"] != -100).float().argmax(1) - 1
+                        chat["ground_at"] = torch.stack([chat["ground_at"], first], 1)
                 else:
                     boxes = [und[i].get("ground") for i in g]
                 if self.grounding and any(b is not None for b in boxes):
