@@ -18,7 +18,7 @@ that shape (A's or B's, at random), trained on the train scenes (Adam, batches o
 scored on the held-out ones. High means one attention read answers "what colour is the
 triangle?" from these tokens.
 
-With --hops (a unimm model with the image in its sequence) it then asks the model itself
+With --hops (a unimm model, the image in its sequence or cross-attended) it then asks the model itself
 "What colour is the <shape>?" about each scene and probes the backbone's hidden states, layer by
 layer, at the shape word and at the answer position for the asked object's colour: a model that
 binds carries that colour to the shape word first (its query finds the object's tokens), then
@@ -120,8 +120,6 @@ def hops(args, items, answer, asked, ntr: int, n_colours: int) -> None:
 
     pipe = unimm.load(args.model, dtype="float32")
     model, proc = pipe.model, pipe.processor
-    if model.layout.cross_attends:
-        raise SystemExit("--hops reads the image's tokens in the sequence; this model cross-attends")
     at_word: dict[int, list] = {}
     at_answer: dict[int, list] = {}
     for start in range(0, len(items), 100):
@@ -131,8 +129,9 @@ def hops(args, items, answer, asked, ntr: int, n_colours: int) -> None:
         marks = [proc.tokenizer.encode("?", add_special_tokens=False)[0]]
         back = [len(r) - (max(i for i, t in enumerate(r) if t in marks) - 1) for r in rows]  # the word before "?"
         ids, mask = left_pad(rows, model.token_ids.pad)
-        out = model.backbone.decoder(model.embed_inputs(ids, px), attention_mask=mask, position_ids=positions(mask),
-                                     use_cache=False, output_hidden_states=True)
+        with model.seeing(ids, px):  # cross-attention fusion: the blocks read the image (else nothing)
+            out = model.backbone.decoder(model.embed_inputs(ids, px), attention_mask=mask,
+                                         position_ids=positions(mask), use_cache=False, output_hidden_states=True)
         for layer, h in enumerate(out.hidden_states):
             at_word.setdefault(layer, []).append(h[torch.arange(len(rows)), -torch.tensor(back)])
             at_answer.setdefault(layer, []).append(h[:, -1])

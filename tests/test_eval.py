@@ -195,6 +195,16 @@ def test_vqa_scoring():
     constant = evaluate_vqa(_Constant(), n=50, seed=5)
     assert constant["accuracy"] < 0.2
     assert constant["types"]["shape"]["accuracy"] == 0.0
+    # split by scene kind: counts add up, and "red" is right exactly where the answer is red
+    kinds = constant["scenes"]
+    assert set(kinds) <= {"single", "counting", "pair"} and sum(k["n"] for k in kinds.values()) == 50
+    for kind, res in kinds.items():
+        asked = [s for s in constant["samples"] if s["scene"] == kind]
+        assert res["correct"] == sum(s["answer"] == "red" for s in asked) == sum(t["correct"] for t in res["types"].values())
+    from unimm.eval.cli import format_report
+
+    text = format_report({"model": "m", "seed": 5, "vqa": report})
+    assert "by scene kind:" in text and f"pair{'':6s}{kinds['pair']['n']:>4}/{kinds['pair']['n']:<4}" in text
 
 
 def test_normalise_answer():

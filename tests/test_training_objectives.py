@@ -246,6 +246,8 @@ def test_length_groups_pick_the_least_padding():
     assert length_groups([7, 7, 7], 3) == [[0, 1, 2]]  # nothing to gain: the fewest groups
     with pytest.raises(ValueError, match="length_buckets must be an integer >= 1"):
         load_train_config({"data": {"length_buckets": 0}})
+    with pytest.raises(ValueError, match="pad_multiple must be an integer >= 1, got 0"):
+        load_train_config({"data": {"pad_multiple": 0}})
 
 
 def test_grouped_understanding_batches_give_the_loss_and_gradient_of_one_batch():
@@ -265,13 +267,20 @@ def test_grouped_understanding_batches_give_the_loss_and_gradient_of_one_batch()
     assert isinstance(grouped["und"], list) and 1 < len(grouped["und"]) <= 3
     assert sum(g["input_ids"].numel() for g in grouped["und"]) < one["und"]["input_ids"].numel()
     assert grouped["n_tokens"] == one["n_tokens"]  # the same real tokens
+    # data.pad_multiple: each group padded further, to a multiple of 16 tokens
+    rounded = Collator(pipe.model.token_ids.pad, lambda ids: ids, length_buckets=3, pad_multiple=16)(samples)
+    for g, r in zip(grouped["und"], rounded["und"]):
+        assert r["input_ids"].shape[1] % 16 == 0 and 0 <= r["input_ids"].shape[1] - g["input_ids"].shape[1] < 16
+        assert torch.equal(r["input_ids"][:, -g["input_ids"].shape[1]:], g["input_ids"])
+    assert rounded["n_tokens"] == one["n_tokens"]
     model = pipe.model.train()
     grads = []
-    for batch in (one, grouped):
+    for batch in (one, grouped, rounded):
         model.zero_grad()
         loss = model(und=batch["und"])["und_loss"]
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
-    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads[0][1], grads[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for other in grads[1:]:
+        torch.testing.assert_close(grads[0][0], other[0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads[0][1], other[1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -254,9 +254,10 @@ def left_pad_to(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad id lists into (B, T) ids and a (B, T) attention mask, so every row ends together."""
-    T = max(len(r) for r in rows)
+def left_pad(rows: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists into (B, T) ids and a (B, T) attention mask, so every row ends together;
+    T is the longest row rounded up to a multiple of `multiple`."""
+    T = -(-max(len(r) for r in rows) // multiple) * multiple
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):

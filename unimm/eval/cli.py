@@ -162,6 +162,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [""] + _table(
             f"vqa: {vqa['num_questions']} questions at {vqa['image_size']} px (world seed {vqa['world_seed']}), "
             f"{vqa['time_s']:.1f} s", vqa["types"], vqa["accuracy"], vqa["correct"], vqa["num_questions"])
+        lines.append("  by scene kind:")
+        for kind, res in vqa.get("scenes", {}).items():
+            types = ", ".join(f"{t} {r['correct']}/{r['n']}" for t, r in res["types"].items())
+            lines.append(f"    {kind:10s}{res['correct']:>4}/{res['n']:<4} ({types})")
     return "\n".join(lines)
 
 

@@ -58,12 +58,28 @@ def evaluate_vqa(pipe: Any, n: int = 400, seed: int = 0, max_new_tokens: int = 8
     Works with anything that has `chat(image, question, max_new_tokens=, **chat_kwargs) -> str`.
     Returns {"accuracy", "types": {type: {accuracy, correct, n}}, "num_questions",
     "image_size", "world_seed", "time_s", "questions_per_s", "samples": per
-    question {question, answer, prediction, type, correct}}.
+    question {question, answer, prediction, type, correct, scene}}. Also "scenes": per scene
+    kind (single, counting, pair) {correct, n, types: {type: {correct, n}}}: a question about
+    one of two objects ("What colour is the circle?" beside a square) needs the model to bind
+    each attribute to its object, which the single-object ones do not.
     """
     size = _image_size(pipe, image_size)
-    return {"task": "vqa", **_ask(pipe, [([scene], qa) for scene, qa in vqa_items(n, seed)], QA_TYPES, size,
-                                  max_new_tokens, progress, "vqa", chat_kwargs), "seed": seed,
+    result = _ask(pipe, [([scene], qa) for scene, qa in vqa_items(n, seed)], QA_TYPES, size, max_new_tokens,
+                  progress, "vqa", chat_kwargs)
+    return {"task": "vqa", **result, "scenes": by_scene(result["samples"]), "seed": seed,
             "world_seed": WORLD_SEED_BASE + seed}
+
+
+def by_scene(samples: list[dict]) -> dict[str, dict]:
+    """Questions' results grouped by their scene's kind, and within it by question type."""
+    out: dict[str, dict] = {}
+    for s in samples:
+        kind = out.setdefault(s["scene"], {"correct": 0, "n": 0, "types": {}})
+        t = kind["types"].setdefault(s["type"], {"correct": 0, "n": 0})
+        for group in (kind, t):
+            group["correct"] += int(s["correct"])
+            group["n"] += 1
+    return out
 
 
 def multi_image_items(n: int, seed: int = 0, frames: int = 4) -> list[tuple[list[Scene], QA]]:
@@ -126,7 +142,8 @@ def _ask(pipe: Any, items: list[tuple[list[Scene], QA]], types, size: int, max_n
                                    max_new_tokens=max_new_tokens, **chat_kwargs)
         seconds += time.perf_counter() - start
         samples.append({"question": qa.question, "answer": qa.answer, "prediction": prediction, "type": qa.type,
-                        "correct": normalise_answer(prediction) == normalise_answer(qa.answer)})
+                        "correct": normalise_answer(prediction) == normalise_answer(qa.answer),
+                        "scene": scenes[0].kind if len(scenes) == 1 else None})
     per_type = {}
     for t in types:
         results = [s["correct"] for s in samples if s["type"] == t]

@@ -171,9 +171,10 @@ class Collator:
     the list is the mean over all their answer tokens, as over one batch.
     """
 
-    def __init__(self, pad_id: int, uncond, length_buckets: int = 1, grounding: str | None = None):
+    def __init__(self, pad_id: int, uncond, length_buckets: int = 1, grounding: str | None = None,
+                 pad_multiple: int = 1):
         self.pad_id, self.uncond = pad_id, uncond  # uncond: ids -> unconditional ids (model's rule)
-        self.length_buckets = length_buckets
+        self.length_buckets, self.pad_multiple = length_buckets, pad_multiple
         # "answer" / "word" / "both": chat batches carry "ground" (B, 4), each row's box (NaN for
         # none); with "word" also "ground_at" (B,), the position of the question's word naming the
         # object (-1 for none, and those rows' boxes are NaN); with "both" "ground_at" (B, 2), that
@@ -222,11 +223,12 @@ class Collator:
             out["n_tokens"] += int(out["pref"]["attention_mask"].sum())
         if gen:
             rows = [self.uncond(s["prompt_ids"]) if s["drop"] else s["prompt_ids"] for s in gen]
-            ids, mask = left_pad(rows, self.pad_id)
+            ids, mask = left_pad(rows, self.pad_id, self.pad_multiple)
             out["gen"] = {"prompt_ids": ids, "prompt_mask": mask}
             contrasted = [i for i, s in enumerate(gen) if s.get("swapped_ids")]
             if contrasted:  # prompt_contrast: rows with a swapped caption, and those captions
-                swapped, swapped_mask = left_pad([gen[i]["swapped_ids"] for i in contrasted], self.pad_id)
+                swapped, swapped_mask = left_pad([gen[i]["swapped_ids"] for i in contrasted], self.pad_id,
+                                                         self.pad_multiple)
                 out["gen"].update(swapped_ids=swapped, swapped_mask=swapped_mask,
                                   swapped_rows=torch.tensor(contrasted))
             if all("targets" in s for s in gen):
@@ -250,8 +252,8 @@ class Collator:
 
 
     def _chat_batch(self, ids: list, labels: list, pixels: list) -> dict:
-        ids, mask = left_pad(ids, self.pad_id)
-        labels, _ = left_pad(labels, -100)
+        ids, mask = left_pad(ids, self.pad_id, self.pad_multiple)
+        labels, _ = left_pad(labels, -100, self.pad_multiple)
         # A row's first token is never predicted: left-padded, it sits after the padding, where
         # nothing real precedes it (text rows, whose labels are their ids, would otherwise train
         # the last pad position to predict BOS, and a row's loss would depend on its batch).

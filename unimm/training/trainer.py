@@ -289,7 +289,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     unconditional = model.unconditional_ids  # bound now: `model` becomes the DDP wrapper below
     uncond = lambda ids: unconditional(torch.tensor(ids)).tolist()
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
-                                         collate_fn=Collator(model.token_ids.pad, uncond, cfg.data.length_buckets, grounding),
+                                         collate_fn=Collator(model.token_ids.pad, uncond, cfg.data.length_buckets, grounding,
+                                                             cfg.data.pad_multiple),
                                          num_workers=cfg.data.num_workers)
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.lr, cfg.optim.lr_scale), lr=cfg.optim.lr,
                             betas=tuple(cfg.optim.betas),
