@@ -366,6 +366,12 @@ def test_default_model_recipe_configs_parse():
                                                                  "feature_layer": -1}}
     assert xt.init_fresh == ["encoder"] and xt.freeze == xattn.freeze
     assert (xt.init_from, xt.steps, xt.batch_size) == (xattn.init_from, xattn.steps, xattn.batch_size)
+    # the ninth try, which meets issue 18's bar: grounding at the word and the answer, on the region-tagged tower
+    grounded = load_train_config(str(recipes / "xattn-grounding.yaml"))
+    tower = grounded.init_changes["encoder"]["pretrained"]
+    assert (ROOT / tower / "model.safetensors").is_file() and grounded.init_fresh == ["encoder"]
+    assert grounded.grounding_at == "both" and grounded.loss_weights["grounding"] > 0 and grounded.freeze["encoder"]
+    assert (grounded.init_from, grounded.steps, grounded.batch_size) == ("weights/default", 3000, 16)
     dit = load_train_config(str(recipes / "dit.yaml"))  # the DiT default: the AR default's understanding path, frozen
     assert dit.init_from == "weights/default" and dit.init_fresh == ["gen_head", "image_tokenizer"]
     assert dit.init_changes["generation"]["paradigm"] == "dit" and dit.export_dtype == "bfloat16"
