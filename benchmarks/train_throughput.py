@@ -18,7 +18,8 @@ on the same evaluation batches.
 `--compare precision` in float32 and with bf16 autocast (bf16 matrix products run
 natively on CPUs with AVX512-BF16 or AMX); `--compare fast` today's trainer (float32, each
 batch's understanding rows padded to the longest), then `data.length_buckets=3`, then bf16
-autocast too, then `data.pad_multiple=16` too, then `compile=true` too; `--compare pad` bf16
+autocast too, then `data.pad_multiple=16` too, then `compile=true` too; `--compare pads` today's
+trainer against all of them with `data.pad_multiple` 16, 32 and 64; `--compare pad` bf16
 with and without `data.pad_multiple=16`. `--set KEY=VALUE` changes the stage for
 every run (`--compare compile --set mixed_precision=bf16`: bf16 eager vs compiled).
 
@@ -176,6 +177,10 @@ VARIANTS = {  # --compare: the runs, each (name, overrides on the stage), the fi
              ("+ bf16", ["mixed_precision=bf16", "data.length_buckets=3"]),
              ("+ pad to 16", ["mixed_precision=bf16", "data.length_buckets=3", "data.pad_multiple=16"]),
              ("+ compile", ["mixed_precision=bf16", "data.length_buckets=3", "data.pad_multiple=16", "compile=true"])),
+    # today's trainer, then everything on with lengths rounded up to 16, 32 and 64 tokens
+    "pads": (("today", ["mixed_precision='no'", "data.length_buckets=1"]),
+             *((f"all, pad to {k}", ["mixed_precision=bf16", "data.length_buckets=3", f"data.pad_multiple={k}",
+                                     "compile=true"]) for k in (16, 32, 64))),
     # bf16 with and without lengths rounded up to a multiple of 16 (oneDNN's kernel cache)
     "pad": (("bf16", ["mixed_precision=bf16", "data.length_buckets=3"]),
             ("bf16, pad to 16", ["mixed_precision=bf16", "data.length_buckets=3", "data.pad_multiple=16"])),

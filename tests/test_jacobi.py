@@ -124,7 +124,7 @@ def test_the_pipeline_offers_jacobi_decoding_as_an_option(tiny_pipe):
                               jacobi_window=4)[0].tobytes() == greedy[0].tobytes()
     with pytest.raises(ValueError, match="jacobi_window must be >= 2"):
         tiny_pipe.generate("a red circle", decoding="jacobi", jacobi_window=1)
-    with pytest.raises(ValueError, match="decoding must be one of 'sequential', 'jacobi'"):
+    with pytest.raises(ValueError, match="decoding must be one of 'auto', 'sequential', 'jacobi'"):
         tiny_pipe.generate("a red circle", decoding="parallel")
     with pytest.raises(ValueError, match="compile applies to decoding='sequential'"):
         tiny_pipe.generate("a red circle", decoding="jacobi", compile=True)
@@ -133,3 +133,21 @@ def test_the_pipeline_offers_jacobi_decoding_as_an_option(tiny_pipe):
         masked = unimm.load("tiny-masked")
     with pytest.raises(ValueError, match="decoding does not apply to the masked paradigm"):
         masked.generate("a red circle", decoding="jacobi")
+
+
+def test_auto_decoding_runs_jacobi_for_one_image_and_the_loop_for_batches(tiny_pipe):
+    """The default, decoding='auto': one image at a time is drawn by Jacobi decoding (the same
+    sampled image as asking for it), a batch and a compiled call by the sequential loop."""
+    from unimm.generation import get_family
+
+    one = dict(seed=3, temperature=1.0)
+    auto = tiny_pipe.generate("a red circle", **one)[0].tobytes()
+    assert auto == tiny_pipe.generate("a red circle", decoding="jacobi", **one)[0].tobytes()
+    assert auto != tiny_pipe.generate("a red circle", decoding="sequential", **one)[0].tobytes()
+    two = dict(seed=3, temperature=1.0, num_images=2)
+    assert [im.tobytes() for im in tiny_pipe.generate("a red circle", **two)] == \
+        [im.tobytes() for im in tiny_pipe.generate("a red circle", decoding="sequential", **two)]
+    family = get_family("autoregressive")
+    assert family.auto_decoding(tiny_pipe.model, 1) == "jacobi"
+    assert family.auto_decoding(tiny_pipe.model, 1, compile=True) == "sequential"
+    assert family.auto_decoding(tiny_pipe.model, 4) == "sequential"

@@ -49,9 +49,38 @@ def test_batch_size_splits_rows_without_changing_greedy_output(tiny_pipe):
 
 def test_progress_callback_follows_every_token(tiny_pipe):
     steps = []
-    tiny_pipe.generate("a red circle", seed=0, progress=lambda i, n: steps.append((i, n)))
+    tiny_pipe.generate("a red circle", seed=0, decoding="sequential", progress=lambda i, n: steps.append((i, n)))
     n = tiny_pipe.model.num_image_tokens
     assert steps == [(i, n) for i in range(1, n + 1)]
+    # Jacobi decoding (the default for one image) reports the tokens it has after each pass.
+    jacobi = []
+    tiny_pipe.generate("a red circle", seed=0, progress=lambda i, n: jacobi.append(i))
+    assert jacobi[-1] == n and jacobi == sorted(set(jacobi)) and len(jacobi) <= n
+
+
+def test_the_progress_bar_counts_tokens_whatever_each_pass_accepts(monkeypatch):
+    import tqdm.auto
+
+    from unimm.pipelines.unified import _progress_callback
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    with _progress_callback(True, "token") as update:
+        for step in (3, 7, 16, 2, 16):  # one batch in three passes, a second in two
+            update(step, 16)
+    assert [(b.total, b.n) for b in bars] == [(16, 16), (16, 16)]
 
 
 def test_stream_pieces_join_to_the_greedy_answer(tiny_pipe, shapes_image):

@@ -491,3 +491,17 @@ def test_compiled_training_matches_eager(tmp_path):
     a, b = (unimm.load(str(d)).model for d in runs.values())
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bf16_on_a_cpu_enlarges_onednns_kernel_cache_unless_the_user_set_it(monkeypatch):
+    from unimm.training.trainer import enlarge_kernel_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    enlarge_kernel_cache("no", cuda=False)
+    enlarge_kernel_cache("bf16", cuda=True)  # a GPU's bf16 does not go through oneDNN
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    enlarge_kernel_cache("bf16", cuda=False)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16384"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
+    enlarge_kernel_cache("bf16", cuda=False)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "4096"

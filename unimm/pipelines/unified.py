@@ -473,11 +473,11 @@ def _progress_callback(progress, unit: str):
 
     def update(step: int, total: int):
         nonlocal bar
-        if bar is None or step == 1:  # a new batch starts a new bar
+        if bar is None or step <= bar.n:  # a new batch starts a new bar
             if bar is not None:
                 bar.close()
             bar = tqdm(total=total, desc="generating", unit=unit, leave=False)
-        bar.update(1)
+        bar.update(step - bar.n)  # Jacobi decoding reports several tokens per pass
 
     try:
         yield update

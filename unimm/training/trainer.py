@@ -219,6 +219,15 @@ def _reference_model(cfg: TrainConfig, model, sources: dict, device):
     return reference.requires_grad_(False).eval().to(device, model.dtype)
 
 
+def enlarge_kernel_cache(mixed_precision: str, cuda: bool, capacity: int = 16384) -> None:
+    """bf16 matrix products on a CPU run oneDNN kernels, one built per new shape (~1 ms) and kept in
+    a cache of 1,024 by default, which a stage's varying sequence lengths (x batch, x layer kind)
+    overflow. oneDNN reads the capacity at its first use, so this runs before any bf16 product
+    does; a value already in the environment wins."""
+    if mixed_precision == "bf16" and not cuda:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None,
           overwrite: bool = False) -> Path | None:
     """Run (or resume) one stage; returns the exported model directory (OUTPUT/final).
@@ -234,6 +243,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
 
     cuda = torch.cuda.is_available()
     mp = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    enlarge_kernel_cache(mp, cuda)
     # The schedule counts optimizer steps (cfg.steps): accelerate would otherwise step it once per
     # process at every optimizer step, running a multi-process run's warm-up and cosine N times too fast.
     acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
