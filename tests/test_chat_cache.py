@@ -115,7 +115,7 @@ def test_the_weights_key_sees_swapped_added_moved_and_edited_weights():
     assert weights_key(model) != key
     key = weights_key(model)
     model.append(torch.nn.Linear(2, 2))  # a part added (an adapter attached)
-    assert len(weights_key(model)) == len(key) + 2
+    assert len(weights_key(model)[1]) == len(key[1]) + 2
     key = weights_key(model)
     model.to(torch.float64)  # moved or cast: new storage
     assert weights_key(model) != key
@@ -123,6 +123,29 @@ def test_the_weights_key_sees_swapped_added_moved_and_edited_weights():
     with torch.no_grad():
         model[1].bias.add_(1.0)  # edited in place (training)
     assert weights_key(model) != key
+    # A part added deep inside: a fresh container filled first, then attached to a seen module.
+    key = weights_key(model)
+    inner = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    model[1].adapter = inner
+    assert len(weights_key(model)[1]) == len(key[1]) + 2
+    key = weights_key(model)
+    inner.append(torch.nn.Linear(2, 2, bias=False))  # grown after joining
+    assert len(weights_key(model)[1]) == len(key[1]) + 1
+
+
+def test_the_weights_key_is_kept_across_a_forward_that_slices_its_layers():
+    """transformers' decoders slice their layer list into a new ModuleList on every forward; that
+    registers modules, but into a container outside the model, so the kept list stays valid."""
+    from unimm.sampling import prefix_cache
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    weights_key(model)
+    kept = model._unimm_params
+    torch.nn.ModuleList(list(model)[:1])  # what `self.layers[:n]` does
+    model[:1]
+    assert model._unimm_params[0] == prefix_cache._structure[0]
+    weights_key(model)
+    assert model._unimm_params is kept
 
 
 def test_a_stream_closed_early_leaves_a_usable_cache(pipe):

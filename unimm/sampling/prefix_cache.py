@@ -19,21 +19,27 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["PrefixCache", "image_fingerprints", "image_spans", "weights_key"]
 
-# Bumped whenever any module gains or swaps a parameter, buffer or submodule (torch's global
-# registration hooks), so `weights_key` can keep a model's parameter list between calls
-# instead of walking its modules every turn (about 1 ms on the default model, a tenth of a
-# reused turn's wait).
+# Bumped whenever a module of a model `weights_key` has seen gains or swaps a parameter, buffer
+# or submodule (torch's global registration hooks), so `weights_key` can keep that model's
+# parameter list between calls instead of walking its modules every turn (about 1 ms on the
+# default model, a third of a reused turn's wait). Registrations into modules outside every
+# such model do not count: transformers' forward slices its layer list into a new ModuleList
+# on every call, which would otherwise invalidate the list on every turn; a new module joins a
+# seen model only through a registration on one of its modules, which counts.
 _structure = [0]
+_seen: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 
 
-def _bump(*_args) -> None:
-    _structure[0] += 1
+def _bump(module, *_args) -> None:
+    if module in _seen:
+        _structure[0] += 1
 
 
 torch.nn.modules.module.register_module_parameter_registration_hook(_bump)
@@ -42,13 +48,18 @@ torch.nn.modules.module.register_module_buffer_registration_hook(_bump)
 
 
 def weights_key(model: torch.nn.Module) -> tuple:
-    """What a cached conversation depends on besides its tokens: each weight's identity, storage,
-    dtype, device and in-place version, so loading, training or moving the model changes it."""
+    """What a cached conversation depends on besides its tokens: the model's parameter list and each
+    weight's storage and in-place version, so loading, training or moving the model changes it."""
     known = getattr(model, "_unimm_params", None)
     if known is None or known[0] != _structure[0]:
+        _seen.update(model.modules())
         known = (_structure[0], tuple(model.parameters()))
         object.__setattr__(model, "_unimm_params", known)  # a plain attribute: no registration, no bump
-    return tuple((id(p), p.data_ptr(), p.dtype, p.device, p._version) for p in known[1])
+    # Storage addresses and in-place versions: a cast or a move makes new storage (the old one is
+    # alive while the new one is made, so the address differs), an edit in place bumps the version,
+    # and a swapped parameter rebuilds the list above.
+    params = known[1]
+    return known[0], tuple([p.data_ptr() for p in params]), tuple([p._version for p in params])
 
 
 def image_fingerprints(pixel_values: torch.Tensor | None, views: list[int] | None = None) -> list[bytes]:
