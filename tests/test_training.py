@@ -505,3 +505,34 @@ def test_bf16_on_a_cpu_enlarges_onednns_kernel_cache_unless_the_user_set_it(monk
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
     enlarge_kernel_cache("bf16", cuda=False)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "4096"
+
+
+def test_the_stage_config_owns_accumulation_and_deepspeeds_batch_and_clipping(tmp_path, monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from unimm.training.trainer import deepspeed_settings
+
+    cfg = _cfg(1, tmp_path, "batch_size=6", "grad_accum=3", "optim.grad_clip=0.5")
+    assert deepspeed_settings(cfg) == {"train_micro_batch_size_per_gpu": 6, "gradient_accumulation_steps": 3,
+                                       "gradient_clipping": 0.5}
+    root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    for name in ("ddp.yaml", "fsdp.yaml", "deepspeed-zero2.yaml"):  # accelerate's own reader takes each
+        launch = load_config_from_file(str(root / name))
+        assert "gradient_accumulation_steps" not in (launch.deepspeed_config or {}), name
+    # DeepSpeed on a CPU would silently run as DDP (accelerate's cpu=True) or count one process: refused.
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match="DeepSpeed .* needs GPUs; on CPUs run several processes with torchrun"):
+        train(cfg, progress=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    # A launcher's accumulation (accelerate reads its variable over the value passed) yields to the stage's.
+    import unimm.training.trainer as trainer
+
+    batches = []
+    step_losses = trainer._step_losses
+    monkeypatch.setattr(trainer, "_step_losses", lambda *a, **k: batches.append(1) or step_losses(*a, **k))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    cfg = _cfg(1, tmp_path, "steps=2", "grad_accum=1", "log_every=1")
+    with pytest.warns(UserWarning, match="gradient accumulation 4; the stage config's grad_accum=1 is used"):
+        train(cfg, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and len(batches) == 2  # one batch per optimizer step

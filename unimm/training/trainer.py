@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -228,6 +229,18 @@ def enlarge_kernel_cache(mixed_precision: str, cuda: bool, capacity: int = 16384
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
 
 
+def _deepspeed_asked() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def deepspeed_settings(cfg: TrainConfig) -> dict:
+    """What a DeepSpeed run takes from the stage config, whatever its DeepSpeed file says: the
+    micro batch, the accumulation and the clipping (DeepSpeed clips inside its step, and accelerate's
+    `clip_grad_norm_` leaves it to it), so a run means the same on DeepSpeed as everywhere else."""
+    return {"train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
+            "gradient_clipping": float(cfg.optim.grad_clip or 0.0)}
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None,
           overwrite: bool = False) -> Path | None:
     """Run (or resume) one stage; returns the exported model directory (OUTPUT/final).
@@ -244,11 +257,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     cuda = torch.cuda.is_available()
     mp = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     enlarge_kernel_cache(mp, cuda)
+    if _deepspeed_asked() and not cuda:
+        # accelerate leaves DeepSpeed out on a CPU (cpu=True) and would run plain DDP instead; with
+        # cpu=False it starts DeepSpeed's processes yet counts one: neither is what was asked for.
+        raise ValueError("DeepSpeed (ACCELERATE_USE_DEEPSPEED, configs/accelerate/deepspeed-zero2.yaml) needs GPUs; "
+                         "on CPUs run several processes with torchrun (DDP), or FSDP with ACCELERATE_USE_FSDP=true "
+                         "FSDP_VERSION=2 (README, Training)")
     # The schedule counts optimizer steps (cfg.steps): accelerate would otherwise step it once per
     # process at every optimizer step, running a multi-process run's warm-up and cosine N times too fast.
     acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
                       step_scheduler_with_optimizer=False,
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if acc.gradient_accumulation_steps != cfg.grad_accum:
+        # accelerate takes ACCELERATE_GRADIENT_ACCUMULATION_STEPS (which `accelerate launch` sets from
+        # a config file) over the value passed; the stage config owns it, as its schedule counts on it.
+        warnings.warn(f"the launcher asked for gradient accumulation {acc.gradient_accumulation_steps}; the stage "
+                      f"config's grad_accum={cfg.grad_accum} is used (set it there)", stacklevel=2)
+        acc.gradient_accumulation_steps = cfg.grad_accum
     _shard_on_cpu(acc)
     set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
@@ -309,6 +334,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     if cfg.compile:  # regional: each decoder layer is compiled (once, shared shapes) and the splicing of
         for layer in model.backbone.decoder_layers():  # image tokens, whose sizes depend on the data, stays eager
             layer.compile()
+    if acc.state.deepspeed_plugin is not None:  # the stage config owns these, not the DeepSpeed file
+        acc.state.deepspeed_plugin.deepspeed_config.update(deepspeed_settings(cfg))
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     unwrapped = acc.unwrap_model(model)
     ema = EMA([p for p in unwrapped.parameters() if p.requires_grad], cfg.ema_decay) if cfg.ema_decay else None
