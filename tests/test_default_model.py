@@ -21,9 +21,9 @@ VQA_N, VQA_FLOOR = 100, 0.80
 # weights/default-dit: 7.8% of 400 images (seed 0); on the samples below (seed 7) 13.3% of 60.
 DIT_GEN_FLOOR = 0.05
 DIT_VQA_FLOOR = 0.65  # stage 3's understanding path: 76.0% of 400, 74% of the 100 below
-# Its ControlNet and IP-Adapter, on 200 items (seed 0): control adherence 47.5%, reference-shape
-# adherence 11.0% (prompt 48.5%); on the 40 below (seed 7): 47.5%, 17.5% (prompt 62.5%).
-CONTROL_N, CONTROL_FLOOR = 40, 0.30
+# Its ControlNet and IP-Adapter, on 200 items (seed 0): control adherence 75.5%, reference-shape
+# adherence 11.0% (prompt 48.5%); on the 40 below (seed 7): 75.0%, 17.5% (prompt 62.5%).
+CONTROL_N, CONTROL_FLOOR = 40, 0.55
 REFERENCE_FLOOR, REFERENCE_PROMPT_FLOOR = 0.05, 0.40
 
 
