@@ -99,8 +99,10 @@ class Autoregressive(GenerationFamily):
         sequential loop on a CPU, 4.6x fewer backbone passes, BENCHMARKS.md), the sequential loop
         for batches (a pass then costs its arithmetic and the batch advances by its slowest row:
         0.28x at 16 on a CPU), under `compile`, and for backbones whose attention takes no 4-D mask."""
+        from ..models.masks import MASKABLE_ATTENTION
+
         attention = model.backbone.hf_config._attn_implementation
-        return "jacobi" if batch == 1 and not compile and attention in ("sdpa", "eager") else "sequential"
+        return "jacobi" if batch == 1 and not compile and attention in MASKABLE_ATTENTION else "sequential"
 
 
 def corrupt_ids(ids: torch.Tensor, p: float, num_codes: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 
 
+# Attention implementations that take a 4-D mask (flash attention takes only a 2-D, causal one).
+MASKABLE_ATTENTION = ("sdpa", "eager")
+
+
 def attention_mask_4d(key_mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype,
                       image_start: int | None = None) -> torch.Tensor | None:
     """(B, S) key mask (1 = real token, 0 = left padding) -> (B, 1, S, S) mask.
@@ -22,7 +26,7 @@ def attention_mask_4d(key_mask: torch.Tensor, attn_implementation: str, dtype: t
     None where the attention implementation takes no 4-D masks (flash
     attention): the caller then passes the 2-D mask, causal only.
     """
-    if attn_implementation not in ("sdpa", "eager"):
+    if attn_implementation not in MASKABLE_ATTENTION:
         if image_start is not None:
             raise ValueError(
                 f"bidirectional image attention needs attn_implementation 'sdpa' or 'eager', not {attn_implementation!r}"
