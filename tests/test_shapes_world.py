@@ -12,7 +12,7 @@ from PIL import Image
 from unimm.data.corpus import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES
 from unimm.data.shapes import (
     BACKGROUND_RGB, COLOUR_RGB, GAP, QA_TYPES, SCENE_KINDS, ShapesWorld, ShapesWorldConfig,
-    _index_rng, position_of, render, write_caption_jsonl, write_llava_json,
+    _index_rng, position_of, reading_order, render, write_caption_jsonl, write_llava_json,
 )
 
 VOCAB = {"colour": COLOURS, "shape": SHAPES, "count": COUNTS, "position": POSITIONS, "size": SIZES}
@@ -226,6 +226,35 @@ def test_the_description_request_left_every_other_question_as_it_was():
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == "8385fbaaac63e340"
 
 
+def test_raster_mention_order_names_pairs_in_reading_order_and_changes_nothing_else():
+    """mention_order="raster": a pair caption without places names first the object a raster scan
+    meets first; captions with places, the other scene kinds, the objects and every question stay
+    as the default order makes them."""
+    n = 400
+    plain = ShapesWorld(seed=3, num_samples=n, mix={"pair": 1.0})
+    raster = ShapesWorld(seed=3, num_samples=n, mix={"pair": 1.0}, mention_order="raster")
+    placeless, reordered = 0, 0
+    for i in range(n):
+        a, b = plain[i], raster[i]
+        assert a.objects == b.objects and a.kind == b.kind
+        assert [(q.question, q.answer) for q in a.qa if q.type != "caption"] == \
+            [(q.question, q.answer) for q in b.qa if q.type != "caption"]
+        assert [q.answer for q in b.qa if q.type == "caption"] == [b.caption]
+        if any(w in a.caption.split() for w in POSITIONS):
+            assert a.caption == b.caption
+            continue
+        placeless += 1
+        first, second = reading_order(b.objects)
+        assert first.cy - first.r <= second.cy - second.r
+        named = re.findall(r"\b(" + "|".join(SHAPES) + r")\b", b.caption)
+        assert named == [first.shape, second.shape], (b.caption, b.objects)
+        reordered += a.caption != b.caption
+    assert placeless > 60 and 0.3 < reordered / placeless < 0.7  # about half were named the other way
+    single = {"mix": {"single": 1.0}}
+    assert [ShapesWorld(seed=3, num_samples=50, **single)[i] for i in range(50)] == \
+        [ShapesWorld(seed=3, num_samples=50, mention_order="raster", **single)[i] for i in range(50)]
+
+
 def test_specific_question_forms(world):
     pair = next(s for s in (world[i] for i in range(100)) if s.kind == "pair")
     for o in pair.objects:
@@ -316,6 +345,7 @@ def test_writers_reject_more_samples_than_the_world_has(tmp_path):
     ({"min_objects": 2}, "'single' scenes"),
     ({"image_size": 4}, "image_size"),
     ({"num_samples": 0}, "num_samples"),
+    ({"mention_order": "alphabetical"}, "mention_order must be one of any, raster"),
 ])
 def test_bad_configs_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -65,6 +65,7 @@ BACKGROUND_RGB: tuple[int, int, int] = (170, 170, 170)
 assert set(COLOUR_RGB) == set(COLOURS), "palette must cover corpus.COLOURS"
 
 SCENE_KINDS = ("single", "counting", "pair")
+MENTION_ORDERS = ("any", "raster")  # ShapesWorldConfig.mention_order
 # A QA pair is tagged with the kind of its answer: every answer is one word of
 # the matching vocabulary (COLOURS, SHAPES, COUNTS, POSITIONS, SIZES), so
 # exact-match evaluation works and scores can be broken down by type.
@@ -187,6 +188,13 @@ class ShapesWorldConfig:
     holdout: tuple[Composition, ...] = ()
     only_holdout: bool = False
     antialias: bool = True
+    # The order a pair caption without places ("a red circle and a blue star") names its objects
+    # in: "any" (the scene's own, random, order) or "raster" (reading order: the object whose top
+    # edge comes first, then the one further left, is named first). An autoregressive generator
+    # draws in raster order; with "raster" the first object it draws is always the first one
+    # named, so which words go with which object is fixed by order rather than left to it.
+    # Captions that state places keep the scene's order either way (the places bind them).
+    mention_order: str = "any"
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 16:
@@ -211,6 +219,8 @@ class ShapesWorldConfig:
                 f"no (colour, shape) composition is left to generate: colours={self.colours}, "
                 f"shapes={self.shapes}, holdout={self.holdout}, only_holdout={self.only_holdout}"
             )
+        if self.mention_order not in MENTION_ORDERS:
+            raise ConfigError(f"mention_order must be one of {', '.join(MENTION_ORDERS)}, got {self.mention_order!r}")
         self._check_mix()
 
     def compositions(self) -> list[Composition]:
@@ -356,7 +366,12 @@ def _fields(obj: Obj, suffix: str = "") -> dict[str, str]:
             f"size{suffix}": obj.size, f"where{suffix}": _WHERE[obj.position]}
 
 
-def _caption(rng: random.Random, kind: str, objects: list[Obj]) -> str:
+def reading_order(objects: Sequence[Obj]) -> list[Obj]:
+    """Objects in the order a raster scan meets them: by top edge, then by left edge."""
+    return sorted(objects, key=lambda o: (round(o.cy - o.r, 4), round(o.cx - o.r, 4)))
+
+
+def _caption(rng: random.Random, kind: str, objects: list[Obj], mention_order: str = "any") -> str:
     first = objects[0]
     if kind == "single":
         text = rng.choice(_SINGLE_CAPTIONS).format(**_fields(first))
@@ -367,7 +382,12 @@ def _caption(rng: random.Random, kind: str, objects: list[Obj]) -> str:
             be="are" if n > 1 else "is",
         )
     else:
-        text = rng.choice(_PAIR_CAPTIONS).format(**_fields(first), **_fields(objects[1], "2"))
+        template = rng.choice(_PAIR_CAPTIONS)
+        if mention_order == "raster" and "{where}" not in template:
+            first, second = reading_order(objects)
+        else:
+            second = objects[1]
+        text = template.format(**_fields(first), **_fields(second, "2"))
     return _a_an(text)
 
 
@@ -467,7 +487,7 @@ def make_scene(cfg: ShapesWorldConfig, index: int) -> Scene:
     kind = rng.choices(kinds, weights=[cfg.mix[k] for k in kinds])[0]
     comps = cfg.compositions()
     objects = _place(rng, _object_specs(rng, kind, cfg, comps, _pairable(comps)))
-    caption = _caption(rng, kind, objects)
+    caption = _caption(rng, kind, objects, cfg.mention_order)
     qa = _questions(rng, kind, objects)
     # Drawn after the other questions, so adding it left every earlier question as it was.
     qa.insert(rng.randrange(len(qa) + 1), QA(rng.choice(_DESCRIBE), caption, "caption"))
