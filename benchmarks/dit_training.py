@@ -8,7 +8,8 @@ fixed function of it: the head keeps them per prompt (`DiTHead.states_memo`) and
 the backbone only for prompts it has not read yet. This runs the same stage three ways in one
 process (same data, seeds and generator; VAE latents cached) and reports samples/s over the
 second half of each run, the ratio against the query design, and the loss curves (the two
-prompt-state runs must agree: the memo changes where states come from, not their values).
+prompt-state runs must agree: the memo changes where states come from, not their values). The
+run that reads every step sets `STATES_MEMO_BYTES` to 0, which is the code path without a memo.
 
     python benchmarks/dit_training.py --steps 200                  # the recipe's DiT on weights/default
     python benchmarks/dit_training.py --steps 200 --set mixed_precision=bf16

@@ -115,6 +115,10 @@ def test_a_frozen_backbone_reads_each_training_prompt_once(shapes_image):
         assert rows_read == [3] and head.states_memo is None
         for p in model.backbone.parameters():
             p.requires_grad_(False)
+        loss(ids, mask)  # the backbone in training mode (dropout): no memo
+        assert rows_read == [3, 3] and head.states_memo is None
+        del rows_read[1:]
+        model.backbone.eval()  # as the trainer sets frozen parts
         first = loss(ids, mask)
         assert rows_read[1:] == [2]  # the repeated prompt is read once
         second = loss(ids, mask)
@@ -130,9 +134,16 @@ def test_a_frozen_backbone_reads_each_training_prompt_once(shapes_image):
             next(model.backbone.parameters()).mul_(1.01)  # a changed weight: everything is read again
         loss(ids, mask)
         assert rows_read[1:] == [2, 1, 2]
-        model.eval()
+        next(model.backbone.parameters()).requires_grad_(True)  # one trainable weight: no memo
         loss(ids, mask)
         assert rows_read[1:] == [2, 1, 2, 3] and head.states_memo is None
+        next(model.backbone.parameters()).requires_grad_(False)
+        loss(ids, mask)
+        assert rows_read[1:] == [2, 1, 2, 3, 2] and head.states_memo is not None
+        model.eval()  # leaving training drops the memo
+        assert head.states_memo is None
+        loss(ids, mask)
+        assert rows_read[1:] == [2, 1, 2, 3, 2, 3] and head.states_memo is None
     finally:
         hook.remove()
 

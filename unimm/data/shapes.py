@@ -189,8 +189,9 @@ class ShapesWorldConfig:
     only_holdout: bool = False
     antialias: bool = True
     # The order a pair caption without places ("a red circle and a blue star") names its objects
-    # in: "any" (the scene's own, random, order) or "raster" (reading order: the object whose top
-    # edge comes first, then the one further left, is named first). An autoregressive generator
+    # in: "any" (the scene's own, random, order) or "raster" (reading order, `reading_order`: the
+    # object whose drawn top edge comes in an earlier row, else the one further left, is named
+    # first). An autoregressive generator
     # draws in raster order; with "raster" the first object it draws is always the first one
     # named, so which words go with which object is fixed by order rather than left to it.
     # Captions that state places keep the scene's order either way (the places bind them).
@@ -366,9 +367,18 @@ def _fields(obj: Obj, suffix: str = "") -> dict[str, str]:
             f"size{suffix}": obj.size, f"where{suffix}": _WHERE[obj.position]}
 
 
+READING_ROWS = 16  # reading_order's rows: 1/16 of the side, the 64 px VQ's 4-pixel token rows
+
+
 def reading_order(objects: Sequence[Obj]) -> list[Obj]:
-    """Objects in the order a raster scan meets them: by top edge, then by left edge."""
-    return sorted(objects, key=lambda o: (round(o.cy - o.r, 4), round(o.cx - o.r, 4)))
+    """Objects in the order a raster scan over rows of 1/READING_ROWS of the image meets them: by
+    the row of their drawn top edge, then by their drawn left edge."""
+    def key(o: Obj) -> tuple[int, float]:
+        outline = _outline(o.shape, o.r)
+        top, left = o.cy + min(y for _, y in outline), o.cx + min(x for x, _ in outline)
+        return math.floor(top * READING_ROWS), left
+
+    return sorted(objects, key=key)
 
 
 def _caption(rng: random.Random, kind: str, objects: list[Obj], mention_order: str = "any") -> str:

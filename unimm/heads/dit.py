@@ -40,7 +40,8 @@ GENERATORS = {
     "PixArtTransformer2DModel": "caption_channels",
 }
 CONDITIONING = ("queries", "prompt_states")
-# Training with a frozen backbone keeps each prompt's states ("prompt_states"), up to this many bytes.
+# Training with a frozen backbone keeps each prompt's states ("prompt_states"), up to this many bytes
+# (0: read every step, as without the memo).
 STATES_MEMO_BYTES = 2 * 2**30
 
 
@@ -184,7 +185,12 @@ class DiTHead(nn.Module):
         self.states_memo = None  # prompt -> its states, while training on a frozen backbone (_prompt_states)
 
     def __getstate__(self):  # copies (an EMA, a deepcopy) start without the memo of prompt states
-        return {**self.__dict__, "states_memo": None}
+        return {**super().__getstate__(), "states_memo": None}
+
+    def train(self, mode: bool = True):
+        if not mode:
+            self.states_memo = None  # kept for training only
+        return super().train(mode)
 
     def add_part(self, config: DiTGeneratorConfig, part: str, encoder_width: int) -> nn.Module:
         """Build the part named `part` ("controlnet_<type>" or "ip_adapter") that `config` (this
@@ -241,10 +247,15 @@ class DiTHead(nn.Module):
         While training with the backbone frozen these are a fixed function of each prompt, so
         they are kept per prompt (`states_memo`) and the backbone runs only for prompts it has not
         read yet: a training step then costs the generator's work, not the backbone's. The memo
-        is dropped whenever a backbone weight changes (its storage or in-place version) or the
-        autocast setting does, and is never used outside training or with a trainable backbone."""
+        is dropped whenever a backbone weight changes through the parameter (its storage or
+        in-place version: an optimizer step, load_state_dict) or the autocast setting does, and
+        when the head leaves training mode. It is not used outside training, with a backbone in
+        training mode (dropout) or with any trainable or sharded (FSDP, ZeRO-3) backbone weight.
+        Writes that bypass the parameter (`p.data` in place, peft's merge_adapter) or switching a
+        peft adapter are not seen: change a frozen backbone that way only outside training."""
         params = list(model.backbone.parameters())
-        if not self.training or any(p.requires_grad for p in params):
+        if (STATES_MEMO_BYTES <= 0 or not self.training or model.backbone.training
+                or any(p.requires_grad or _sharded(p) for p in params)):
             self.states_memo = None
             return self._read_prompt_states(model, prompt_ids, prompt_mask)
         device = prompt_ids.device.type
@@ -254,7 +265,7 @@ class DiTHead(nn.Module):
         if memo is None or memo["weights"] != weights:
             memo = self.states_memo = {"weights": weights, "rows": {}, "bytes": 0}
         rows = memo["rows"]
-        keys = [tuple(ids[m.bool()].tolist()) for ids, m in zip(prompt_ids, prompt_mask)]
+        keys = [tuple(ids[m].tolist()) for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu().bool())]
         new = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in rows}.values())  # each prompt once
         if not new:
             return torch.stack([rows[k][0] for k in keys]), torch.stack([rows[k][1] for k in keys])
@@ -284,7 +295,7 @@ class DiTHead(nn.Module):
 
             warnings.warn(f"a prompt of {longest} tokens is longer than generation.generator.max_prompt_tokens="
                           f"{self.config.max_prompt_tokens}: the generator reads only its last "
-                          f"{self.config.max_prompt_tokens}", stacklevel=3)
+                          f"{self.config.max_prompt_tokens}", stacklevel=4)
         return _fixed_length(states, prompt_mask, self.config.max_prompt_tokens)
 
     # -- the generator --------------------------------------------------------
@@ -388,6 +399,12 @@ def controlnet_from(transformer, num_layers: int):
     for p in net.pos_embed_input.parameters():  # the map enters through zeros (its output blocks start at zero too)
         nn.init.zeros_(p)
     return net
+
+
+def _sharded(p: torch.Tensor) -> bool:
+    """A weight split across processes (FSDP2's DTensor, DeepSpeed ZeRO-3): every process must run
+    the layers together, so none may skip the backbone on its own."""
+    return type(p).__name__ == "DTensor" or hasattr(p, "ds_id")
 
 
 def _fixed_length(states: torch.Tensor, mask: torch.Tensor, length: int):

@@ -24,7 +24,7 @@ import torch
 
 from ..config import to_dict
 
-CACHE_VERSION = 2  # 2: swapped captions kept
+CACHE_VERSION = 3  # 2: swapped captions kept; 3: shapes mention_order "raster" by drawn top rows
 
 
 def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
