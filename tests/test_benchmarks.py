@@ -20,7 +20,7 @@ SMOKE = {
                                 "--repeats", "1", "--warmup", "0", "--threads", "1"], "identical ids 100.0%"),
     "dit.py": (["--batch", "4", "--steps", "2", "--repeats", "1", "--threads", "1", "--out", "{tmp}/dit.jsonl"],
                "vs full recompute"),
-    "dit_training.py": (["--smoke", "--threads", "1"], "losses agree (kept vs read every step): yes"),
+    "dit_training.py": (["--smoke", "--threads", "1"], "prompt states (backbone fwd)"),
     "paradigms.py": (["--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"],
                      "prompt cache / full recompute"),
     "train_throughput.py": (["--smoke", "--threads", "1"], "ratio cached / every step"),

@@ -87,67 +87,6 @@ def test_the_backbone_runs_once_per_generate_call(dit_pipe):
     assert len(images) == 4 and len(calls) == 1  # 5 steps, CFG, 4 images: one backbone pass
 
 
-def test_a_frozen_backbone_reads_each_training_prompt_once(shapes_image):
-    """prompt_states on a frozen backbone: training keeps each prompt's states, so the backbone runs
-    only on prompts it has not read; the loss is the one computed without the memo; a changed
-    backbone weight, a trainable backbone or eval mode each read the prompts again."""
-    import copy
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
-        pipe = unimm.load("tiny-dit-pixart")
-    model, head = pipe.model, pipe.model.gen_head
-    assert head.config.conditioning == "prompt_states"
-    rows_read = []
-    hook = model.backbone.lm.get_input_embeddings().register_forward_hook(
-        lambda m, args, out: rows_read.append(args[0].shape[0]))
-    texts = ("a red circle", "two small blue squares on the left", "a red circle")
-    ids, mask = _prompts(pipe, texts)
-    with torch.no_grad():
-        targets = model.images_to_targets(model.image_tokenizer.preprocess(shapes_image)[None]).expand(3, -1, -1, -1)
-
-    def loss(ids, mask):
-        return model.generation_loss(ids, mask, targets[:len(ids)], generator=torch.Generator().manual_seed(5))
-
-    try:
-        model.train()
-        reference = loss(ids, mask).item()  # a trainable backbone: no memo
-        assert rows_read == [3] and head.states_memo is None
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-        loss(ids, mask)  # the backbone in training mode (dropout): no memo
-        assert rows_read == [3, 3] and head.states_memo is None
-        del rows_read[1:]
-        model.backbone.eval()  # as the trainer sets frozen parts
-        first = loss(ids, mask)
-        assert rows_read[1:] == [2]  # the repeated prompt is read once
-        second = loss(ids, mask)
-        assert rows_read[1:] == [2], "the second step read prompts it had kept"
-        assert first.item() == pytest.approx(reference, rel=1e-5) and second.item() == pytest.approx(reference, rel=1e-5)
-        second.backward()  # the connector still learns
-        assert head.connector.proj.weight.grad is not None and head.connector.proj.weight.grad.abs().sum() > 0
-        new_ids, new_mask = _prompts(pipe, ("a red circle", "a green star at the top"))
-        loss(new_ids, new_mask)
-        assert rows_read[1:] == [2, 1]  # only the new prompt
-        assert copy.deepcopy(head).states_memo is None and head.states_memo is not None  # copies start empty
-        with torch.no_grad():
-            next(model.backbone.parameters()).mul_(1.01)  # a changed weight: everything is read again
-        loss(ids, mask)
-        assert rows_read[1:] == [2, 1, 2]
-        next(model.backbone.parameters()).requires_grad_(True)  # one trainable weight: no memo
-        loss(ids, mask)
-        assert rows_read[1:] == [2, 1, 2, 3] and head.states_memo is None
-        next(model.backbone.parameters()).requires_grad_(False)
-        loss(ids, mask)
-        assert rows_read[1:] == [2, 1, 2, 3, 2] and head.states_memo is not None
-        model.eval()  # leaving training drops the memo
-        assert head.states_memo is None
-        loss(ids, mask)
-        assert rows_read[1:] == [2, 1, 2, 3, 2, 3] and head.states_memo is None
-    finally:
-        hook.remove()
-
-
 def test_training_and_inference_share_the_latent_scaling(dit_pipe, shapes_image):
     """The loss's targets (images_to_targets) live where the sampler's output is decoded from:
     scaled and shifted latents; a VAE with a non-trivial scale and shift shows a mismatch."""

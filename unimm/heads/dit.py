@@ -40,9 +40,6 @@ GENERATORS = {
     "PixArtTransformer2DModel": "caption_channels",
 }
 CONDITIONING = ("queries", "prompt_states")
-# Training with a frozen backbone keeps each prompt's states ("prompt_states"), up to this many bytes
-# (0: read every step, as without the memo).
-STATES_MEMO_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -182,15 +179,6 @@ class DiTHead(nn.Module):
             raise ConfigError("generation.generator.ip_adapter reads the understanding encoder: its width is needed")
         self.ip_adapter = (IPAdapter(config.ip_adapter, self.transformer, encoder_width)
                            if config.ip_adapter is not None else None)
-        self.states_memo = None  # prompt -> its states, while training on a frozen backbone (_prompt_states)
-
-    def __getstate__(self):  # copies (an EMA, a deepcopy) start without the memo of prompt states
-        return {**super().__getstate__(), "states_memo": None}
-
-    def train(self, mode: bool = True):
-        if not mode:
-            self.states_memo = None  # kept for training only
-        return super().train(mode)
 
     def add_part(self, config: DiTGeneratorConfig, part: str, encoder_width: int) -> nn.Module:
         """Build the part named `part` ("controlnet_<type>" or "ip_adapter") that `config` (this
@@ -230,7 +218,20 @@ class DiTHead(nn.Module):
             states = model.image_span_hidden(prompt_ids, prompt_mask, queries)  # (B, N, D)
             mask = None
         else:
-            states, mask = self._prompt_states(model, prompt_ids, prompt_mask)
+            from ..models.unified import positions
+
+            out = model.backbone.decoder(model.backbone.embed(prompt_ids), attention_mask=prompt_mask,
+                                         position_ids=positions(prompt_mask), use_cache=False,
+                                         output_hidden_states=self.config.layer != -1)
+            states = out.last_hidden_state if self.config.layer == -1 else out.hidden_states[self.config.layer]
+            longest = int(prompt_mask.sum(1).max())
+            if longest > self.config.max_prompt_tokens:
+                import warnings
+
+                warnings.warn(f"a prompt of {longest} tokens is longer than generation.generator.max_prompt_tokens="
+                              f"{self.config.max_prompt_tokens}: the generator reads only its last "
+                              f"{self.config.max_prompt_tokens}", stacklevel=2)
+            states, mask = _fixed_length(states, prompt_mask, self.config.max_prompt_tokens)
         cond, pooled = self.connector(states.to(self.connector.proj.weight.dtype), mask)
         kwargs = {"encoder_hidden_states": cond}
         if self.has_pooled:
@@ -240,63 +241,6 @@ class DiTHead(nn.Module):
             if mask is not None:
                 kwargs["encoder_attention_mask"] = mask
         return kwargs
-
-    def _prompt_states(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
-        """The prompts' hidden states at `layer`, right-aligned to max_prompt_tokens, and their mask.
-
-        While training with the backbone frozen these are a fixed function of each prompt, so
-        they are kept per prompt (`states_memo`) and the backbone runs only for prompts it has not
-        read yet: a training step then costs the generator's work, not the backbone's. The memo
-        is dropped whenever a backbone weight changes through the parameter (its storage or
-        in-place version: an optimizer step, load_state_dict) or the autocast setting does, and
-        when the head leaves training mode. It is not used outside training, with a backbone in
-        training mode (dropout) or with any trainable or sharded (FSDP, ZeRO-3) backbone weight.
-        Writes that bypass the parameter (`p.data` in place, peft's merge_adapter) or switching a
-        peft adapter are not seen: change a frozen backbone that way only outside training."""
-        params = list(model.backbone.parameters())
-        if (STATES_MEMO_BYTES <= 0 or not self.training or model.backbone.training
-                or any(p.requires_grad or _sharded(p) for p in params)):
-            self.states_memo = None
-            return self._read_prompt_states(model, prompt_ids, prompt_mask)
-        device = prompt_ids.device.type
-        weights = (tuple((p.data_ptr(), p._version) for p in params), torch.is_autocast_enabled(device),
-                   torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
-        memo = getattr(self, "states_memo", None)
-        if memo is None or memo["weights"] != weights:
-            memo = self.states_memo = {"weights": weights, "rows": {}, "bytes": 0}
-        rows = memo["rows"]
-        keys = [tuple(ids[m].tolist()) for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu().bool())]
-        new = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in rows}.values())  # each prompt once
-        if not new:
-            return torch.stack([rows[k][0] for k in keys]), torch.stack([rows[k][1] for k in keys])
-        with torch.no_grad():
-            fresh, fresh_mask = self._read_prompt_states(model, prompt_ids[new], prompt_mask[new])
-        got = dict(zip((keys[i] for i in new), zip(fresh, fresh_mask)))
-        room = STATES_MEMO_BYTES - memo["bytes"]
-        for k, (st, m) in got.items():  # kept while the memo is under its budget; the rest recomputed
-            size = st.numel() * st.element_size()
-            if size <= room:
-                rows[k] = (st.clone(), m.clone())
-                room -= size
-                memo["bytes"] += size
-        pick = [rows.get(k) or got[k] for k in keys]
-        return torch.stack([p[0] for p in pick]), torch.stack([p[1] for p in pick])
-
-    def _read_prompt_states(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
-        from ..models.unified import positions
-
-        out = model.backbone.decoder(model.backbone.embed(prompt_ids), attention_mask=prompt_mask,
-                                     position_ids=positions(prompt_mask), use_cache=False,
-                                     output_hidden_states=self.config.layer != -1)
-        states = out.last_hidden_state if self.config.layer == -1 else out.hidden_states[self.config.layer]
-        longest = int(prompt_mask.sum(1).max())
-        if longest > self.config.max_prompt_tokens:
-            import warnings
-
-            warnings.warn(f"a prompt of {longest} tokens is longer than generation.generator.max_prompt_tokens="
-                          f"{self.config.max_prompt_tokens}: the generator reads only its last "
-                          f"{self.config.max_prompt_tokens}", stacklevel=4)
-        return _fixed_length(states, prompt_mask, self.config.max_prompt_tokens)
 
     # -- the generator --------------------------------------------------------
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: dict, control=None,
@@ -399,12 +343,6 @@ def controlnet_from(transformer, num_layers: int):
     for p in net.pos_embed_input.parameters():  # the map enters through zeros (its output blocks start at zero too)
         nn.init.zeros_(p)
     return net
-
-
-def _sharded(p: torch.Tensor) -> bool:
-    """A weight split across processes (FSDP2's DTensor, DeepSpeed ZeRO-3): every process must run
-    the layers together, so none may skip the backbone on its own."""
-    return type(p).__name__ == "DTensor" or hasattr(p, "ds_id")
 
 
 def _fixed_length(states: torch.Tensor, mask: torch.Tensor, length: int):
