@@ -191,9 +191,9 @@ class ShapesWorldConfig:
     # The order a pair caption without places ("a red circle and a blue star") names its objects
     # in: "any" (the scene's own, random, order) or "raster" (reading order, `reading_order`: the
     # object whose drawn top edge comes in an earlier row, else the one further left, is named
-    # first). An autoregressive generator
-    # draws in raster order; with "raster" the first object it draws is always the first one
-    # named, so which words go with which object is fixed by order rather than left to it.
+    # first). An autoregressive generator draws in raster order; with "raster" the first object it
+    # draws is always the first one named, so which words go with which object is fixed by order
+    # rather than left to it.
     # Captions that state places keep the scene's order either way (the places bind them).
     mention_order: str = "any"
 
