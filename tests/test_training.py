@@ -394,16 +394,27 @@ def test_default_model_recipe_configs_parse():
         ["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x.yaml"],
         *[["unimm", "train-tokenizer", f"configs/tokenizers/vq-shapes64-4x-{k}.yaml"] for k in ("continue", "continue")],
         *[["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x-edges.yaml"]] * 3,
-        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in ("1", "2", "2b", "3", "4-tagged")]]
+        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in ("1", "2", "2b", "3", "4-tagged", "6-long")]]
     # The tagged SigLIP's rounds: each continues the one before; stage 4 swaps in the last.
     rounds = [load_siglip_config(r[2], r[3:]) for r in runs[1:5]]
     assert all(b.init_from == a.output_dir + "/model" for a, b in zip(rounds, rounds[1:]))
     assert len({r.data["seed"] for r in rounds}) == 4  # fresh scenes each round
-    stage4 = load_train_config(runs[-1][2])
+    stage4 = load_train_config(runs[-2][2])
     assert stage4.init_from == stages[-1].output_dir + "/final" and stage4.init_fresh == ["encoder"]
     assert stage4.init_changes["encoder"]["pretrained"] == rounds[-1].output_dir + "/model"
     assert stage4.freeze == stages[-1].freeze and stage4.data.cache_dir == stages[-1].data.cache_dir
     assert stage4.export_dtype == "bfloat16"
+    # Stage 6 (shipped): stage 4 trained on, its pairs named in reading order; installed by the script.
+    stage6 = load_train_config(runs[-1][2])
+    assert stage6.init_from == stage4.output_dir + "/final" and not stage6.init_changes
+    assert stage6.freeze == stage4.freeze and stage6.data.cache_dir == stage4.data.cache_dir
+    assert {s["mention_order"] for s in stage6.data.sources.values()} == {"raster"}
+    assert stage6.export_dtype == "bfloat16" and f"unimm.load('{stage6.output_dir}/final').save_pretrained" in script
+    # The DiT default's generator trained on, its steering modules and the rest frozen.
+    more = load_train_config(str(recipes / "dit-continue.yaml"))
+    assert more.init_from == "weights/default-dit" and not more.init_changes and more.export_dtype == "bfloat16"
+    assert not more.freeze["gen_head"] and more.freeze["gen_head.controlnets"] and more.freeze["gen_head.ip_adapter"]
+    assert all(more.freeze[p] for p in ("encoder", "projector", "backbone", "image_tokenizer"))
     # Stage 5 (measured, not shipped): stage 4 with the fifth SigLIP round, the one with region tags.
     regions = load_siglip_config(str(recipes / "siglip-shapes-regions.yaml"))
     assert regions.init_from == rounds[-1].output_dir + "/model" and regions.region_tagging_weight > 0
