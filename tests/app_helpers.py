@@ -20,6 +20,10 @@ class GatedPipe:
 
 
 HOLD_ARGS = ("hold", 1, 3.0, 1.0, 12, 0, False)  # /generate arguments that park in GatedPipe
+# The queued job asks for another seed: gradio names its cached output files by their content, so
+# two identical images share one path, and the second job rewriting it while the first one's image
+# is being downloaded cut that download short ("peer closed connection", seen under load).
+QUEUED_ARGS = HOLD_ARGS[:5] + (1,) + HOLD_ARGS[6:]
 
 
 def fill_queue(client, pipe, timeout: float = 30):
@@ -30,7 +34,7 @@ def fill_queue(client, pipe, timeout: float = 30):
 
     running = client.submit(*HOLD_ARGS, api_name="/generate")
     assert pipe.started.wait(timeout)
-    waiting = client.submit(*HOLD_ARGS, api_name="/generate")
+    waiting = client.submit(*QUEUED_ARGS, api_name="/generate")
     deadline = time.monotonic() + timeout
     while waiting.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
         time.sleep(0.05)
