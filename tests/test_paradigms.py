@@ -111,6 +111,41 @@ def test_generation_loss_falls_when_overfitting_a_fixed_batch(paradigm):
     assert after < 0.5 * before, (before, after)
 
 
+def test_a_masked_model_starts_from_a_saved_autoregressive_one(pipes, tmp_path):
+    """The masked head has the AR head's weight names and shapes (the mask token's vector apart), so
+    `changes={"generation": {"paradigm": "masked"}}` carries a trained AR model's image embedding,
+    aligner and output head over; only the mask vector is new. Masked ids embed as that vector."""
+    pipes["autoregressive"].save_pretrained(tmp_path / "ar")
+    ar = pipes["autoregressive"].model.gen_head.state_dict()
+    masked = unimm.load(str(tmp_path / "ar"), changes={"generation": {"paradigm": "masked"},
+                                                         "sampling": {"steps": 4}})
+    head = masked.model.gen_head
+    assert type(head).__name__ == "MaskedImageHead" and masked.model.family.name == "masked"
+    state = head.state_dict()
+    assert set(state) - set(ar) == {"mask_embedding"} and set(ar) == set(state) - {"mask_embedding"}
+    assert all(torch.equal(state[k], ar[k]) for k in ar)
+    ids = torch.tensor([[0, head.mask_id, 3]])
+    with torch.no_grad():
+        x = head.embed(ids)
+        assert torch.allclose(x[0, 1], head.aligner(head.mask_embedding), atol=1e-6)
+        assert torch.allclose(x[0, 2], head.aligner(head.embedding.weight[3]), atol=1e-6)
+    a = masked.generate("a red circle", seed=1)[0]
+    assert a.size == (32, 32) and list(a.getdata()) == list(masked.generate("a red circle", seed=1)[0].getdata())
+
+
+def test_a_masked_head_loads_the_older_layout_with_the_mask_row_in_the_table(pipes):
+    """Checkpoints written before the mask vector became its own parameter kept it as the
+    embedding table's last row; they load into the same weights."""
+    head = pipes["masked"].model.gen_head
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    old = dict(state)
+    old["embedding.weight"] = torch.cat([old["embedding.weight"], old.pop("mask_embedding")[None]])
+    fresh = type(head)(pipes["masked"].model.config.generation, head.num_codes,
+                       head.embedding.embedding_dim, head.aligner[0].out_features)
+    fresh.load_state_dict(old)
+    assert all(torch.equal(fresh.state_dict()[k], state[k]) for k in state)
+
+
 def test_masked_loss_scores_masked_positions_only(pipes):
     head = pipes["masked"].model.gen_head
     ids = torch.randint(0, head.num_codes, (64, 16))

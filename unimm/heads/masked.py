@@ -3,6 +3,11 @@
 Image tokens are embedded with one extra id, the mask token; the backbone sees
 them bidirectionally and the head predicts the codebook id at every masked
 position from that position's own hidden state (not the previous one's).
+
+The mask token's vector is a parameter of its own beside the codebook's embedding
+table, so the head's other weights have the names and shapes of the autoregressive
+head's: a masked model can start from a trained autoregressive one
+(`init_changes: {generation: {paradigm: masked}}`), only the mask vector new.
 """
 from __future__ import annotations
 
@@ -29,14 +34,25 @@ class MaskedImageHead(nn.Module):
         embed_dim = config.embed_dim or code_dim
         head_hidden = config.head_hidden or hidden_size
         self.num_codes = num_codes
-        self.mask_id = num_codes  # the extra embedding row
-        self.embedding = nn.Embedding(num_codes + 1, embed_dim)
+        self.mask_id = num_codes  # the extra id, embedded by mask_embedding
+        self.embedding = nn.Embedding(num_codes, embed_dim)
+        self.mask_embedding = nn.Parameter(torch.randn(embed_dim))  # drawn as nn.Embedding draws its rows
         self.aligner = mlp(embed_dim, hidden_size, config.aligner_depth, config.activation)
         self.head = nn.Sequential(nn.Linear(hidden_size, head_hidden), activation(config.activation),
                                   nn.Linear(head_hidden, num_codes))
+        self._register_load_state_dict_pre_hook(self._split_mask_row)
+
+    def _split_mask_row(self, state, prefix, *args):
+        """Checkpoints from before the split kept the mask vector as the table's last row."""
+        table = state.get(prefix + "embedding.weight")
+        if table is not None and prefix + "mask_embedding" not in state and table.shape[0] == self.num_codes + 1:
+            state[prefix + "embedding.weight"], state[prefix + "mask_embedding"] = table[:-1], table[-1]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.aligner(self.embedding(ids))  # (B, N) ids or mask_id -> (B, N, D)
+        """(B, N) codebook ids or mask_id -> (B, N, D)."""
+        masked = (ids == self.mask_id)[..., None]
+        x = self.embedding(ids.masked_fill(masked[..., 0], 0))
+        return self.aligner(torch.where(masked, self.mask_embedding.to(x.dtype), x))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)  # (B, N, D) -> (B, N, K)
