@@ -430,6 +430,22 @@ def test_default_model_recipe_configs_parse():
     assert stage5.init_from == stage4.output_dir + "/final" and stage5.init_fresh == ["encoder"]
     assert stage5.init_changes["encoder"]["pretrained"] == regions.output_dir + "/model"
     assert stage5.freeze == stage4.freeze and stage5.data.cache_dir == stage4.data.cache_dir
+    # The masked and flow paradigms' models (issue 12): the shipped default trained on with another family.
+    masked = load_train_config(str(recipes / "masked.yaml"))
+    assert masked.init_from == "weights/default" and masked.init_changes["generation"] == {"paradigm": "masked"}
+    stage8 = load_train_config(str(recipes / "stage8-fresh.yaml"))  # stage 7 on scenes it has never seen
+    assert stage8.init_from == stage7.output_dir + "/final" and stage8.freeze == stage7.freeze
+    seen = {s["seed"] for s in stage7.data.sources.values()}
+    assert not seen & {s["seed"] for s in stage8.data.sources.values()}
+    assert not masked.init_fresh  # the AR head's weights carry over (tests/test_paradigms.py)
+    assert masked.init_changes["sampling"] == {"guidance_scale": 3.0, "temperature": 1.0, "steps": 24}  # BENCHMARKS' choice
+    assert masked.data.cache_dir == stage7.data.cache_dir and masked.export_dtype == "bfloat16"
+    flow = load_train_config(str(recipes / "flow.yaml"))
+    assert flow.init_from == "weights/default" and flow.init_changes["generation"]["paradigm"] == "flow"
+    assert flow.init_fresh == ["gen_head", "image_tokenizer"] and flow.init_changes["image_tokenizer"] == dit.init_changes["image_tokenizer"]
+    assert flow.data.sources["t2i"] == dit.data.sources["t2i"] and flow.data.cache_dir == dit.data.cache_dir  # latents reused
+    for stage in (masked, flow):
+        assert stage.freeze == stage7.freeze and {"vqa", "text"} <= set(stage.data.sources)
     # The VQ chain: each run starts from the one before, and the model reads the last.
     outs = []
     for r in runs[5:11]:
