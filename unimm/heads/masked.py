@@ -50,9 +50,9 @@ class MaskedImageHead(nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, N) codebook ids or mask_id -> (B, N, D)."""
-        masked = (ids == self.mask_id)[..., None]
-        x = self.embedding(ids.masked_fill(masked[..., 0], 0))
-        return self.aligner(torch.where(masked, self.mask_embedding.to(x.dtype), x))
+        is_mask = ids == self.mask_id
+        x = self.embedding(ids.masked_fill(is_mask, 0))
+        return self.aligner(torch.where(is_mask[..., None], self.mask_embedding.to(x.dtype), x))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)  # (B, N, D) -> (B, N, K)
