@@ -123,7 +123,9 @@ def _launch(args, tmp: Path, name: str, processes: int, threads: int, cache: Pat
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     r = subprocess.run([*launcher, str(stage), "-q"], capture_output=True, text=True, env=env, cwd=ROOT)
     if r.returncode:
-        raise RuntimeError(f"{name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+        # the ranks' own errors come first, the launcher's summary last: keep both ends
+        err = r.stderr if len(r.stderr) <= 6000 else f"{r.stderr[:3000]}\n[...]\n{r.stderr[-3000:]}"
+        raise RuntimeError(f"{name} failed (exit {r.returncode}):\n{r.stdout[-2000:]}\n{err}")
     return out
 
 

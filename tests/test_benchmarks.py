@@ -52,5 +52,5 @@ def test_benchmark_smoke_run(script, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script.split()[0]), *(a.format(tmp=tmp_path) for a in args)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, run.stderr[-8000:]
     assert expected in run.stdout, run.stdout[-2000:]

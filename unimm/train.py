@@ -31,7 +31,19 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_train_config(args.config, args.overrides)
     train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun / accelerate launch: every process waits for the others, then closes the
+    group, rather than tearing its sockets down at interpreter exit while a peer still uses them
+    (a gloo rank can abort there)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
