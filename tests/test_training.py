@@ -424,6 +424,11 @@ def test_default_model_recipe_configs_parse():
         assert not seen & {s["seed"] for s in stage.data.sources.values()}
         seen |= {s["seed"] for s in stage.data.sources.values()}
     assert stage9.export_dtype == "bfloat16" and f"unimm.load('{stage9.output_dir}/final').save_pretrained" in script
+    # Stage 10 (in training, not shipped): stage 9 on a third round of new scenes, the same mixture.
+    stage10 = load_train_config(str(recipes / "stage10-fresh.yaml"))
+    assert stage10.init_from == stage9.output_dir + "/final" and stage10.freeze == stage9.freeze
+    assert not seen & {s["seed"] for s in stage10.data.sources.values()}
+    assert stage10.data.ratios == stage9.data.ratios
     # The DiT default's generator trained on, its steering modules and the rest frozen.
     more = load_train_config(str(recipes / "dit-continue.yaml"))
     assert more.init_from == "weights/default-dit" and not more.init_changes and more.export_dtype == "bfloat16"
