@@ -36,8 +36,8 @@ unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/def
 # The unified model: three stages on the frozen SigLIP and VQ (targets cached once), stage 2
 # continued with more generation as the shipped model was; stage 4 swaps in the tagged SigLIP;
 # stage 6 trains 16,000 more steps, mostly generation, pairs named in reading order; stage 7
-# 17,000 more with half of the new scenes pairs; stages 8 and 9 15,000 more each on fresh scenes (stage 5, configs/recipes/stage5-regions.yaml,
-# was measured and not shipped).
+# 17,000 more with half of the new scenes pairs; stages 8 and 9 15,000 more each on fresh
+# scenes (stage 5, configs/recipes/stage5-regions.yaml, was measured and not shipped).
 unimm train configs/recipes/stage1.yaml "$@"
 unimm train configs/recipes/stage2.yaml "$@"
 unimm train configs/recipes/stage2b.yaml "$@"
