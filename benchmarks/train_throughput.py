@@ -16,7 +16,8 @@ on the same evaluation batches.
 
 `--compare compile` runs the stage (targets cached) eager and with `compile=True`;
 `--compare precision` in float32 and with bf16 autocast (bf16 matrix products run
-natively on CPUs with AVX512-BF16 or AMX); `--compare fast` today's trainer (float32, each
+natively on CPUs with AVX512-BF16 or AMX; on other CPUs the trainer trains such a stage in
+float32, and a third run keeps the emulated bf16 to show what that saves); `--compare fast` today's trainer (float32, each
 batch's understanding rows padded to the longest), then `data.length_buckets=3`, then bf16
 autocast too, then `data.pad_multiple=16` too, then `compile=true` too; `--compare pads` today's
 trainer against all of them with `data.pad_multiple` 16, 32 and 64; `--compare pad` bf16
@@ -44,6 +45,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from unimm.training.precision import ALLOW_EMULATED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +107,7 @@ def _free_port() -> int:
 
 
 def _launch(args, tmp: Path, name: str, processes: int, threads: int, cache: Path, extra: list[str] = (),
-            every: int = 6) -> Path:
+            every: int = 6, env: dict | None = None) -> Path:
     """The stage as `processes` processes of `threads` threads each (a subprocess, so each
     start-up, and accelerate's once-per-process state, is its own), the same samples per
     optimizer step whatever the split; `extra`: changes to the stage; a log line every
@@ -120,7 +123,7 @@ def _launch(args, tmp: Path, name: str, processes: int, threads: int, cache: Pat
     launcher = [sys.executable, "-m", "unimm.train"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
         "--master_port", str(_free_port()), "-m", "unimm.train"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads)}
     r = subprocess.run([*launcher, str(stage), "-q"], capture_output=True, text=True, env=env, cwd=ROOT)
     if r.returncode:
         # the ranks' own errors come first, the launcher's summary last: keep both ends
@@ -172,7 +175,9 @@ def compare_processes(args) -> dict:
 
 VARIANTS = {  # --compare: the runs, each (name, overrides on the stage), the first the baseline
     "compile": (("eager", []), ("compiled", ["compile=true"])),
-    "precision": (("float32", ["mixed_precision='no'"]), ("bf16 autocast", ["mixed_precision=bf16"])),
+    # bf16 as the trainer runs it (float32 on a CPU without native bf16), then bf16 kept even there
+    "precision": (("float32", ["mixed_precision='no'"]), ("bf16 autocast", ["mixed_precision=bf16"]),
+                  ("bf16, emulated kept", ["mixed_precision=bf16"], {ALLOW_EMULATED: "1"})),
     # today's trainer, then each speed option added in turn (issue 17's training bar)
     "fast": (("today", ["mixed_precision='no'", "data.length_buckets=1"]),
              ("length groups", ["mixed_precision='no'", "data.length_buckets=3"]),
@@ -201,19 +206,20 @@ def compare_variants(args) -> dict:
         tmp = Path(tmp)
         cache = tmp / "cache"
         train(_config(args, tmp / "build", cache, 1), progress=False)
-        for k, (name, extra) in enumerate(VARIANTS[args.compare]):
+        for k, (name, extra, *env) in enumerate(VARIANTS[args.compare]):
             t = time.perf_counter()  # each run its own process: accelerate fixes the precision once per process
-            out = _launch(args, tmp, f"run{k}", 1, args.threads, cache, [*args.set, *extra], every=3)
+            out = _launch(args, tmp, f"run{k}", 1, args.threads, cache, [*args.set, *extra], every=3,
+                          env=env[0] if env else None)
             recs = _records(out)
             rows[name] = {"samples_per_s": recs[-1]["samples_per_s"], "wall_s": time.perf_counter() - t,
                           "loss_by_window": [round(r["loss"], 4) for r in recs],
                           "same_batches_loss": same_batches_loss(out / "final", args, cache, args.eval_batches)}
     base = next(iter(rows))
-    print(f"{'':16s} {'samples/s':>10s} {'ratio':>6s} {'run (s)':>8s} {'same-batch loss':>15s}  "
+    print(f"{'':20s} {'samples/s':>10s} {'ratio':>6s} {'run (s)':>8s} {'same-batch loss':>15s}  "
           "training loss at each third")
     for name, r in rows.items():
         r["ratio"] = r["samples_per_s"] / rows[base]["samples_per_s"]
-        print(f"{name:16s} {r['samples_per_s']:10.1f} {r['ratio']:5.2f}x {r['wall_s']:8.1f} "
+        print(f"{name:20s} {r['samples_per_s']:10.1f} {r['ratio']:5.2f}x {r['wall_s']:8.1f} "
               f"{r['same_batches_loss']:15.4f}  {r['loss_by_window']}")
     print(f"ratios against {base} over the last third of {args.steps} steps (run times include start-up and any compiling)")
     return {"rows": rows, "steps": args.steps, "batch_size": args.batch_size}

@@ -134,6 +134,8 @@ def test_folder_data_skips_unreadable_files_with_a_warning(tmp_path):
 def test_bad_training_configs_are_named(tmp_path):
     with pytest.raises(ValueError, match="recon_loss must be"):
         _cfg(tmp_path, SMALL_VQ, recon_loss="l3")
+    with pytest.raises(ValueError, match="mixed_precision must be one of auto, no, bf16, fp16, got 'half'"):
+        _cfg(tmp_path, SMALL_VQ, mixed_precision="half")
     with pytest.raises(ValueError, match="unknown config key 'stepz'"):
         _cfg(tmp_path, SMALL_VQ, stepz=3)
     with pytest.raises(ValueError, match=r"unknown config key 'num_sampels' in data \(shapes\)"):

@@ -541,8 +541,42 @@ def test_compiled_training_matches_eager(tmp_path):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_mixed_precision_resolves_against_the_hardware():
+    from unimm.training.precision import cpu_has_native_bf16, resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", cuda=True) == "bf16"
+    assert resolve_mixed_precision("auto", cuda=False) == "no"
+    assert resolve_mixed_precision("no", cuda=True) == "no"
+    assert resolve_mixed_precision("bf16", cuda=True, native_bf16=False) == "bf16"  # a GPU's own bf16
+    assert resolve_mixed_precision("bf16", cuda=False, native_bf16=True) == "bf16"
+    with pytest.warns(UserWarning, match=r"no native bf16 \(no AVX512-BF16 or AMX\).*training in float32"):
+        assert resolve_mixed_precision("bf16", cuda=False, native_bf16=False) == "no"
+    with pytest.raises(ValueError, match="mixed_precision must be one of auto, no, bf16, fp16, got 'bf32'"):
+        resolve_mixed_precision("bf32", cuda=False)
+    assert cpu_has_native_bf16() == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32_and_says_so(tmp_path, monkeypatch, capsys):
+    """Emulated bf16 ran a recipe's stage 22x slower than float32 on an AVX2 CPU (BENCHMARKS.md):
+    the run falls back, with the same losses as a float32 run, and its header names the precision."""
+    monkeypatch.setattr("unimm.training.precision.cpu_has_native_bf16", lambda: False)
+    runs = {}
+    for name in ("no", "bf16"):
+        cfg = _cfg(1, tmp_path / name, "steps=2", f"mixed_precision={name!r}")
+        if name == "bf16":
+            with pytest.warns(UserWarning, match="no native bf16"):
+                train(cfg, progress=False)
+        else:
+            train(cfg, progress=False)
+        runs[name] = [json.loads(x)["loss"] for x in (tmp_path / name / "stage1" / "metrics.jsonl").read_text().splitlines()]
+        assert "samples per optimizer step, float32" in capsys.readouterr().out
+    assert runs["bf16"] == runs["no"]
+    with pytest.raises(ValueError, match="mixed_precision must be one of auto, no, bf16, fp16, got 'bf32'"):
+        load_train_config(STAGE(1), ["mixed_precision=bf32"])
+
+
 def test_bf16_on_a_cpu_enlarges_onednns_kernel_cache_unless_the_user_set_it(monkeypatch):
-    from unimm.training.trainer import enlarge_kernel_cache
+    from unimm.training.precision import enlarge_kernel_cache
 
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     enlarge_kernel_cache("no", cuda=False)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from ..config import MODEL_PARTS as PARTS
 from ..config import ConfigError, from_dict
+from .precision import MIXED_PRECISIONS
 
 # The names loss_weights may set. "grounding" (default 0): with cross-attention fusion, where a
 # one-question item's answer is predicted, -log of the blocks' attention on the asked-about
@@ -141,7 +142,9 @@ class TrainConfig:
     # predicted; every block but the first) or "word" (at the question's word naming the object,
     # every block: the first reads little more than the word's embedding there), or "both".
     grounding_at: str = "answer"
-    mixed_precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU; or no / bf16 / fp16
+    # auto: bf16 on a GPU, fp32 on the CPU; or no / bf16 / fp16 (bf16 on a CPU without native bf16
+    # trains in fp32: precision.py)
+    mixed_precision: str = "auto"
     ema_decay: float | None = None  # e.g. 0.999: keep an EMA of the trainable weights and export it
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile each decoder layer (the first steps compile; see BENCHMARKS.md)
@@ -185,8 +188,8 @@ class TrainConfig:
                              "(or a submodule of one, e.g. backbone.cross_attn)")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1 or self.keep_last < 1:
             raise ValueError("steps, batch_size, grad_accum, save_every and keep_last must be >= 1")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}")
         if self.export_dtype not in (None, "float32", "bfloat16", "float16"):
             # Checked here, not at export: a typo must not cost a whole run.
             raise ValueError(f"export_dtype must be float32, bfloat16 or float16, got {self.export_dtype!r}")

@@ -23,6 +23,7 @@ from ..data.images import ImageDataset, check_image_data_spec
 from ..folders import check_destination
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 from .outputs import claim_output_dir
+from .precision import MIXED_PRECISIONS, resolve_mixed_precision
 
 
 @dataclass
@@ -55,7 +56,7 @@ class TokenizerTrainConfig:
     eval_size: int = 64  # held-out images for reconstruction error and codebook usage
     seed: int = 0
     num_workers: int = 0
-    mixed_precision: str = "no"  # "bf16" on GPUs that have it
+    mixed_precision: str = "no"  # "bf16" on GPUs that have it (precision.py: CPUs without it train in fp32)
     # Fine-tune only the decoder of a trained tokenizer ({"checkpoint": DIR}): the encoder and
     # codebook stay frozen, so every image keeps exactly its codes (or latent) and a
     # generator trained on them stays valid, while reconstructions get sharper. Stable
@@ -63,6 +64,8 @@ class TokenizerTrainConfig:
     decoder_only: bool = False
 
     def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}")
         if self.recon_loss not in ("l1", "l2"):
             raise ValueError(f"recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
         if self.schedule not in ("constant", "cosine"):
@@ -215,7 +218,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True, overwrite:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cuda), cpu=not cuda)
     set_seed(cfg.seed)
     tok = build_image_tokenizer(cfg.tokenizer)
     tok.train()

@@ -26,6 +26,7 @@ from .checkpoints import (latest_checkpoint, list_checkpoints, remove_checkpoint
                           save_checkpoint)
 from .config import PARTS, TrainConfig
 from .data import Collator, TrainingDataset, warn_skipped
+from .precision import PRECISION_NAMES, enlarge_kernel_cache, resolve_mixed_precision
 from .preference import contrast_loss, dpo_loss
 from .outputs import claim_output_dir
 
@@ -220,15 +221,6 @@ def _reference_model(cfg: TrainConfig, model, sources: dict, device):
     return reference.requires_grad_(False).eval().to(device, model.dtype)
 
 
-def enlarge_kernel_cache(mixed_precision: str, cuda: bool, capacity: int = 16384) -> None:
-    """bf16 matrix products on a CPU run oneDNN kernels, one built per new shape (~1 ms) and kept in
-    a cache of 1,024 by default, which a stage's varying sequence lengths (x batch, x layer kind)
-    overflow. oneDNN reads the capacity at its first use, so this runs before any bf16 product
-    does; a value already in the environment wins."""
-    if mixed_precision == "bf16" and not cuda:
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
-
-
 def _deepspeed_asked() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
@@ -255,7 +247,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     from tqdm.auto import tqdm
 
     cuda = torch.cuda.is_available()
-    mp = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    mp = resolve_mixed_precision(cfg.mixed_precision, cuda)
     enlarge_kernel_cache(mp, cuda)
     if _deepspeed_asked() and not cuda:
         # accelerate leaves DeepSpeed out on a CPU (cpu=True) and would run plain DDP instead; with
@@ -292,7 +284,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
         print(freeze_table(rows) + ("\n(backbone: LoRA adapters only)" if cfg.lora else ""))
         per_step = cfg.batch_size * cfg.grad_accum * acc.num_processes
         print(f"{acc.num_processes} process{'es' if acc.num_processes > 1 else ''} ({acc.distributed_type.value}, "
-              f"{acc.device.type}), {per_step} samples per optimizer step")
+              f"{acc.device.type}), {per_step} samples per optimizer step, {PRECISION_NAMES[mp]}")
     if cfg.gradient_checkpointing:
         model.backbone.lm.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
