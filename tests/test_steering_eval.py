@@ -80,3 +80,21 @@ def test_eval_cli_reports_reference_adherence(tmp_path, capsys):
     assert "reference adherence" in out.out and "--control-type goes with --task control" in out.err
     report = json.loads((tmp_path / "r.json").read_text())["reference"]
     assert report["num_images"] == 4 and len(report["samples"]) == 4
+
+
+def test_eval_cli_takes_the_steering_scales_and_records_them(tmp_path, capsys):
+    import warnings
+
+    import unimm
+    from unimm.eval.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        assert main(["--model", "tiny-dit-ip", "--task", "reference", "--n", "2", "--steps", "2", "-q",
+                     "--reference-scale", "0.5", "--out", str(tmp_path / "r.json")]) == 0
+        assert main(["--model", "tiny-dit-ip", "--task", "reference", "--control-scale", "2", "--n", "4"]) == 2
+        assert main(["--model", "tiny-dit-ip", "--task", "reference", "--reference-scale", "-1", "--n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--control-scale goes with --task control" in err and "--reference-scale must be >= 0, got -1.0" in err
+    report = json.loads((tmp_path / "r.json").read_text())["reference"]
+    assert report["sample_kwargs"] == {"reference_scale": 0.5, "steps": 2}

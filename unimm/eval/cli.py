@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "multi-image: questions over two scenes or the frames of a clip")
     p.add_argument("--control-type", default=None, choices=["edges", "segmentation"],
                    help="--task control: the map to steer with (default: the model's only ControlNet)")
+    p.add_argument("--control-scale", type=float, default=None, metavar="S",
+                   help="--task control: the ControlNet's weight (default 1)")
+    p.add_argument("--reference-scale", type=float, default=None, metavar="S",
+                   help="--task reference: the reference's weight (default: the IP-Adapter's)")
     p.add_argument("--n", type=int, default=400,
                    help="generation prompts (a multiple of 4), VQA questions and scenes described")
     p.add_argument("--seed", type=int, default=0, help="picks the prompts, sampling seeds and VQA scenes")
@@ -93,6 +97,12 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--grid shows generated images; it needs --task generation, all or tokenizer"
     if args.control_type is not None and args.task != "control":
         return "--control-type goes with --task control"
+    for flag, value, task in (("--control-scale", args.control_scale, "control"),
+                              ("--reference-scale", args.reference_scale, "reference")):
+        if value is not None and args.task != task:
+            return f"{flag} goes with --task {task}"
+        if value is not None and not value >= 0:
+            return f"{flag} must be >= 0, got {value}"
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
         if path is not None:  # checked before minutes of evaluation, not after
             try:
@@ -194,11 +204,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .steering import evaluate_control, evaluate_reference
 
         if args.task == "control":
+            scale = {} if args.control_scale is None else {"control_scale": args.control_scale}
             report["control"] = evaluate_control(pipe, n=args.n, seed=args.seed, control_type=args.control_type,
-                                                 progress=not args.quiet, **sampling_kwargs(args, pipe))
+                                                 progress=not args.quiet, **scale, **sampling_kwargs(args, pipe))
         else:
+            scale = {} if args.reference_scale is None else {"reference_scale": args.reference_scale}
             report["reference"] = evaluate_reference(pipe, n=args.n, seed=args.seed, progress=not args.quiet,
-                                                     **sampling_kwargs(args, pipe))
+                                                     **scale, **sampling_kwargs(args, pipe))
     if args.task == "hallucination":
         from .hallucination import evaluate_hallucination
 

@@ -36,13 +36,15 @@ def _item_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % 2**63
 
 
-def _summary(task: str, samples: list[dict], seconds: float, size: int, seed: int, what: str) -> dict[str, Any]:
+def _summary(task: str, samples: list[dict], seconds: float, size: int, seed: int, what: str,
+             sample_kwargs: dict) -> dict[str, Any]:
     n = len(samples)
     both = sum(s[what] and s["prompt_ok"] for s in samples)
     return {"task": task, "num_images": n, "image_size": size, "world_seed": WORLD_SEED_BASE + seed,
             f"{what.removesuffix('_ok')}_adherence": sum(s[what] for s in samples) / n,
             "prompt_adherence": sum(s["prompt_ok"] for s in samples) / n, "both": both / n,
-            "time_s": seconds, "images_per_s": n / seconds if seconds > 0 else None, "samples": samples}
+            "time_s": seconds, "images_per_s": n / seconds if seconds > 0 else None,
+            "sample_kwargs": dict(sample_kwargs), "samples": samples}
 
 
 def evaluate_control(pipe, n: int = 200, seed: int = 0, control_type: str | None = None, progress: bool = False,
@@ -67,7 +69,7 @@ def evaluate_control(pipe, n: int = 200, seed: int = 0, control_type: str | None
                                                                                     for o in scene.objects),
             "prompt_ok": Counter(d.composition for d in found) == Counter(o.composition for o in scene.objects),
             "detected": describe(found)})
-    return _summary("control", samples, seconds, size, seed, "control_ok")
+    return _summary("control", samples, seconds, size, seed, "control_ok", sample_kwargs)
 
 
 def evaluate_reference(pipe, n: int = 200, seed: int = 0, progress: bool = False,
@@ -93,5 +95,5 @@ def evaluate_reference(pipe, n: int = 200, seed: int = 0, progress: bool = False
             "prompt_ok": one is not None and one.colour == want.colour
                          and (not named_place or one.position == want.position),
             "detected": describe(found)})
-    return _summary("reference", samples, seconds, pipe.image_size, seed, "reference_ok")
+    return _summary("reference", samples, seconds, pipe.image_size, seed, "reference_ok", sample_kwargs)
 
