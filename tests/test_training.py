@@ -541,9 +541,12 @@ def test_compiled_training_matches_eager(tmp_path):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_mixed_precision_resolves_against_the_hardware():
-    from unimm.training.precision import cpu_has_native_bf16, resolve_mixed_precision
+def test_mixed_precision_resolves_against_the_hardware(monkeypatch):
+    import warnings
 
+    from unimm.training.precision import ALLOW_EMULATED, cpu_has_native_bf16, resolve_mixed_precision
+
+    monkeypatch.delenv(ALLOW_EMULATED, raising=False)
     assert resolve_mixed_precision("auto", cuda=True) == "bf16"
     assert resolve_mixed_precision("auto", cuda=False) == "no"
     assert resolve_mixed_precision("no", cuda=True) == "no"
@@ -551,15 +554,20 @@ def test_mixed_precision_resolves_against_the_hardware():
     assert resolve_mixed_precision("bf16", cuda=False, native_bf16=True) == "bf16"
     with pytest.warns(UserWarning, match=r"no native bf16 \(no AVX512-BF16 or AMX\).*training in float32"):
         assert resolve_mixed_precision("bf16", cuda=False, native_bf16=False) == "no"
+    monkeypatch.setenv(ALLOW_EMULATED, "1")  # kept on request, without a word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_mixed_precision("bf16", cuda=False, native_bf16=False) == "bf16"
     with pytest.raises(ValueError, match="mixed_precision must be one of auto, no, bf16, fp16, got 'bf32'"):
         resolve_mixed_precision("bf32", cuda=False)
     assert cpu_has_native_bf16() == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32_and_says_so(tmp_path, monkeypatch, capsys):
-    """Emulated bf16 ran a recipe's stage 22x slower than float32 on an AVX2 CPU (BENCHMARKS.md):
+    """Emulated bf16 ran a recipe's stage 22-23x slower than float32 on an AVX2 CPU (BENCHMARKS.md):
     the run falls back, with the same losses as a float32 run, and its header names the precision."""
     monkeypatch.setattr("unimm.training.precision.cpu_has_native_bf16", lambda: False)
+    monkeypatch.delenv("UNIMM_ALLOW_EMULATED_BF16", raising=False)
     runs = {}
     for name in ("no", "bf16"):
         cfg = _cfg(1, tmp_path / name, "steps=2", f"mixed_precision={name!r}")
