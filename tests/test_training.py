@@ -425,7 +425,7 @@ def test_default_model_recipe_configs_parse():
         seen |= {s["seed"] for s in stage.data.sources.values()}
     assert stage10.data.ratios == stage9.data.ratios
     assert stage10.export_dtype == "bfloat16" and f"unimm.load('{stage10.output_dir}/final').save_pretrained" in script
-    # Stage 11 (in training, not shipped): stage 10 on a fourth round of new scenes, the same mixture.
+    # Stage 11 (not yet trained, not shipped): stage 10 on a fourth round of new scenes, the same mixture.
     stage11 = load_train_config(str(recipes / "stage11-fresh.yaml"))
     assert stage11.init_from == stage10.output_dir + "/final" and stage11.freeze == stage10.freeze
     assert not seen & {s["seed"] for s in stage11.data.sources.values()}
