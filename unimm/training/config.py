@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..config import MODEL_PARTS as PARTS
 from ..config import ConfigError, from_dict
-from .precision import MIXED_PRECISIONS
+from .precision import check_mixed_precision
 
 # The names loss_weights may set. "grounding" (default 0): with cross-attention fusion, where a
 # one-question item's answer is predicted, -log of the blocks' attention on the asked-about
@@ -188,8 +188,7 @@ class TrainConfig:
                              "(or a submodule of one, e.g. backbone.cross_attn)")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1 or self.keep_last < 1:
             raise ValueError("steps, batch_size, grad_accum, save_every and keep_last must be >= 1")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}")
+        check_mixed_precision(self.mixed_precision)
         if self.export_dtype not in (None, "float32", "bfloat16", "float16"):
             # Checked here, not at export: a typo must not cost a whole run.
             raise ValueError(f"export_dtype must be float32, bfloat16 or float16, got {self.export_dtype!r}")

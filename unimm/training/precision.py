@@ -26,13 +26,18 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def check_mixed_precision(value: str) -> None:
+    """The one check of a config's mixed_precision, for every trainer's config."""
+    if value not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {value!r}")
+
+
 def resolve_mixed_precision(requested: str, cuda: bool, native_bf16: bool | None = None) -> str:
     """`requested` (a config's mixed_precision) -> the accelerate precision this machine trains in.
 
     bf16 on a CPU without native bf16 falls back to float32 with a warning naming the cause
     (`native_bf16` overrides the probe, for tests)."""
-    if requested not in MIXED_PRECISIONS:
-        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {requested!r}")
+    check_mixed_precision(requested)
     if requested == "auto":
         return "bf16" if cuda else "no"
     if requested == "bf16" and not cuda:

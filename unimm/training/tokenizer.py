@@ -23,7 +23,7 @@ from ..data.images import ImageDataset, check_image_data_spec
 from ..folders import check_destination
 from ..tokenizers import build_image_tokenizer, normalise_image_tokenizer_spec
 from .outputs import claim_output_dir
-from .precision import MIXED_PRECISIONS, resolve_mixed_precision
+from .precision import check_mixed_precision, resolve_mixed_precision
 
 
 @dataclass
@@ -64,8 +64,7 @@ class TokenizerTrainConfig:
     decoder_only: bool = False
 
     def __post_init__(self):
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}")
+        check_mixed_precision(self.mixed_precision)
         if self.recon_loss not in ("l1", "l2"):
             raise ValueError(f"recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
         if self.schedule not in ("constant", "cosine"):
