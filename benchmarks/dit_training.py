@@ -1,14 +1,21 @@
-"""DiT training throughput: the generator conditioned by learnable queries vs by the prompt's own states.
+"""DiT training throughput, two comparisons, each run in one process (same data, seeds and weights).
 
-A DiT stage trains with the backbone frozen. With `conditioning: queries` (MetaQuery) the
-queries are learnt, so every step runs the backbone forward and backward to reach them; with
-`conditioning: prompt_states` (Qwen-Image, OmniGen2) the condition is the frozen backbone's
-states of the prompt, read forward only. This runs the same stage both ways in one process
-(same data, seeds and generator; VAE latents cached) and reports samples/s over the second
-half of each run, the ratio, and the flow loss at each half.
+`--compare conditioning` (the default): the generator conditioned by learnable queries vs by the
+prompt's own states. A DiT stage trains with the backbone frozen. With `conditioning: queries`
+(MetaQuery) the queries are learnt, so every step runs the backbone forward and backward to reach
+them; with `conditioning: prompt_states` (Qwen-Image, OmniGen2) the condition is the frozen
+backbone's states of the prompt, read forward only (VAE latents cached in both).
+
+`--compare controlnet`: a ControlNet stage (configs/recipes/dit-controlnet.yaml on
+weights/default-dit) making each item's edge map and encoding image and map with the VAE every
+step, vs reading both from `data.cache_dir`, where they are made and encoded once.
+
+Each reports samples/s over the second half of each run, the ratio, and the flow loss at each half.
 
     python benchmarks/dit_training.py --steps 100 --set mixed_precision=bf16   # the recipe's DiT on weights/default
+    python benchmarks/dit_training.py --compare controlnet --steps 60
     python benchmarks/dit_training.py --smoke                                 # tiny model, a few steps (run by the tests)
+    python benchmarks/dit_training.py --compare controlnet --smoke
 """
 from __future__ import annotations
 
@@ -21,21 +28,37 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = (  # (name, conditioning)
-    ("queries (backbone fwd + bwd)", "queries"),
-    ("prompt states (backbone fwd)", "prompt_states"),
-)
+COMPARISONS = {  # name -> ((row, variant), ...); the first row is the ratios' base
+    "conditioning": (("queries (backbone fwd + bwd)", "queries"), ("prompt states (backbone fwd)", "prompt_states")),
+    "controlnet": (("maps made + encoded every step", "plain"), ("maps encoded once (cache_dir)", "cached")),
+}
+
+
+def _controlnet_stage(args, out: Path, cache: Path, variant: str) -> dict:
+    from unimm.config import apply_overrides, read_config_file
+
+    if args.smoke:
+        stage = read_config_file(str(ROOT / "configs" / "train" / "tiny-dit-controlnet.yaml"))
+    else:
+        stage = read_config_file(str(ROOT / "configs" / "recipes" / "dit-controlnet.yaml"))
+        stage["init_from"] = args.init_from or str(ROOT / "weights" / "default-dit")
+    over = [f"output_dir={out}", f"steps={args.steps}", f"save_every={args.steps}",
+            f"log_every={max(1, args.steps // 2)}", f"batch_size={args.batch_size}",
+            f"data.sources.t2i.num_samples={args.gen_items}", *args.set]
+    return apply_overrides(stage, over + ([f"data.cache_dir={cache}"] if variant == "cached" else []))
 
 
 def _stage(args, out: Path, cache: Path, conditioning: str) -> dict:
     from unimm.config import apply_overrides, read_config_file
 
+    if args.compare == "controlnet":
+        return _controlnet_stage(args, out, cache, conditioning)
     if args.smoke:
         stage = read_config_file(str(ROOT / "configs" / "train" / "tiny-dit-stage1.yaml"))
         stage["model"] = {"base": "tiny-dit", "generation": {"generator": {"conditioning": conditioning}}}
     else:
         stage = read_config_file(str(ROOT / "configs" / "recipes" / "dit.yaml"))
-        stage["init_from"] = args.init_from
+        stage["init_from"] = args.init_from or str(ROOT / "weights" / "default")
         changes = stage["init_changes"]
         changes["image_tokenizer"]["checkpoint"] = str(ROOT / changes["image_tokenizer"]["checkpoint"])
         changes["generation"]["generator"]["conditioning"] = conditioning
@@ -55,10 +78,11 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     rows = {}
+    variants = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        for k, (name, conditioning) in enumerate(VARIANTS):
+        for k, (name, conditioning) in enumerate(variants):
             stage = tmp / f"run{k}.json"
             stage.write_text(json.dumps(_stage(args, tmp / f"run{k}", cache, conditioning)))
             t = time.perf_counter()
@@ -67,19 +91,21 @@ def run(args) -> dict:
             recs = _records(tmp / f"run{k}")
             rows[name] = {"samples_per_s": recs[-1]["samples_per_s"], "wall_s": wall,
                           "loss_by_half": [round(r["gen_loss"], 4) for r in recs]}
-    base = rows[VARIANTS[0][0]]["samples_per_s"]
+    base = rows[variants[0][0]]["samples_per_s"]
     print(f"{'':30s} {'samples/s':>10s} {'ratio':>6s} {'run (s)':>8s}  flow loss at each half")
     for name, r in rows.items():
         r["ratio"] = r["samples_per_s"] / base
         print(f"{name:30s} {r['samples_per_s']:10.1f} {r['ratio']:5.2f}x {r['wall_s']:8.1f}  {r['loss_by_half']}")
-    print(f"{args.steps} steps of {args.batch_size}; samples/s over the second half (the first run's time "
-          "includes caching the VAE latents)")
-    return {"rows": rows, "steps": args.steps, "batch_size": args.batch_size, "set": args.set}
+    print(f"{args.steps} steps of {args.batch_size}; samples/s over the second half (the run that caches "
+          "includes the caching in its time)")
+    return {"compare": args.compare, "rows": rows, "steps": args.steps, "batch_size": args.batch_size, "set": args.set}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--init-from", default=str(ROOT / "weights" / "default"))
+    p.add_argument("--compare", choices=sorted(COMPARISONS), default="conditioning")
+    p.add_argument("--init-from", default=None,
+                   help="the model to start from (default: weights/default; weights/default-dit for controlnet)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gen-items", type=int, default=2000, help="scenes whose latents are cached")

@@ -499,7 +499,8 @@ def test_cached_targets_train_exactly_as_encoding_every_step(tmp_path, model):
 
     pipe = unimm.load(str(plain))
     source = build_source({"format": "shapes", "task": "generation", "image_size": 32, "num_samples": 4, "seed": 2})
-    captions, swapped, targets, valid = _compute(source, pipe.model, 2, False)
+    captions, swapped, targets, valid, control = _compute(source, pipe.model, 2, False)
+    assert control == {}  # no ControlNet maps asked for
     assert valid.all() and captions == [source.get(j)["caption"] for j in range(4)]
     assert swapped == [source.get(j).get("swapped_caption") for j in range(4)] and any(swapped)
     images = torch.stack([to_tensor(fit_square(source.get(j)["image"], 32, "resize", (127, 127, 127)),

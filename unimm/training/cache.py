@@ -5,7 +5,9 @@ VAE latents) never changes, yet without a cache every step renders or decodes
 the image and runs the tokenizer's encoder again. `TargetCache.build_or_load`
 does that once per source and stores the result in `data.cache_dir`:
 
-    targets-<key>.safetensors   "targets" (N, ...) and "valid" (N,) tensors
+    targets-<key>.safetensors   "targets" (N, ...) and "valid" (N,) tensors, and for a source with
+                                ControlNet maps (`control: [edges, ...]`) "control.<kind>" (N, ...):
+                                each item's map, made from its image as at sampling, encoded alike
     targets-<key>.json          the captions (and any swapped captions), the source spec and the counts
 
 `key` hashes the source spec, the generation image size and the tokenizer's
@@ -67,9 +69,10 @@ class TargetCache:
     where the source gave one) without rendering or encoding it."""
 
     def __init__(self, captions: list[str | None], targets: torch.Tensor, valid: torch.Tensor, name: str,
-                 swapped: list[str | None] | None = None):
+                 swapped: list[str | None] | None = None, control: dict[str, torch.Tensor] | None = None):
         self.captions, self.targets, self.valid, self.name = captions, targets, valid, name
         self.swapped = swapped or [None] * len(captions)
+        self.control = control or {}  # kind -> (N, ...) encoded ControlNet maps
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -78,6 +81,8 @@ class TargetCache:
         if not bool(self.valid[j]):
             return None  # the source skipped this item when the cache was built (counted then)
         record = {"task": "generation", "caption": self.captions[j], "targets": self.targets[j]}
+        if self.control:
+            record["control_targets"] = {k: t[j] for k, t in self.control.items()}
         if self.swapped[j] is not None:
             record["swapped_caption"] = self.swapped[j]
         return record
@@ -92,9 +97,9 @@ class TargetCache:
         root = Path(cache_dir)
         tensors, meta = root / f"targets-{key}.safetensors", root / f"targets-{key}.json"
         if main_process and not (tensors.is_file() and meta.is_file()):
-            captions, swapped, targets, valid = _compute(source, model, batch_size, progress)
+            captions, swapped, targets, valid, control = _compute(source, model, batch_size, progress)
             root.mkdir(parents=True, exist_ok=True)
-            _write_atomic(tensors, lambda p: _save_tensors(p, targets, valid))
+            _write_atomic(tensors, lambda p: _save_tensors(p, targets, valid, control))
             _write_atomic(meta, lambda p: p.write_text(json.dumps(
                 {"version": CACHE_VERSION, "source": spec, "image_size": image_size, "items": len(captions),
                  "valid": int(valid.sum()), "captions": captions, "swapped_captions": swapped}, default=str)))
@@ -114,14 +119,16 @@ class TargetCache:
             info = json.loads(meta.read_text())
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"the target cache {tensors} is damaged ({e}); delete it to rebuild") from None
+        control = {k[len("control."):]: t for k, t in data.items() if k.startswith("control.")}
         return cls(info["captions"], data["targets"], data["valid"].bool(), info["source"].get("format", "source"),
-                   info.get("swapped_captions"))
+                   info.get("swapped_captions"), control)
 
 
-def _save_tensors(path: Path, targets: torch.Tensor, valid: torch.Tensor) -> None:
+def _save_tensors(path: Path, targets: torch.Tensor, valid: torch.Tensor, control: dict) -> None:
     from safetensors.torch import save_file
 
-    save_file({"targets": targets.contiguous(), "valid": valid.to(torch.uint8)}, str(path))
+    save_file({"targets": targets.contiguous(), "valid": valid.to(torch.uint8),
+               **{f"control.{k}": t.contiguous() for k, t in control.items()}}, str(path))
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -135,22 +142,27 @@ def _write_atomic(path: Path, write) -> None:
 
 @torch.no_grad()
 def _compute(source, model, batch_size: int, progress: bool):
+    """(captions, swapped captions, targets, valid, {control kind: encoded maps}) of every item."""
     from tqdm.auto import tqdm
+
+    from ..data.control import map_for_model
 
     tok = model.image_tokenizer
     was_training = tok.training
     tok.eval()
     param = next(tok.parameters())
+    size = tok.config.image_size
     captions: list[str | None] = []
     swapped: list[str | None] = []
-    chunks, pending = [], []
+    chunks: dict[str, list[torch.Tensor]] = {}  # "targets" and each control kind -> encoded batches
+    pending: dict[str, list[torch.Tensor]] = {}
 
     def flush():
-        if pending:
-            x = torch.stack(pending).to(device=param.device, dtype=param.dtype)
+        for name, batch in pending.items():
+            x = torch.stack(batch).to(device=param.device, dtype=param.dtype)
             t = model.images_to_targets(x).cpu()  # ids (int) or latents (float), whatever the paradigm reads
-            chunks.append(t.float() if t.is_floating_point() else t.to(torch.int32))
-            pending.clear()
+            chunks.setdefault(name, []).append(t.float() if t.is_floating_point() else t.to(torch.int32))
+        pending.clear()
 
     rows: list[int] = []  # index of each encoded item
     for j in tqdm(range(len(source)), desc="caching generation targets", unit="img", disable=not progress):
@@ -161,16 +173,23 @@ def _compute(source, model, batch_size: int, progress: bool):
             continue
         captions.append(record["caption"])
         swapped.append(record.get("swapped_caption"))
-        pending.append(tok.preprocess(record["image"]))  # the tokenizer's own transform
+        pending.setdefault("targets", []).append(tok.preprocess(record["image"]))  # the tokenizer's own transform
+        for kind in record.get("control") or ():  # the map the trainer would make from this image
+            pending.setdefault(kind, []).append(tok.preprocess(map_for_model(record["image"], kind, size)))
         rows.append(j)
-        if len(pending) == batch_size:
+        if len(pending["targets"]) == batch_size:
             flush()
     flush()
     tok.train(was_training)
-    encoded = torch.cat(chunks) if chunks else torch.zeros(0)
-    targets = torch.zeros((len(captions), *encoded.shape[1:]), dtype=encoded.dtype)
+
+    def spread(name):  # encoded rows -> (N, ...) with zeros where the source skipped an item
+        encoded = torch.cat(chunks[name]) if name in chunks else torch.zeros(0)
+        out = torch.zeros((len(captions), *encoded.shape[1:]), dtype=encoded.dtype)
+        if rows:
+            out[rows] = encoded
+        return out
+
     valid = torch.zeros(len(captions), dtype=torch.bool)
-    if rows:
-        targets[rows] = encoded
-        valid[rows] = True
-    return captions, swapped, targets, valid
+    valid[rows] = True
+    control = {kind: spread(kind) for kind in chunks if kind != "targets"}
+    return captions, swapped, spread("targets"), valid, control

@@ -104,6 +104,8 @@ class TrainingDataset(Dataset):
                       "reference": reference}
             if "targets" in record:  # from a TargetCache: the frozen tokenizer already ran
                 sample["targets"] = record["targets"]
+                if "control_targets" in record:  # and encoded the maps too
+                    sample["control_targets"] = record["control_targets"]
             else:
                 sample["image"] = self.gen_transform(record["image"])
             if self.contrast_captions and not drop and record.get("swapped_caption"):
@@ -235,12 +237,17 @@ class Collator:
                 out["gen"]["targets"] = torch.stack([s["targets"] for s in gen])
             else:
                 out["gen"]["images"] = torch.stack([s["image"] for s in gen])
-            kinds = {tuple(sorted(s.get("control", {}))) for s in gen}
+            kinds = {tuple(sorted(s.get("control") or s.get("control_targets") or {})) for s in gen}
             if len(kinds) > 1:
                 raise ValueError(f"a batch mixes generation items with different control maps {sorted(kinds)}: "
                                  "give every generation source the same `control`")
             if kinds and next(iter(kinds)):
-                out["gen"]["control_images"] = {k: torch.stack([s["control"][k] for s in gen]) for k in next(iter(kinds))}
+                if all("control_targets" in s for s in gen):  # encoded once (data.cache_dir)
+                    out["gen"]["control"] = {k: torch.stack([s["control_targets"][k] for s in gen])
+                                             for k in next(iter(kinds))}
+                else:
+                    out["gen"]["control_images"] = {k: torch.stack([s["control"][k] for s in gen])
+                                                    for k in next(iter(kinds))}
             with_reference = {s.get("reference") is not None for s in gen}
             if len(with_reference) > 1:
                 raise ValueError("a batch mixes generation items with and without reference images: "

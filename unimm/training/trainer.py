@@ -166,6 +166,8 @@ def _step_losses(model, unwrapped, batch, cfg: TrainConfig, reference=None, shar
             keep["images"] = gen["images"].to(dt)
         if "control_images" in gen:  # ControlNet maps, encoded exactly as the targets are
             keep["control_images"] = {k: m.to(dt) for k, m in gen["control_images"].items()}
+        elif "control" in gen:  # the maps already encoded (data.cache_dir)
+            keep["control"] = {k: m.to(dt) for k, m in gen["control"].items()}
         if "reference_images" in gen:  # IP-Adapter references: the model encodes them with its SigLIP
             keep["reference"] = gen["reference_images"]
         if "swapped_ids" in gen:  # prompt_contrast: some rows' captions with their words bound otherwise
@@ -429,10 +431,10 @@ def _target_caches(cfg: TrainConfig, sources: dict, model, acc, progress: bool) 
     from .cache import TargetCache
 
     names = [n for n, src in sources.items() if src.task == "generation" and cfg.data.ratios[n] > 0]
-    with_maps = [n for n in names if "control" in cfg.data.sources[n] or cfg.data.sources[n].get("reference")]
-    if with_maps:
-        raise ValueError(f"data.cache_dir keeps targets only, not control maps or reference images: drop "
-                         f"cache_dir, or `control` / `reference` from source(s) {', '.join(with_maps)}")
+    with_refs = [n for n in names if cfg.data.sources[n].get("reference")]
+    if with_refs:
+        raise ValueError(f"data.cache_dir keeps targets and control maps, not reference images: drop "
+                         f"cache_dir, or `reference` from source(s) {', '.join(with_refs)}")
     model.image_tokenizer.to(acc.device)  # encode on the GPU where there is one (prepare moves the rest)
     caches = {}
     for name in names:  # the main process builds what is missing, then every process loads it
