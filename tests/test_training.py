@@ -440,6 +440,14 @@ def test_default_model_recipe_configs_parse():
     assert again.init_from == more.output_dir + "/final" and again.freeze == more.freeze
     assert again.data.sources["t2i"]["seed"] not in {more.data.sources["t2i"]["seed"], dit.data.sources["t2i"]["seed"]}
     assert again.export_dtype == "bfloat16" and again.data.cache_dir == more.data.cache_dir
+    # The rebuild (on stage 10's understanding path): dit.yaml's export trained on, pairs and counts
+    # weighted up, on scenes no DiT run drew; nothing else trains.
+    fresh = load_train_config(str(recipes / "dit-fresh.yaml"))
+    assert fresh.init_from == dit.output_dir + "/final" and not fresh.init_changes
+    assert fresh.freeze == {p: p != "gen_head" for p in MODEL_PARTS}
+    drawn = {s.data.sources["t2i"]["seed"] for s in (dit, more, again)}
+    assert fresh.data.sources["t2i"]["seed"] not in drawn and fresh.data.cache_dir == dit.data.cache_dir
+    assert fresh.data.sources["t2i"]["mix"]["pair"] > 0.3 and fresh.export_dtype == "bfloat16"
     # Stage 5 (measured, not shipped): stage 4 with the fifth SigLIP round, the one with region tags.
     regions = load_siglip_config(str(recipes / "siglip-shapes-regions.yaml"))
     assert regions.init_from == rounds[-1].output_dir + "/model" and regions.region_tagging_weight > 0
