@@ -109,6 +109,12 @@ def test_the_ip_adapter_stage_trains_only_the_adapter_and_reloads(tmp_path, refe
     pipe.save_pretrained(tmp_path / "saved")
     b = unimm.load(str(tmp_path / "saved")).generate("a blue object", seed=2, steps=3, reference_image=reference)
     assert a[0].tobytes() == b[0].tobytes()
+    # A target cache keeps targets and ControlNet maps, not reference pictures: refused by name, up front.
+    with pytest.raises(ValueError, match=r"keeps targets and control maps, not reference images.*source\(s\) pairs"):
+        train(load_train_config("configs/train/tiny-dit-ip-adapter.yaml",
+                                [f"output_dir={tmp_path / 'cached'}", "steps=1", f"data.cache_dir={tmp_path / 'c'}"]),
+              progress=False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_bad_reference_inputs_are_named(ip_pipe, reference, tiny_pipe):
