@@ -48,11 +48,12 @@ def _controlnet_stage(args, out: Path, cache: Path, variant: str) -> dict:
     return apply_overrides(stage, over + ([f"data.cache_dir={cache}"] if variant == "cached" else []))
 
 
-def _stage(args, out: Path, cache: Path, conditioning: str) -> dict:
+def _stage(args, out: Path, cache: Path, variant: str) -> dict:
     from unimm.config import apply_overrides, read_config_file
 
     if args.compare == "controlnet":
-        return _controlnet_stage(args, out, cache, conditioning)
+        return _controlnet_stage(args, out, cache, variant)
+    conditioning = variant
     if args.smoke:
         stage = read_config_file(str(ROOT / "configs" / "train" / "tiny-dit-stage1.yaml"))
         stage["model"] = {"base": "tiny-dit", "generation": {"generator": {"conditioning": conditioning}}}
@@ -82,9 +83,9 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        for k, (name, conditioning) in enumerate(variants):
+        for k, (name, variant) in enumerate(variants):
             stage = tmp / f"run{k}.json"
-            stage.write_text(json.dumps(_stage(args, tmp / f"run{k}", cache, conditioning)))
+            stage.write_text(json.dumps(_stage(args, tmp / f"run{k}", cache, variant)))
             t = time.perf_counter()
             train(load_train_config(str(stage)), progress=False)
             wall = time.perf_counter() - t
