@@ -277,6 +277,30 @@ def test_a_stage_gives_a_saved_model_another_generation_family(tmp_path):
     image = after.generate("a red circle", seed=0)[0]
     assert image.size == (32, 32)
 
+    # init_parts: the trained generator (and its VAE) carried onto another model's understanding path
+    # (configs/recipes/dit-transfer.yaml): a stage that trains only the backbone keeps them exactly.
+    other = str(train(_cfg(1, tmp_path / "other", "steps=2", "seed=3"), progress=False))  # another backbone
+    carried = load_train_config({**stage, "init_from": str(other), "init_changes": changes,
+                                 "init_fresh": ["gen_head", "image_tokenizer"],
+                                 "init_parts": {"gen_head": str(final), "image_tokenizer": str(final)},
+                                 "freeze": {**stage["freeze"], "gen_head": True, "backbone": False},
+                                 "output_dir": str(tmp_path / "carried")}, ["steps=1", "batch_size=4"])
+    moved = unimm.load(str(train(carried, progress=False))).model.state_dict()
+    source, base = after.model.state_dict(), unimm.load(str(other)).model.state_dict()
+    assert all(torch.equal(moved[k], source[k]) for k in source if k.startswith(("gen_head.", "image_tokenizer.")))
+    assert all(torch.equal(moved[k], base[k]) for k in base if k.startswith(("encoder.", "projector.")))
+    assert not torch.equal(moved["gen_head.queries"], unimm.load(str(other), changes=changes, fresh=[
+        "gen_head", "image_tokenizer"]).model.state_dict()["gen_head.queries"])  # not the fresh build's
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['head'\] in init_parts"):
+        load_train_config({"init_from": start, "init_parts": {"head": str(final)}})
+    from unimm.training.trainer import take_parts
+    wider = {**changes, "generation": {**changes["generation"], "generator": {
+        **changes["generation"]["generator"], "num_queries": 4}}}
+    with pytest.raises(ValueError, match=rf"init_parts: {final}'s gen_head is built with other options than this "
+                                         r"model's \(generator.num_queries\)"):
+        take_parts(unimm.load(str(other), changes=wider, fresh=["gen_head", "image_tokenizer"]).model,
+                   {"gen_head": str(final)})
+
 
 def test_a_stage_swaps_a_saved_models_vision_tower_for_a_pretrained_one(tmp_path):
     """init_fresh: [encoder] with encoder.pretrained: the new SigLIP's weights, the rest as saved
@@ -448,6 +472,14 @@ def test_default_model_recipe_configs_parse():
     drawn = {s.data.sources["t2i"]["seed"] for s in (dit, more, again)}
     assert fresh.data.sources["t2i"]["seed"] not in drawn and fresh.data.cache_dir == dit.data.cache_dir
     assert fresh.data.sources["t2i"]["mix"]["pair"] > 0.3 and fresh.export_dtype == "bfloat16"
+    # The transfer: dit.yaml's design, its generator and VAE taken from the shipped DiT default,
+    # trained on dit-fresh.yaml's scenes (whose cached latents it reuses).
+    transfer = load_train_config(str(recipes / "dit-transfer.yaml"))
+    assert (transfer.init_from, transfer.init_changes, transfer.init_fresh) == (dit.init_from, dit.init_changes,
+                                                                              dit.init_fresh)
+    assert transfer.init_parts == {"gen_head": "weights/default-dit", "image_tokenizer": "weights/default-dit"}
+    assert transfer.freeze == fresh.freeze and transfer.data.sources == fresh.data.sources
+    assert transfer.data.cache_dir == fresh.data.cache_dir and transfer.export_dtype == "bfloat16"
     # Stage 5 (measured, not shipped): stage 4 with the fifth SigLIP round, the one with region tags.
     regions = load_siglip_config(str(recipes / "siglip-shapes-regions.yaml"))
     assert regions.init_from == rounds[-1].output_dir + "/model" and regions.region_tagging_weight > 0

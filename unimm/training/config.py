@@ -128,6 +128,11 @@ class TrainConfig:
     # Parts init_changes rebuilds (e.g. [gen_head, image_tokenizer] for another generation family
     # and image tokenizer): init_from's weights for them are not read; they start as built.
     init_fresh: list = field(default_factory=list)
+    # Parts whose weights come from another saved model, {part: model directory}, e.g. {gen_head:
+    # weights/default-dit} to carry a trained generator onto another understanding path. The part
+    # must be built alike in both (its config section and weight shapes); parts the source adds to
+    # it (a ControlNet attached to that generator) are not taken.
+    init_parts: dict = field(default_factory=dict)
     output_dir: str = "runs/train"
     # Per part: true = frozen. Janus stage 1: only projector and generation head train.
     freeze: dict = field(default_factory=lambda: {
@@ -169,6 +174,13 @@ class TrainConfig:
         unknown = sorted(set(self.init_fresh) - set(PARTS))
         if unknown:
             raise ValueError(f"unknown part(s) {unknown} in init_fresh; parts: {', '.join(PARTS)}")
+        unknown = sorted(set(self.init_parts) - set(PARTS))
+        if unknown:
+            raise ValueError(f"unknown part(s) {unknown} in init_parts; parts: {', '.join(PARTS)}")
+        bad = sorted(part for part, path in self.init_parts.items() if not isinstance(path, str) or not path)
+        if bad:
+            raise ValueError(f"init_parts maps a part to the saved model it comes from; {', '.join(bad)} "
+                             "names no model directory")
         if self.init_fresh and not self.init_changes:
             raise ValueError("init_fresh names parts that init_changes rebuilds; set init_changes too")
         # A part given new pretrained weights that is not rebuilt would silently keep init_from's.

@@ -89,6 +89,51 @@ def apply_freeze(model, freeze: dict) -> list[tuple[str, int, int]]:
     return rows
 
 
+# The config section that builds each part.
+PART_SECTIONS = {"encoder": "encoder", "projector": "projector", "backbone": "backbone",
+                 "image_tokenizer": "image_tokenizer", "gen_head": "generation"}
+
+
+def _differences(ours, theirs, where: str = "") -> list[str]:
+    """Dotted names of the options both configs set, to different values."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return [d for k in sorted(ours.keys() & theirs.keys())
+                for d in _differences(ours[k], theirs[k], f"{where}.{k}" if where else str(k))]
+    return [] if ours == theirs else [where]
+
+
+def take_parts(model, parts: dict) -> None:
+    """init_parts: copy each named part's weights from another saved model into `model`. The part
+    must be built alike in both: every option both configs set for it has the same value, and every
+    weight of ours is in theirs with the same shape (what the source has beyond that, e.g. a
+    ControlNet attached to its generator, is left behind). Refused otherwise, naming what differs."""
+    import dataclasses
+
+    def section(config, part):  # as saved: defaults filled in, e.g. a VAE's latent shift
+        value = getattr(config, PART_SECTIONS[part])
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
+
+    ours_config = model.resolved_config()
+    for path in dict.fromkeys(parts.values()):
+        source = load_pipeline(path).model
+        theirs_config = source.resolved_config()
+        for part in (p for p, where in parts.items() if where == path):
+            differ = _differences(section(ours_config, part), section(theirs_config, part))
+            if differ:
+                raise ValueError(f"init_parts: {path}'s {part} is built with other options than this model's "
+                                 f"({', '.join(differ)}), so its weights would not mean the same here")
+            ours, theirs = getattr(model, part).state_dict(), getattr(source, part).state_dict()
+            missing = sorted(k for k in ours if k not in theirs)
+            shapes = sorted(k for k in ours if k in theirs and theirs[k].shape != ours[k].shape)
+            if missing or shapes:
+                raise ValueError(f"init_parts: {path}'s {part} does not fit this model's: "
+                                 + "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                                             for what, keys in (("missing", missing), ("other shapes", shapes)) if keys))
+            with torch.no_grad():
+                for k, v in ours.items():
+                    v.copy_(theirs[k])
+
+
 def param_groups(model, lr: float, lr_scale: dict) -> list[dict]:
     """The trainable weights as optimizer groups: lr times the scale of the most specific part or
     submodule in `lr_scale` that holds them (optim.lr_scale), 1 where none does."""
@@ -277,6 +322,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     pipe = (load_pipeline(cfg.init_from, changes=cfg.init_changes, fresh=cfg.init_fresh) if cfg.init_from
             else build_pipeline(resolve_config(cfg.model), cfg.seed))
     model = pipe.model
+    take_parts(model, cfg.init_parts)
     rows = apply_freeze(model, cfg.freeze)
     if cfg.lora is not None:
         apply_lora(model, cfg.lora)
