@@ -173,6 +173,22 @@ def test_a_stage_adds_a_controlnet_and_an_ip_adapter_to_a_saved_model(tmp_path):
     for k, v in pipe.model.state_dict().items():
         torch.testing.assert_close(again[k], v, rtol=0, atol=0, msg=k)
 
+    # init_parts naming a submodule: a ControlNet trained on another model (here: one with an
+    # IP-Adapter too) starts this one's; the generator stays this model's own.
+    from unimm.training.trainer import take_parts
+
+    with torch.no_grad():
+        for p in head.controlnets.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    pipe.save_pretrained(tmp_path / "trained")
+    target = unimm.load(tmp_path / "saved", changes={"generation": {"generator": {"controlnets": {"edges": 1}}}}).model
+    generator = {k: v.clone() for k, v in target.gen_head.transformer.state_dict().items()}
+    take_parts(target, {"gen_head.controlnets": str(tmp_path / "trained")})
+    torch.testing.assert_close(target.gen_head.controlnets.state_dict(), head.controlnets.state_dict(), rtol=0, atol=0)
+    torch.testing.assert_close(target.gen_head.transformer.state_dict(), generator, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"init_parts names 'gen_head.controlnets', which this model does not have"):
+        take_parts(unimm.load(tmp_path / "saved").model, {"gen_head.controlnets": str(tmp_path / "trained")})
+
 
 def test_cached_control_maps_train_exactly_as_making_them_every_step(tmp_path):
     """data.cache_dir on a ControlNet stage: each item's maps are made from its image and encoded

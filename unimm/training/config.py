@@ -129,9 +129,10 @@ class TrainConfig:
     # and image tokenizer): init_from's weights for them are not read; they start as built.
     init_fresh: list = field(default_factory=list)
     # Parts whose weights come from another saved model, {part: model directory}, e.g. {gen_head:
-    # weights/default-dit} to carry a trained generator onto another understanding path. The part
-    # must be built alike in both (its config section and weight shapes); parts the source adds to
-    # it (a ControlNet attached to that generator) are not taken.
+    # weights/default-dit} to carry a trained generator onto another understanding path, or a
+    # submodule of one ({gen_head.controlnets: ...}). It must be built alike in both (its part's
+    # config section and the weight shapes); what the source adds to it (a ControlNet attached to
+    # that generator) is not taken.
     init_parts: dict = field(default_factory=dict)
     output_dir: str = "runs/train"
     # Per part: true = frozen. Janus stage 1: only projector and generation head train.
@@ -174,9 +175,10 @@ class TrainConfig:
         unknown = sorted(set(self.init_fresh) - set(PARTS))
         if unknown:
             raise ValueError(f"unknown part(s) {unknown} in init_fresh; parts: {', '.join(PARTS)}")
-        unknown = sorted(set(self.init_parts) - set(PARTS))
+        unknown = sorted(k for k in self.init_parts if k.split(".")[0] not in PARTS)
         if unknown:
-            raise ValueError(f"unknown part(s) {unknown} in init_parts; parts: {', '.join(PARTS)}")
+            raise ValueError(f"unknown part(s) {unknown} in init_parts; parts: {', '.join(PARTS)} "
+                             "(or a submodule of one, e.g. gen_head.controlnets)")
         bad = sorted(part for part, path in self.init_parts.items() if not isinstance(path, str) or not path)
         if bad:
             raise ValueError(f"init_parts maps a part to the saved model it comes from; {', '.join(bad)} "

@@ -103,35 +103,46 @@ def _differences(ours, theirs, where: str = "") -> list[str]:
 
 
 def take_parts(model, parts: dict) -> None:
-    """init_parts: copy each named part's weights from another saved model into `model`. The part
-    must be built alike in both: every option both configs set for it has the same value, and every
-    weight of ours is in theirs with the same shape (what the source has beyond that, e.g. a
-    ControlNet attached to its generator, is left behind). Refused otherwise, naming what differs."""
+    """init_parts: copy each named part's weights (or a submodule's, e.g. `gen_head.controlnets`)
+    from another saved model into `model`. It must be built alike in both: every option both
+    configs set for its part has the same value, and every weight of ours is in theirs with the
+    same shape (what the source has beyond that, e.g. a ControlNet attached to its generator, is
+    left behind). Refused otherwise, naming what differs."""
     import dataclasses
 
-    def section(config, part):  # as saved: defaults filled in, e.g. a VAE's latent shift
-        value = getattr(config, PART_SECTIONS[part])
+    def section(config, name):  # as saved: defaults filled in, e.g. a VAE's latent shift
+        value = getattr(config, PART_SECTIONS[name.split(".")[0]])
         return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
 
-    ours_config = model.resolved_config()
-    for path in dict.fromkeys(parts.values()):
-        source = load_pipeline(path).model
-        theirs_config = source.resolved_config()
-        for part in (p for p, where in parts.items() if where == path):
-            differ = _differences(section(ours_config, part), section(theirs_config, part))
-            if differ:
-                raise ValueError(f"init_parts: {path}'s {part} is built with other options than this model's "
-                                 f"({', '.join(differ)}), so its weights would not mean the same here")
-            ours, theirs = getattr(model, part).state_dict(), getattr(source, part).state_dict()
-            missing = sorted(k for k in ours if k not in theirs)
-            shapes = sorted(k for k in ours if k in theirs and theirs[k].shape != ours[k].shape)
-            if missing or shapes:
-                raise ValueError(f"init_parts: {path}'s {part} does not fit this model's: "
-                                 + "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                                             for what, keys in (("missing", missing), ("other shapes", shapes)) if keys))
-            with torch.no_grad():
-                for k, v in ours.items():
-                    v.copy_(theirs[k])
+    def weights(owner, name, whose):
+        try:
+            found = owner.get_submodule(name).state_dict()
+        except AttributeError:
+            found = {}
+        if not found:  # absent, or an empty place for it (no ControlNets)
+            raise ValueError(f"init_parts names {name!r}, which {whose} does not have")
+        return found
+
+    ours_config, sources = model.resolved_config(), {}
+    for name in sorted(parts, key=lambda k: k.count(".")):  # a part before a submodule of it
+        path = parts[name]
+        if path not in sources:
+            sources[path] = load_pipeline(path).model
+        source = sources[path]
+        differ = _differences(section(ours_config, name), section(source.resolved_config(), name))
+        if differ:
+            raise ValueError(f"init_parts: {path}'s {name} is built with other options than this model's "
+                             f"({', '.join(differ)}), so its weights would not mean the same here")
+        ours, theirs = weights(model, name, "this model"), weights(source, name, path)
+        missing = sorted(k for k in ours if k not in theirs)
+        shapes = sorted(k for k in ours if k in theirs and theirs[k].shape != ours[k].shape)
+        if missing or shapes:
+            raise ValueError(f"init_parts: {path}'s {name} does not fit this model's: "
+                             + "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                                         for what, keys in (("missing", missing), ("other shapes", shapes)) if keys))
+        with torch.no_grad():
+            for k, v in ours.items():
+                v.copy_(theirs[k])
 
 
 def param_groups(model, lr: float, lr_scale: dict) -> list[dict]:
