@@ -10,12 +10,17 @@ backbone's states of the prompt, read forward only (VAE latents cached in both).
 weights/default-dit) making each item's edge map and encoding image and map with the VAE every
 step, vs reading both from `data.cache_dir`, where they are made and encoded once.
 
+`--compare ip_adapter`: an IP-Adapter stage (configs/recipes/dit-ip-adapter.yaml on
+weights/default-dit) encoding each target with the VAE every step, vs reading the targets from
+`data.cache_dir` (the reference pictures drawn again each read in both).
+
 Each reports samples/s over the second half of each run, the ratio, and the flow loss at each half.
 
     python benchmarks/dit_training.py --steps 100 --set mixed_precision=bf16   # the recipe's DiT on weights/default
     python benchmarks/dit_training.py --compare controlnet --steps 60
     python benchmarks/dit_training.py --smoke                                 # tiny model, a few steps (run by the tests)
     python benchmarks/dit_training.py --compare controlnet --smoke
+    python benchmarks/dit_training.py --compare ip_adapter --steps 60
 """
 from __future__ import annotations
 
@@ -31,28 +36,33 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPARISONS = {  # name -> ((row, variant), ...); the first row is the ratios' base
     "conditioning": (("queries (backbone fwd + bwd)", "queries"), ("prompt states (backbone fwd)", "prompt_states")),
     "controlnet": (("maps made + encoded every step", "plain"), ("maps encoded once (cache_dir)", "cached")),
+    "ip_adapter": (("targets encoded every step", "plain"), ("targets encoded once (cache_dir)", "cached")),
 }
+# The steering stages: (recipe, tiny config for --smoke, their generation source).
+STEERING = {"controlnet": ("dit-controlnet.yaml", "tiny-dit-controlnet.yaml", "t2i"),
+            "ip_adapter": ("dit-ip-adapter.yaml", "tiny-dit-ip-adapter.yaml", "pairs")}
 
 
-def _controlnet_stage(args, out: Path, cache: Path, variant: str) -> dict:
+def _steering_stage(args, out: Path, cache: Path, variant: str) -> dict:
     from unimm.config import apply_overrides, read_config_file
 
+    recipe, tiny, source = STEERING[args.compare]
     if args.smoke:
-        stage = read_config_file(str(ROOT / "configs" / "train" / "tiny-dit-controlnet.yaml"))
+        stage = read_config_file(str(ROOT / "configs" / "train" / tiny))
     else:
-        stage = read_config_file(str(ROOT / "configs" / "recipes" / "dit-controlnet.yaml"))
+        stage = read_config_file(str(ROOT / "configs" / "recipes" / recipe))
         stage["init_from"] = args.init_from or str(ROOT / "weights" / "default-dit")
     over = [f"output_dir={out}", f"steps={args.steps}", f"save_every={args.steps}",
             f"log_every={max(1, args.steps // 2)}", f"batch_size={args.batch_size}",
-            f"data.sources.t2i.num_samples={args.gen_items}", *args.set]
+            f"data.sources.{source}.num_samples={args.gen_items}", *args.set]
     return apply_overrides(stage, over + ([f"data.cache_dir={cache}"] if variant == "cached" else []))
 
 
 def _stage(args, out: Path, cache: Path, variant: str) -> dict:
     from unimm.config import apply_overrides, read_config_file
 
-    if args.compare == "controlnet":
-        return _controlnet_stage(args, out, cache, variant)
+    if args.compare in STEERING:
+        return _steering_stage(args, out, cache, variant)
     conditioning = variant
     if args.smoke:
         stage = read_config_file(str(ROOT / "configs" / "train" / "tiny-dit-stage1.yaml"))
@@ -106,7 +116,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--compare", choices=sorted(COMPARISONS), default="conditioning")
     p.add_argument("--init-from", default=None,
-                   help="the model to start from (default: weights/default; weights/default-dit for controlnet)")
+                   help="the model to start from (default: weights/default; weights/default-dit for controlnet, ip_adapter)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gen-items", type=int, default=2000, help="scenes whose latents are cached")

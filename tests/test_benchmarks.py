@@ -23,6 +23,8 @@ SMOKE = {
     "dit_training.py": (["--smoke", "--threads", "1"], "prompt states (backbone fwd)"),
     "dit_training.py --compare controlnet": (["--smoke", "--threads", "1", "--compare", "controlnet"],
                                              "maps encoded once (cache_dir)"),
+    "dit_training.py --compare ip_adapter": (["--smoke", "--threads", "1", "--compare", "ip_adapter"],
+                                             "targets encoded once (cache_dir)"),
     "paradigms.py": (["--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"],
                      "prompt cache / full recompute"),
     "train_throughput.py": (["--smoke", "--threads", "1"], "ratio cached / every step"),

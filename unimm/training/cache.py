@@ -10,6 +10,11 @@ does that once per source and stores the result in `data.cache_dir`:
                                 each item's map, made from its image as at sampling, encoded alike
     targets-<key>.json          the captions (and any swapped captions), the source spec and the counts
 
+A source with reference pictures for an IP-Adapter (`reference: true`) keeps its targets here
+too; the reference is drawn again from the source when the item is read (rendering a pair
+costs ~1 ms, encoding the target ~18: measured in BENCHMARKS.md), and the item's caption must
+be the one cached, or the read is refused.
+
 `key` hashes the source spec, the generation image size and the tokenizer's
 config and weights, so a changed source or tokenizer never reads a stale cache.
 Both files are written atomically and read with safetensors and JSON: nothing
@@ -73,6 +78,7 @@ class TargetCache:
         self.captions, self.targets, self.valid, self.name = captions, targets, valid, name
         self.swapped = swapped or [None] * len(captions)
         self.control = control or {}  # kind -> (N, ...) encoded ControlNet maps
+        self.references = None  # the source, for one whose items carry reference pictures
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -85,6 +91,12 @@ class TargetCache:
             record["control_targets"] = {k: t[j] for k, t in self.control.items()}
         if self.swapped[j] is not None:
             record["swapped_caption"] = self.swapped[j]
+        if self.references is not None:  # the item's reference picture, drawn again
+            again = self.references.get(j)
+            if again is None or again["caption"] != self.captions[j]:
+                raise ValueError(f"the {self.name} source no longer gives item {j} as it did when its targets were "
+                                 "cached (another caption); delete the cache to rebuild it")
+            record["reference"] = again["reference"]
         return record
 
     @classmethod
@@ -107,6 +119,8 @@ class TargetCache:
         if len(cache) != len(source):  # the key covers this; a hand-copied cache might not
             raise ValueError(f"the target cache {tensors} holds {len(cache)} items but the source has {len(source)}; "
                              f"delete it to rebuild")
+        if spec.get("reference"):
+            cache.references = source
         return cache
 
     @classmethod

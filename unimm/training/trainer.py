@@ -482,16 +482,13 @@ def _shard_on_cpu(acc) -> None:
 
 
 def _target_caches(cfg: TrainConfig, sources: dict, model, acc, progress: bool) -> dict:
-    """With data.cache_dir: every generation source's targets, computed once by the frozen tokenizer."""
+    """With data.cache_dir: every generation source's targets (and ControlNet maps), computed once by
+    the frozen tokenizer; reference pictures are drawn again as items are read (cache.py)."""
     if cfg.data.cache_dir is None:
         return {}
     from .cache import TargetCache
 
     names = [n for n, src in sources.items() if src.task == "generation" and cfg.data.ratios[n] > 0]
-    with_refs = [n for n in names if cfg.data.sources[n].get("reference")]
-    if with_refs:
-        raise ValueError(f"data.cache_dir keeps targets and control maps, not reference images: drop "
-                         f"cache_dir, or `reference` from source(s) {', '.join(with_refs)}")
     model.image_tokenizer.to(acc.device)  # encode on the GPU where there is one (prepare moves the rest)
     caches = {}
     for name in names:  # the main process builds what is missing, then every process loads it
