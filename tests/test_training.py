@@ -480,6 +480,18 @@ def test_default_model_recipe_configs_parse():
     assert transfer.init_parts == {"gen_head": "weights/default-dit", "image_tokenizer": "weights/default-dit"}
     assert transfer.freeze == fresh.freeze and transfer.data.sources == fresh.data.sources
     assert transfer.data.cache_dir == fresh.data.cache_dir and transfer.export_dtype == "bfloat16"
+    # ... then its ControlNet and IP-Adapter, each started from the shipped DiT default's, each cached.
+    control = load_train_config(str(recipes / "dit-transfer-controlnet.yaml"))
+    ip = load_train_config(str(recipes / "dit-transfer-ip-adapter.yaml"))
+    assert control.init_from == transfer.output_dir + "/final" and ip.init_from == control.output_dir + "/final"
+    assert control.init_parts == {"gen_head.controlnets": "weights/default-dit"}
+    assert ip.init_parts == {"gen_head.ip_adapter": "weights/default-dit"}
+    assert control.data.sources["t2i"]["control"] == ["edges"] and ip.data.sources["pairs"]["reference"]
+    for stage, module in ((control, "gen_head.controlnets"), (ip, "gen_head.ip_adapter")):
+        assert stage.freeze == {**{p: True for p in MODEL_PARTS}, module: False}
+        assert stage.data.cache_dir and stage.export_dtype == "bfloat16"
+    used = {s.data.sources[n]["seed"] for s in (dit, more, again, fresh) for n in s.data.sources}
+    assert not used & {control.data.sources["t2i"]["seed"], ip.data.sources["pairs"]["seed"]}
     # Stage 5 (measured, not shipped): stage 4 with the fifth SigLIP round, the one with region tags.
     regions = load_siglip_config(str(recipes / "siglip-shapes-regions.yaml"))
     assert regions.init_from == rounds[-1].output_dir + "/model" and regions.region_tagging_weight > 0
