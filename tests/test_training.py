@@ -280,11 +280,10 @@ def test_a_stage_gives_a_saved_model_another_generation_family(tmp_path):
     # init_parts: the trained generator (and its VAE) carried onto another model's understanding path
     # (configs/recipes/dit-transfer.yaml): a stage that trains only the backbone keeps them exactly.
     other = str(train(_cfg(1, tmp_path / "other", "steps=2", "seed=3"), progress=False))  # another backbone
-    carried = load_train_config({**stage, "init_from": str(other), "init_changes": changes,
-                                 "init_fresh": ["gen_head", "image_tokenizer"],
-                                 "init_parts": {"gen_head": str(final), "image_tokenizer": str(final)},
-                                 "freeze": {**stage["freeze"], "gen_head": True, "backbone": False},
-                                 "output_dir": str(tmp_path / "carried")}, ["steps=1", "batch_size=4"])
+    spec = {**stage, "init_from": str(other), "init_changes": changes, "init_fresh": ["gen_head", "image_tokenizer"],
+            "init_parts": {"gen_head": str(final), "image_tokenizer": str(final)},
+            "freeze": {**stage["freeze"], "gen_head": True, "backbone": False}}
+    carried = load_train_config({**spec, "output_dir": str(tmp_path / "carried")}, ["steps=1", "batch_size=4"])
     moved = unimm.load(str(train(carried, progress=False))).model.state_dict()
     source, base = after.model.state_dict(), unimm.load(str(other)).model.state_dict()
     assert all(torch.equal(moved[k], source[k]) for k in source if k.startswith(("gen_head.", "image_tokenizer.")))
@@ -300,6 +299,13 @@ def test_a_stage_gives_a_saved_model_another_generation_family(tmp_path):
                                          r"model's \(generator.num_queries\)"):
         take_parts(unimm.load(str(other), changes=wider, fresh=["gen_head", "image_tokenizer"]).model,
                    {"gen_head": str(final)})
+    # A resumed run reads its checkpoint, which holds every weight, not the parts' sources again
+    # (they may have moved on since: here, gone).
+    two = load_train_config({**spec, "output_dir": str(tmp_path / "resumed")}, ["steps=2", "batch_size=4", "save_every=1"])
+    train(two, progress=False, stop_at=1)
+    final.rename(final.with_name("moved"))
+    resumed = unimm.load(str(train(two, resume=True, progress=False))).model.state_dict()
+    assert all(torch.equal(resumed[k], source[k]) for k in source if k.startswith("gen_head."))
 
 
 def test_a_stage_swaps_a_saved_models_vision_tower_for_a_pretrained_one(tmp_path):

@@ -333,7 +333,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_at
     pipe = (load_pipeline(cfg.init_from, changes=cfg.init_changes, fresh=cfg.init_fresh) if cfg.init_from
             else build_pipeline(resolve_config(cfg.model), cfg.seed))
     model = pipe.model
-    take_parts(model, cfg.init_parts)
+    if not resume:  # a resumed run's checkpoint holds every weight: the sources may have moved on since
+        take_parts(model, cfg.init_parts)
     rows = apply_freeze(model, cfg.freeze)
     if cfg.lora is not None:
         apply_lora(model, cfg.lora)
