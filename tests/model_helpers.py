@@ -51,3 +51,26 @@ def last_text_logits(model, ids, pixels):
     embeds = model.embed_inputs(ids, pixels)
     with model.seeing(ids, pixels):
         return model.text_logits(model.hidden_states(embeds, use_cache=False)[:, -1])
+
+
+def train_plain_and_cached(stage: str, source: str, tmp_path, steps: int = 3):
+    """Run the training config `stage` twice on a 12-item `source`, making its targets every step and
+    reading them from data.cache_dir; (the two runs' logged losses, their final state dicts)."""
+    import json
+    import warnings
+
+    import unimm
+    from unimm.training.config import load_train_config
+    from unimm.training.trainer import train
+
+    over = [f"steps={steps}", "batch_size=2", "optim.lr=0.05", f"save_every={steps}", "log_every=1",
+            f"data.sources.{source}.num_samples=12"]
+    losses, weights = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("plain", "cached"):
+            extra = [f"data.cache_dir={tmp_path / 'cache'}"] if name == "cached" else []
+            final = train(load_train_config(stage, [f"output_dir={tmp_path / name}", *over, *extra]), progress=False)
+            losses.append([json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+            weights.append(unimm.load(str(final)).model.state_dict())
+    return losses, weights

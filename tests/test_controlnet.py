@@ -193,30 +193,18 @@ def test_a_stage_adds_a_controlnet_and_an_ip_adapter_to_a_saved_model(tmp_path):
 def test_cached_control_maps_train_exactly_as_making_them_every_step(tmp_path):
     """data.cache_dir on a ControlNet stage: each item's maps are made from its image and encoded
     once, beside its target, and the run is the one that makes and encodes them every step."""
-    import json
+    from model_helpers import train_plain_and_cached
 
     from unimm.data.control import map_for_model
     from unimm.data.formats import build_source
     from unimm.training.cache import _compute
-    from unimm.training.config import load_train_config
-    from unimm.training.trainer import train
 
-    over = ["steps=3", "batch_size=2", "optim.lr=0.05", "save_every=3", "log_every=1", "data.sources.t2i.num_samples=12"]
-    runs = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in ("plain", "cached"):
-            extra = [f"data.cache_dir={tmp_path / 'cache'}"] if name == "cached" else []
-            runs[name] = train(load_train_config("configs/train/tiny-dit-controlnet.yaml",
-                                                 [f"output_dir={tmp_path / name}", *over, *extra]), progress=False)
-    losses = [[json.loads(x)["loss"] for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
-              for n in runs]
+    losses, (a, b) = train_plain_and_cached("configs/train/tiny-dit-controlnet.yaml", "t2i", tmp_path)
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-5)
-    a, b = (unimm.load(str(d)).model.state_dict() for d in runs.values())
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
     # What the cache holds for a map: the tokenizer's encoding of the map made from that item's image.
-    model = unimm.load(str(runs["plain"])).model
+    model = unimm.load(str(tmp_path / "plain" / "final")).model
     source = build_source({"format": "shapes", "task": "generation", "image_size": 32, "num_samples": 3, "seed": 2,
                            "control": ["edges"]})
     captions, _, targets, valid, control = _compute(source, model, 2, False)

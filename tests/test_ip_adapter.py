@@ -115,31 +115,18 @@ def test_cached_targets_train_an_ip_adapter_exactly_as_encoding_them_every_step(
     """data.cache_dir on an IP-Adapter stage: the targets are encoded once, each reference picture
     is drawn again as its item is read, and the run is the one that encodes every step; a source
     that no longer gives the cached item is refused rather than paired with another's target."""
-    import json
+    from model_helpers import train_plain_and_cached
 
     from unimm.data.formats import build_source
     from unimm.training.cache import TargetCache
-    from unimm.training.config import load_train_config
-    from unimm.training.trainer import train
 
-    over = ["steps=3", "batch_size=2", "optim.lr=0.05", "save_every=3", "log_every=1",
-            "data.sources.pairs.num_samples=12"]
-    runs = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in ("plain", "cached"):
-            extra = [f"data.cache_dir={tmp_path / 'cache'}"] if name == "cached" else []
-            runs[name] = train(load_train_config("configs/train/tiny-dit-ip-adapter.yaml",
-                                                 [f"output_dir={tmp_path / name}", *over, *extra]), progress=False)
-    losses = [[json.loads(x)["loss"] for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
-              for n in runs]
+    losses, (a, b) = train_plain_and_cached("configs/train/tiny-dit-ip-adapter.yaml", "pairs", tmp_path)
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-5)
-    a, b = (unimm.load(str(d)).model.state_dict() for d in runs.values())
     for k in a:  # the cache encodes 64 images a call, the plain run 2: latents differ in their last bits,
         # which Adam's normalised steps at lr 0.05 carry into a few weights (measured: up to 7e-5)
         torch.testing.assert_close(a[k], b[k], atol=2e-4, rtol=1e-3, msg=k)
     spec = {"format": "shapes", "task": "generation", "reference": True, "image_size": 32, "num_samples": 12, "seed": 2}
-    model = unimm.load(str(runs["plain"])).model
+    model = unimm.load(str(tmp_path / "plain" / "final")).model
     cache = TargetCache.build_or_load(build_source(spec), spec, model, tmp_path / "cache", progress=False)
     item, source = cache.get(4), build_source(spec).get(4)
     assert item["caption"] == source["caption"] and item["reference"].tobytes() == source["reference"].tobytes()
