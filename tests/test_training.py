@@ -478,20 +478,22 @@ def test_default_model_recipe_configs_parse():
     drawn = {s.data.sources["t2i"]["seed"] for s in (dit, more, again)}
     assert fresh.data.sources["t2i"]["seed"] not in drawn and fresh.data.cache_dir == dit.data.cache_dir
     assert fresh.data.sources["t2i"]["mix"]["pair"] > 0.3 and fresh.export_dtype == "bfloat16"
-    # The transfer: dit.yaml's design, its generator and VAE taken from the shipped DiT default,
-    # trained on dit-fresh.yaml's scenes (whose cached latents it reuses).
+    # The transfer: dit.yaml's design on stage 10's understanding path, its generator and VAE taken
+    # from the first DiT default (dit-continue2.yaml's), trained on dit-fresh.yaml's scenes (whose
+    # cached latents it reuses).
     transfer = load_train_config(str(recipes / "dit-transfer.yaml"))
-    assert (transfer.init_from, transfer.init_changes, transfer.init_fresh) == (dit.init_from, dit.init_changes,
-                                                                              dit.init_fresh)
-    assert transfer.init_parts == {"gen_head": "weights/default-dit", "image_tokenizer": "weights/default-dit"}
+    assert transfer.init_from == stage10.output_dir + "/final"
+    assert (transfer.init_changes, transfer.init_fresh) == (dit.init_changes, dit.init_fresh)
+    first = again.output_dir + "/final"
+    assert transfer.init_parts == {"gen_head": first, "image_tokenizer": first}
     assert transfer.freeze == fresh.freeze and transfer.data.sources == fresh.data.sources
     assert transfer.data.cache_dir == fresh.data.cache_dir and transfer.export_dtype == "bfloat16"
-    # ... then its ControlNet and IP-Adapter, each started from the shipped DiT default's, each cached.
+    # ... then its ControlNet and IP-Adapter, each started from the first DiT default's, each cached.
     control = load_train_config(str(recipes / "dit-transfer-controlnet.yaml"))
     ip = load_train_config(str(recipes / "dit-transfer-ip-adapter.yaml"))
     assert control.init_from == transfer.output_dir + "/final" and ip.init_from == control.output_dir + "/final"
-    assert control.init_parts == {"gen_head.controlnets": "weights/default-dit"}
-    assert ip.init_parts == {"gen_head.ip_adapter": "weights/default-dit"}
+    assert control.init_parts == {"gen_head.controlnets": first}
+    assert ip.init_parts == {"gen_head.ip_adapter": first}
     assert control.data.sources["t2i"]["control"] == ["edges"] and ip.data.sources["pairs"]["reference"]
     for stage, module in ((control, "gen_head.controlnets"), (ip, "gen_head.ip_adapter")):
         assert stage.freeze == {**{p: True for p in MODEL_PARTS}, module: False}
@@ -530,6 +532,32 @@ def test_default_model_recipe_configs_parse():
     model = read_config_file(str(ROOT / "configs" / "models" / "shapes-default.yaml"))
     assert model["image_tokenizer"] == {"checkpoint": outs[-1] + "/tokenizer"}
     assert model["encoder"]["pretrained"] == siglip.output_dir + "/model"
+
+
+def test_the_dit_default_script_reads_only_what_earlier_runs_made():
+    """scripts/train_default_dit.sh: every model a run starts from or takes a part from is made by an
+    earlier run of the script or by scripts/train_default.sh, no run writes where another did, and
+    what it installs is the last run's export (with both steering modules)."""
+    script = (ROOT / "scripts" / "train_default_dit.sh").read_text()
+    script = script.replace("$R/", "configs/recipes/").replace(' "$@"', "").replace("\\\n", " ")
+    runs = [ln.split()[2:] for ln in script.splitlines() if ln.startswith("unimm train ")]
+    assert runs[0][0].endswith("dit.yaml") and runs[-1][0].endswith("dit-transfer-ip-adapter.yaml")
+    made = {"runs/default/stage3/final", "runs/default/stage10/final"}  # scripts/train_default.sh's
+    configs = []
+    for path, *overrides in runs:
+        cfg = load_train_config(path, overrides)
+        read = {cfg.init_from, *(cfg.init_parts or {}).values()}
+        assert read <= made, (path, overrides, read - made)
+        assert cfg.output_dir + "/final" not in made, f"{path} writes over an earlier run's {cfg.output_dir}"
+        made.add(cfg.output_dir + "/final")
+        configs.append(cfg)
+    assert configs[0].init_from == "runs/default/stage3/final"  # the first DiT default's understanding path
+    controlnet_seeds = [c.data.sources["t2i"]["seed"] for c in configs if c.freeze.get("gen_head.controlnets") is False]
+    assert len(controlnet_seeds) == 6 and len(set(controlnet_seeds)) == 6  # each run on scenes of its own
+    assert f"unimm.load('{configs[-1].output_dir}/final').save_pretrained('weights/default-dit'" in script
+    steering = load_train_config(runs[-1][0]).init_changes["generation"]["generator"]
+    assert set(steering) == {"ip_adapter"} and "controlnets" in load_train_config(runs[-2][0]).init_changes[
+        "generation"]["generator"]
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-flow"])
