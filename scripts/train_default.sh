@@ -36,7 +36,7 @@ unimm train-tokenizer $T/vq-shapes64-4x-edges.yaml tokenizer.checkpoint=runs/def
 # The unified model: three stages on the frozen SigLIP and VQ (targets cached once), stage 2
 # continued with more generation as the shipped model was; stage 4 swaps in the tagged SigLIP;
 # stage 6 trains 16,000 more steps, mostly generation, pairs named in reading order; stage 7
-# 17,000 more with half of the new scenes pairs; stages 8, 9 and 10 15,000 more each on fresh
+# 17,000 more with half of the new scenes pairs; stages 8 to 11 15,000 more each on fresh
 # scenes (stage 5, configs/recipes/stage5-regions.yaml, was measured and not shipped).
 unimm train configs/recipes/stage1.yaml "$@"
 unimm train configs/recipes/stage2.yaml "$@"
@@ -48,9 +48,10 @@ unimm train configs/recipes/stage7-pairs.yaml "$@"
 unimm train configs/recipes/stage8-fresh.yaml "$@"
 unimm train configs/recipes/stage9-fresh.yaml "$@"
 unimm train configs/recipes/stage10-fresh.yaml "$@"
+unimm train configs/recipes/stage11-fresh.yaml "$@"
 # Installed with save_pretrained: an earlier default there is swapped out atomically, anything
 # else someone put in weights/default is refused rather than deleted.
-python -c "import unimm; unimm.load('runs/default/stage10/final').save_pretrained('weights/default', dtype='bfloat16')"
+python -c "import unimm; unimm.load('runs/default/stage11/final').save_pretrained('weights/default', dtype='bfloat16')"
 unimm eval --model weights/default --task all --n 400 --out runs/default/eval.json --grid runs/default/eval.png
 unimm eval --model weights/default --task tokenizer --n 400 --out runs/default/eval-tokenizer.json
 python scripts/sample_grid.py --model weights/default --out runs/default/samples.png

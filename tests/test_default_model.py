@@ -14,8 +14,8 @@ from unimm.pipelines.load import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 20 * 2**20  # bytes: config, weights and tokenizer files together
-# Measured for BENCHMARKS.md on 400 images / 400 questions (seed 0, stage 10): generation 77.2%
-# (guidance 2), VQA 94.2%; on the samples below (seed 7): 71.7% of 60 images, 93% of 100 questions.
+# Measured for BENCHMARKS.md on 400 images / 400 questions (seed 0, stage 11): generation 79.8%
+# (guidance 2), VQA 96.0%; on the samples below (seed 7): 70.0% of 60 images, 92% of 100 questions.
 GEN_N, GEN_FLOOR = 15, 0.62  # prompts per category; overall accuracy
 VQA_N, VQA_FLOOR = 100, 0.85
 # weights/default-dit: 31.5% of 400 images (seed 0); on the samples below (seed 7) 33.3% of 60.

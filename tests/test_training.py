@@ -424,42 +424,37 @@ def test_default_model_recipe_configs_parse():
         ["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x.yaml"],
         *[["unimm", "train-tokenizer", f"configs/tokenizers/vq-shapes64-4x-{k}.yaml"] for k in ("continue", "continue")],
         *[["unimm", "train-tokenizer", "configs/tokenizers/vq-shapes64-4x-edges.yaml"]] * 3,
-        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in ("1", "2", "2b", "3", "4-tagged", "6-long", "7-pairs", "8-fresh", "9-fresh", "10-fresh")]]
+        *[["unimm", "train", f"configs/recipes/stage{n}.yaml"] for n in ("1", "2", "2b", "3", "4-tagged", "6-long", "7-pairs", "8-fresh", "9-fresh", "10-fresh", "11-fresh")]]
     # The tagged SigLIP's rounds: each continues the one before; stage 4 swaps in the last.
     rounds = [load_siglip_config(r[2], r[3:]) for r in runs[1:5]]
     assert all(b.init_from == a.output_dir + "/model" for a, b in zip(rounds, rounds[1:]))
     assert len({r.data["seed"] for r in rounds}) == 4  # fresh scenes each round
-    stage4 = load_train_config(runs[-6][2])
+    stage4 = load_train_config(runs[-7][2])
     assert stage4.init_from == stages[-1].output_dir + "/final" and stage4.init_fresh == ["encoder"]
     assert stage4.init_changes["encoder"]["pretrained"] == rounds[-1].output_dir + "/model"
     assert stage4.freeze == stages[-1].freeze and stage4.data.cache_dir == stages[-1].data.cache_dir
     assert stage4.export_dtype == "bfloat16"
     # Stage 6: stage 4 trained on, its pairs named in reading order.
-    stage6 = load_train_config(runs[-5][2])
+    stage6 = load_train_config(runs[-6][2])
     assert stage6.init_from == stage4.output_dir + "/final" and not stage6.init_changes
     assert stage6.freeze == stage4.freeze and stage6.data.cache_dir == stage4.data.cache_dir
     assert {s["mention_order"] for s in stage6.data.sources.values()} == {"raster"}
     # Stage 7: stage 6 trained on with pair-heavy fresh sets beside its own.
-    stage7 = load_train_config(runs[-4][2])
+    stage7 = load_train_config(runs[-5][2])
     assert stage7.init_from == stage6.output_dir + "/final" and not stage7.init_changes
     assert stage7.freeze == stage6.freeze and stage7.data.cache_dir == stage6.data.cache_dir
     assert {s["mention_order"] for s in stage7.data.sources.values()} == {"raster"}
     assert set(stage6.data.sources) < set(stage7.data.sources)
     assert any(s.get("mix", {}).get("pair", 0) > 0.3 for s in stage7.data.sources.values())
-    # Stages 8, 9 and 10 (10 shipped): each on scenes no earlier stage drew; the last installed by the script.
-    stage8, stage9, stage10 = (load_train_config(r[2]) for r in runs[-3:])
+    # Stages 8 to 11 (11 shipped): each on scenes no earlier stage drew; the last installed by the script.
+    stage8, stage9, stage10, stage11 = (load_train_config(r[2]) for r in runs[-4:])
     seen = {s["seed"] for stage in (stage6, stage7) for s in stage.data.sources.values()}
-    for before, stage in ((stage7, stage8), (stage8, stage9), (stage9, stage10)):
+    for before, stage in ((stage7, stage8), (stage8, stage9), (stage9, stage10), (stage10, stage11)):
         assert stage.init_from == before.output_dir + "/final" and stage.freeze == before.freeze
         assert not seen & {s["seed"] for s in stage.data.sources.values()}
         seen |= {s["seed"] for s in stage.data.sources.values()}
-    assert stage10.data.ratios == stage9.data.ratios
-    assert stage10.export_dtype == "bfloat16" and f"unimm.load('{stage10.output_dir}/final').save_pretrained" in script
-    # Stage 11 (not yet trained, not shipped): stage 10 on a fourth round of new scenes, the same mixture.
-    stage11 = load_train_config(str(recipes / "stage11-fresh.yaml"))
-    assert stage11.init_from == stage10.output_dir + "/final" and stage11.freeze == stage10.freeze
-    assert not seen & {s["seed"] for s in stage11.data.sources.values()}
-    assert stage11.data.ratios == stage10.data.ratios
+    assert stage11.data.ratios == stage10.data.ratios == stage9.data.ratios
+    assert stage11.export_dtype == "bfloat16" and f"unimm.load('{stage11.output_dir}/final').save_pretrained" in script
     # The DiT default's generator trained on, its steering modules and the rest frozen.
     more = load_train_config(str(recipes / "dit-continue.yaml"))
     assert more.init_from == "weights/default-dit" and not more.init_changes and more.export_dtype == "bfloat16"
