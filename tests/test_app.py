@@ -89,6 +89,15 @@ def test_same_seed_reproduces_and_randomise_reports_its_seed(handlers):
     assert replay[0].tobytes() == images[0].tobytes()
 
 
+def test_candidates_per_image_reach_the_pipeline(handlers, tiny_pipe):
+    """The slider's best_of is the pipeline's: the same images as pipe.generate(best_of=...)."""
+    images, _ = gen(handlers, num_images=2, seed=11, best_of=3, progress=lambda *a, **k: None)
+    want = tiny_pipe.generate("a red circle on the left", num_images=2, seed=11, best_of=3, guidance_scale=3.0,
+                              temperature=1.0)
+    assert [a.tobytes() for a in images] == [b.tobytes() for b in want]
+    assert all(im.info["best_of"] == 3 for im in images)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"prompt": ""}, "Please type a prompt"),
     ({"prompt": "   "}, "Please type a prompt"),
@@ -102,6 +111,8 @@ def test_same_seed_reproduces_and_randomise_reports_its_seed(handlers):
     ({"seed": -3}, "Seed must be between 0 and"),
     ({"seed": "abc"}, "Seed must be a number"),
     ({"prompt": "red " * 600}, "shorten the prompt"),  # unimm's ValueError, shown as a gr.Error
+    ({"best_of": 0}, "Candidates per image must be between 1 and 16"),
+    ({"best_of": 2.5}, "Candidates per image must be a whole number"),
 ])
 def test_generate_bad_input_is_a_friendly_error(handlers, kwargs, message):
     with pytest.raises(gr.Error) as e:
@@ -273,6 +284,15 @@ def test_client_generates_an_image(client, served_url):
     assert seed == 5 and len(gallery) == 2
     with Image.open(gallery[0]["image"]) as im:
         assert im.size == (32, 32)
+    # Candidates per image by name (the server's tiny model is the one tiny_pipe builds: seed 0).
+    best, _ = client.predict("a red circle on the left", 2, 3.0, 1.0, 12, 5, False, best_of=3, api_name="/generate")
+    import unimm
+
+    want = unimm.load("tiny").generate("a red circle on the left", num_images=2, seed=5, best_of=3,
+                                       guidance_scale=3.0, temperature=1.0)
+    for got, image in zip(best, want):
+        with Image.open(got["image"]) as im:
+            assert im.convert("RGB").tobytes() == image.tobytes()
 
 
 def test_client_chats_about_an_uploaded_image(client, png):

@@ -454,7 +454,8 @@ def test_default_model_recipe_configs_parse():
         assert not seen & {s["seed"] for s in stage.data.sources.values()}
         seen |= {s["seed"] for s in stage.data.sources.values()}
     assert stage11.data.ratios == stage10.data.ratios == stage9.data.ratios
-    assert stage11.export_dtype == "bfloat16" and f"unimm.load('{stage11.output_dir}/final').save_pretrained" in script
+    assert stage11.export_dtype == "bfloat16" and f"unimm.load('{stage11.output_dir}/final', " in script
+    assert "changes={'sampling': {'best_of': 8}}).save_pretrained('weights/default'" in script  # as shipped
     # The DiT default's generator trained on, its steering modules and the rest frozen.
     more = load_train_config(str(recipes / "dit-continue.yaml"))
     assert more.init_from == "weights/default-dit" and not more.init_changes and more.export_dtype == "bfloat16"

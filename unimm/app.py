@@ -77,6 +77,7 @@ class Limits:
     max_new_tokens: int = 1024
     max_control_scale: float = 2.0
     max_reference_scale: float = 2.0
+    max_best_of: int = 16
     max_seed: int = 2**31 - 1
     max_image_pixels: int = 4096 * 4096  # well below PIL's decompression-bomb limit (~89 MP)
 
@@ -245,13 +246,13 @@ class Handlers:
 
     def generate_steered(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
                          control_image, control_type, control_scale, reference_image, reference_scale,
-                         progress=gr.Progress()):
+                         best_of=None, progress=gr.Progress()):
         """`generate` with every input of the image tab (None where the model lacks the part): the
         images, the seed used and, for a model with ControlNets, the control map used (or None)."""
         images, used = self.generate(prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
                                      control_image=control_image, control_type=control_type,
                                      control_scale=control_scale, reference_image=reference_image,
-                                     reference_scale=reference_scale, progress=progress)
+                                     reference_scale=reference_scale, best_of=best_of, progress=progress)
         if not self.control_types:
             return images, used
         maps = images[0].info.get("control_maps", {})
@@ -259,10 +260,12 @@ class Handlers:
 
     def generate(self, prompt, num_images, guidance_scale, temperature, steps, seed, randomize_seed,
                  control_image=None, control_type=None, control_scale=1.0, reference_image=None,
-                 reference_scale=None, progress=gr.Progress()):
+                 reference_scale=None, best_of=None, progress=gr.Progress()):
         """Images for `prompt` and the seed used (random when `randomize_seed`); with `control_image`
         (an upload's path), its `control_type` map steers the model's ControlNet; with
-        `reference_image`, the IP-Adapter draws its object (the prompt may then be empty)."""
+        `reference_image`, the IP-Adapter draws its object (the prompt may then be empty); `best_of`
+        (None: the model's default) draws each image that many times and keeps the one the model
+        describes best."""
         lim = self.limits
         prompt = (prompt or "").strip()
         if not prompt and reference_image is None:
@@ -278,6 +281,10 @@ class Handlers:
             options["temperature"] = check_number(temperature, "Temperature", 0, lim.max_temperature)
         if self.uses_steps:
             options["steps"] = check_number(steps, "Steps", 1, lim.max_steps, integer=True)
+        if best_of is not None:
+            best_of = check_number(best_of, "Candidates per image", 1, lim.max_best_of, integer=True)
+            if prompt:  # candidates are judged by the prompt: a reference alone is drawn once
+                options["best_of"] = best_of
         if control_image is not None:
             if not self.control_types:
                 raise user_error("This model has no ControlNet; generate without a control image.")
@@ -414,6 +421,10 @@ def _image_tab(h: Handlers, pipe):
             steps = gr.Slider(1, lim.max_steps, value=h.default_steps() or 1, step=1, label="Steps",
                               visible=h.uses_steps, info="Decoding passes (masked) or ODE steps (flow)",
                               elem_id="gen-steps")
+            best_of = gr.Slider(1, lim.max_best_of, value=min(pipe.config.sampling.best_of, lim.max_best_of), step=1,
+                                label="Candidates per image", elem_id="best-of",
+                                info="Draws each image this many times and keeps the one the model itself "
+                                     "describes best as the prompt (1 = off; a reference alone is drawn once)")
             with gr.Row():
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=lim.max_seed)
                 randomize = gr.Checkbox(value=True, label="Randomise seed")
@@ -444,7 +455,7 @@ def _image_tab(h: Handlers, pipe):
             if h.control_types:
                 outputs.append(gr.Image(label="Control map used", interactive=False, elem_id="control-map"))
     inputs = [prompt, num_images, guidance, temperature, steps, seed, randomize, control_image, control_type,
-              control_scale, reference_image, reference_scale]
+              control_scale, reference_image, reference_scale, best_of]
     gr.on([button.click, prompt.submit], h.generate_steered, inputs, outputs, api_name="generate",
           concurrency_id="model")
 

@@ -51,6 +51,9 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
             text = "; ".join(f"{f}: {h}" for f, h in helps.items())
         parser.add_argument(f"--{opt.replace('_', '-')}", type=specs[families[0]]["type"], default=None, dest=opt,
                             help=text)
+    parser.add_argument("--best-of", type=int, default=None, dest="best_of", metavar="N",
+                        help="draw each image N times and keep the one the model itself describes best "
+                             "(default: the model's config.sampling.best_of; 1: off)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
                         help="any other sampling option of the model's generation family (repeatable)")
 
@@ -79,7 +82,7 @@ def sampling_kwargs(args: argparse.Namespace, pipe) -> dict:
     from unimm.generation import family_names, get_family
 
     flags = {o: getattr(args, o, None) for f in family_names() for o in get_family(f).options.names()}
-    given = {**flags, **set_options(args.options, pipe.model.family.options)}
+    given = {**flags, **set_options(args.options, pipe.model.family.options), "best_of": getattr(args, "best_of", None)}
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -138,8 +138,9 @@ def format_report(report: dict[str, Any]) -> str:
     if gen := report.get("generation"):
         w, h = gen["image_size"]
         speed = f"{gen['images_per_s']:.2f} images/s" if gen["images_per_s"] else "-"
+        best = f", each the best of {gen['best_of']} drawn" if gen.get("best_of", 1) > 1 else ""
         lines += [""] + _table(
-            f"generation: {gen['num_images']} images at {w}x{h} px, sampling {gen['time_s']:.1f} s ({speed})",
+            f"generation: {gen['num_images']} images at {w}x{h} px{best}, sampling {gen['time_s']:.1f} s ({speed})",
             gen["categories"], gen["accuracy"], sum(c["correct"] for c in gen["categories"].values()), gen["num_images"])
         if not gen["detector_reliable"]:
             lines.append("  note: images are smaller than the detector's validated size; scores are unreliable")

@@ -119,6 +119,8 @@ def evaluate_generation(pipe: Any, n_per_category: int = 100, seed: int = 0, ima
         "detector_reliable": side >= MIN_RELIABLE_SIZE,
         "time_s": seconds,
         "images_per_s": len(images) / seconds if seconds > 0 else None,
+        # Candidates drawn per image (the pipeline's best-of-N; 1 when it kept every image it drew).
+        "best_of": images[0].info.get("best_of", 1) if images else 1,
         "seed": seed,
         "sample_kwargs": {k: v for k, v in sample_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
         "samples": samples,

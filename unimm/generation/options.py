@@ -95,6 +95,12 @@ class SampleOptions:
     def as_kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def draws_alike(self) -> bool:
+        """Whether every row with the same prompt comes out the same (greedy decoding): best-of-N
+        then draws once."""
+        return False
+
 
 @dataclass
 class TokenSamplingOptions(SampleOptions):
@@ -103,3 +109,7 @@ class TokenSamplingOptions(SampleOptions):
     temperature: float = option(1.0, low=0, ui_max=2.0, ui_step=0.05, help="0 = greedy")
     top_k: int = option(0, low=0, help="keep the k most likely tokens (0 = off)")
     top_p: float = option(1.0, low=0, low_open=True, high=1, help="nucleus sampling mass (1 = off)")
+
+    @property
+    def draws_alike(self) -> bool:
+        return self.temperature == 0

@@ -61,11 +61,20 @@ class SamplingDefaults:
     shift: float | None = None  # flow sampling timestep shift (> 1 spends more steps near noise)
     chat_max_new_tokens: int = 64
     chat_temperature: float = 0.0  # greedy answers by default
+    # Best-of-N (unimm.pipelines.rerank): each image is drawn `best_of` times and the candidate the
+    # model's own understanding path describes best (log p(prompt | image, best_of_question)) is
+    # kept. 1: off. For every generation family; worth it where the model reads better than it draws.
+    best_of: int = 1
+    best_of_question: str = "Describe the image."
 
     def __post_init__(self):
         bad = [
             (self.chat_temperature < 0, "chat_temperature must be >= 0"),
             (self.chat_max_new_tokens < 1, "chat_max_new_tokens must be >= 1"),
+            (isinstance(self.best_of, bool) or not isinstance(self.best_of, int) or self.best_of < 1,
+             f"best_of must be an integer >= 1, got {self.best_of!r}"),
+            (not isinstance(self.best_of_question, str) or not self.best_of_question.strip(),
+             "best_of_question must be a non-empty question"),
         ]
         for failed, msg in bad:
             if failed:

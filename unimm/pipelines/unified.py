@@ -160,7 +160,7 @@ class UnimmPipeline:
                  steps: int | None = None, solver: str | None = None, shift: float | None = None,
                  progress=None, compile: bool = False, control_image=None, control_type=None,
                  control_scale=None, control_is_map: bool = False, reference_image=None,
-                 reference_scale=None, **options) -> list[Image.Image]:
+                 reference_scale=None, best_of: int | None = None, **options) -> list[Image.Image]:
         """Generate `num_images` images per prompt; returns them prompt by prompt.
 
         The same call serves every generation family. Sampling options (the named
@@ -190,18 +190,26 @@ class UnimmPipeline:
         through the model's own SigLIP features, weighted by `reference_scale` (default: the
         adapter's configured scale); with a reference the prompt may be "" (draw the reference's
         object again).
+        Best-of-N: `best_of` (default: the model's config.sampling.best_of, 1 = off) draws each image
+        that many times and keeps the candidate the model's own understanding path describes best
+        (the highest log p(prompt | image) for config.sampling.best_of_question; unimm.pipelines.rerank);
+        info["caption_logprob"] holds that score. Candidates are drawn like extra images, so
+        `generate(p, num_images=N, seed=s)` returns the candidates `best_of=N` chose from. Greedy
+        decoding (temperature 0) draws once: its candidates would all be the same.
         """
         prompts = _prompt_list(prompt_or_prompts)
         num_images = _positive_int(num_images, "num_images")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _positive_int(batch_size, "batch_size")
-        check_output_fits(len(prompts) * num_images, self.image_size)
-        self._warn_unknown_words(prompts, reference=reference_image is not None)
+        best_of = self._best_of(best_of, prompts)
         opts = self.sampling_options(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                      top_p=top_p, do_sample=do_sample, steps=steps, solver=solver, shift=shift,
                                      **options)
+        best_of = 1 if opts.draws_alike else best_of  # greedy: every candidate would be the same image
+        check_output_fits(len(prompts) * num_images * best_of, self.image_size)
+        self._warn_unknown_words(prompts, reference=reference_image is not None)
         reference = self._reference(reference_image, reference_scale)  # after the cheap checks: it runs SigLIP
         rows = [self.processor.generation_ids(p, allow_empty=reference is not None)
-                for p in prompts for _ in range(num_images)]
+                for p in prompts for _ in range(num_images * best_of)]
         longest, limit = max(len(r) for r in rows), self.model.backbone.max_positions
         if limit is not None and longest + self.model.num_image_tokens > limit:
             raise ValueError(
@@ -230,11 +238,34 @@ class UnimmPipeline:
                                         generator=generator, progress=report, **extra)
                 with torch.inference_mode():
                     images += to_pil(self.model.decode_images(targets))
+        scores = None
+        if best_of > 1:
+            from .rerank import best_in_groups, caption_logprobs
+
+            scores = caption_logprobs(self.model, self.processor, images, [prompts[k // (num_images * best_of)]
+                                      for k in range(len(images))], self.config.sampling.best_of_question, batch_size)
+            keep = best_in_groups(scores, best_of)
+            images, scores = [images[k] for k in keep], scores[keep]
         for k, im in enumerate(images):
             im.info.update(seed=seed, index=k, prompt=prompts[k // num_images])
+            if scores is not None:
+                im.info.update(best_of=best_of, caption_logprob=float(scores[k]))
             if maps:
                 im.info["control_maps"] = maps
         return images
+
+    def _best_of(self, best_of, prompts: list[str]) -> int:
+        """How many candidates to draw per image: `best_of`, else the model's default. Candidates are
+        judged by the prompt, so an empty prompt (a reference alone) takes the default as 1 and
+        refuses an explicit best_of > 1."""
+        if best_of is None:
+            default = self.config.sampling.best_of
+            return 1 if any(not p.strip() for p in prompts) else default
+        best_of = _positive_int(best_of, "best_of")
+        if best_of > 1 and any(not p.strip() for p in prompts):
+            raise ValueError("best_of judges candidates by their prompt, and a prompt is empty: give a prompt "
+                             "or best_of=1")
+        return best_of
 
     def _reference(self, image, scale):
         """(SigLIP features (1, N, D_enc), scale) of a reference picture for the IP-Adapter, or None."""
