@@ -42,6 +42,7 @@ SMOKE = {
     "binding_probes.py": (["--n", "200", "--test", "50", "--attention-steps", "5", "--hops", "--threads", "1"],
                           "at the answer position"),
     "grounding_attention.py": (["--model", "tiny-xattn", "--n", "8"], "two objects"),
+    "best_of.py": (["--model", "tiny", "--best-of", "1", "2", "--batch", "2", "--repeats", "1"], "judging"),
 }
 
 
