@@ -1,5 +1,6 @@
 """Best-of-N generation (unimm.pipelines.rerank): each image drawn N times, the candidate the model's
-own understanding path describes best kept; the option's default, checks, CLI flag and eval report."""
+own judges (its reading of the prompt, the control map, the reference) prefer kept; the option's default,
+checks, CLI flag and eval report."""
 import json
 import warnings
 
@@ -10,7 +11,7 @@ import torch
 import unimm
 from unimm.cli import main
 from unimm.models.unified import SamplingDefaults
-from unimm.pipelines.rerank import best_in_groups, caption_logprobs
+from unimm.pipelines.rerank import best_in_groups, caption_logprobs, map_agreement, reference_similarity, vote
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -103,19 +104,87 @@ def test_the_config_checks_its_best_of(fields, message):
         SamplingDefaults(**fields)
 
 
-def test_a_reference_alone_is_drawn_once_and_refuses_an_explicit_best_of():
-    from unimm.data.shapes import ShapesWorld
-
+def _steered(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
-        pipe = unimm.load("tiny-dit-ip")
-    pipe.config.sampling.best_of = 2  # the model's default: an empty prompt has nothing to judge by
-    reference = ShapesWorld(seed=3, num_samples=2, image_size=64).sample(1)["image"]
-    image = pipe.generate("", seed=1, steps=2, reference_image=reference)[0]
-    assert "best_of" not in image.info
-    with pytest.raises(ValueError, match="best_of judges candidates by their prompt, and a prompt is empty"):
-        pipe.generate("", seed=1, steps=2, reference_image=reference, best_of=2)
-    assert pipe.generate("a red circle", seed=1, steps=2, reference_image=reference)[0].info["best_of"] == 2
+        return unimm.load(name)
+
+
+def _scene(seed):
+    from unimm.data.shapes import ShapesWorld
+
+    return ShapesWorld(seed=seed, num_samples=2, image_size=64).sample(1)["image"]
+
+
+def test_a_reference_alone_is_judged_by_likeness_and_an_empty_prompt_alone_refuses():
+    """With an empty prompt the candidates are judged by the reference alone: the kept image is the
+    candidate whose mean SigLIP feature is closest to the reference's."""
+    pipe = _steered("tiny-dit-ip")
+    pipe.config.sampling.best_of = 3  # the model's default applies to a reference alone too
+    reference = _scene(3)
+    drawn = pipe.generate("", num_images=3, seed=1, steps=2, reference_image=reference, best_of=1)
+    kept = pipe.generate("", seed=1, steps=2, reference_image=reference)[0]
+    feats = pipe.model.encoder(pipe.processor.whole_values([reference])).detach()
+    sims = reference_similarity(pipe.model, pipe.processor, drawn, feats, batch_size=2)
+    assert kept.tobytes() == drawn[int(sims.argmax())].tobytes()
+    assert kept.info["judged_by"] == ["reference_similarity"] and "caption_logprob" not in kept.info
+    assert kept.info["reference_similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
+    assert -1 <= float(sims.min()) and float(sims.max()) <= 1
+    # by hand: the cosine of the mean features
+    mean = lambda f: torch.nn.functional.normalize(f.float().mean(1), dim=-1)  # noqa: E731
+    one = mean(pipe.model.encoder(pipe.processor.whole_values([drawn[0]])).detach())
+    assert float(sims[0]) == pytest.approx(float(one @ mean(feats).T), abs=1e-5)
+    # With a prompt as well, both judges vote.
+    both = pipe.generate("a red circle", num_images=1, best_of=3, seed=1, steps=2, reference_image=reference)[0]
+    assert both.info["judged_by"] == ["caption_logprob", "reference_similarity"]
+    candidates = pipe.generate("a red circle", num_images=3, seed=1, steps=2, reference_image=reference, best_of=1)
+    votes = vote([_scores(pipe, candidates, "a red circle"),
+                  reference_similarity(pipe.model, pipe.processor, candidates, feats, 3)], 3)
+    assert both.tobytes() == candidates[votes[0]].tobytes()
+    # Nothing to judge by: an empty prompt without a reference or a control map.
+    with pytest.raises(ValueError, match="best_of judges candidates by their prompt, control map or reference, "
+                                         "and a prompt is empty with neither"):
+        pipe.generate("", seed=1, steps=2, best_of=2)
+
+
+def test_a_control_map_judges_by_the_candidates_own_maps():
+    from unimm.data.control import control_map, map_for_model
+
+    pipe = _steered("tiny-dit-control")
+    picture = _scene(5)
+    kept = pipe.generate("a red circle", best_of=3, seed=2, steps=2, control_image=picture, control_type="edges")[0]
+    assert kept.info["judged_by"] == ["caption_logprob", "control_agreement"]
+    candidates = pipe.generate("a red circle", num_images=3, seed=2, steps=2, control_image=picture,
+                                control_type="edges", best_of=1)
+    given = {"edges": map_for_model(picture, "edges", pipe.image_size)}
+    agree = map_agreement(candidates, given)
+    want = -np.abs(np.asarray(control_map(candidates[1], "edges"), np.float32) / 255
+                   - np.asarray(given["edges"], np.float32) / 255).mean()
+    assert float(agree[1]) == pytest.approx(float(want), abs=1e-6)
+    assert kept.tobytes() == candidates[vote([_scores(pipe, candidates, "a red circle"), agree], 3)[0]].tobytes()
+    assert kept.info["control_agreement"] == pytest.approx(float(agree[vote([_scores(pipe, candidates, "a red circle"),
+                                                                             agree], 3)[0]]), abs=1e-6)
+    # A picture agrees with its own map exactly; a blank one does not.
+    from PIL import Image
+
+    assert float(map_agreement([picture], {"edges": control_map(picture, "edges")})[0]) == 0.0
+    assert float(map_agreement([Image.new("RGB", (64, 64))], {"edges": control_map(picture, "edges")})[0]) < 0
+    with pytest.raises(ValueError, match="the edges map is 64x64 px but the image is 16x16"):
+        map_agreement([Image.new("RGB", (16, 16))], {"edges": control_map(picture, "edges")})
+
+
+def test_vote_sums_the_judges_ranks():
+    a = torch.tensor([3.0, 2.0, 1.0, 0.0, 5.0, 4.0])
+    b = torch.tensor([0.0, 2.0, 1.0, 9.0, 8.0, 7.0])
+    # group 1: ranks a (2,1,0), b (0,2,1) -> sums 2,3,1: the second; group 2: a (0,2,1), b (2,1,0) -> 2,3,1
+    assert vote([a, b], 3) == [1, 4]
+    # equal sums go to the first judge's better candidate
+    assert vote([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], 2) == [0]
+    assert vote([a], 3) == best_in_groups(a, 3)
+    with pytest.raises(ValueError, match="no judge"):
+        vote([], 3)
+    with pytest.raises(ValueError, match="do not split into groups of 4"):
+        vote([a, b], 4)
 
 
 def test_cli_flag_reaches_generate_and_eval(tmp_path, capsys):

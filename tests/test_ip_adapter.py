@@ -177,10 +177,13 @@ def test_the_app_takes_a_reference_picture(ip_pipe, reference, tmp_path):
     assert seed == 4
     direct = ip_pipe.generate("", seed=4, steps=3, guidance_scale=2.0, reference_image=reference, reference_scale=0.8)
     assert images[0].tobytes() == direct[0].tobytes()
-    # The candidates slider: a reference alone has no prompt to judge candidates by, so it is drawn once.
+    # The candidates slider: a reference alone judges its candidates by likeness to the reference.
     again, _ = h.generate_steered("", 1, 2.0, 1.0, 3, 4, False, None, None, 1.0, str(tmp_path / "ref.png"), 0.8, 4,
                                   **quiet)
-    assert again[0].tobytes() == direct[0].tobytes()
+    best = ip_pipe.generate("", seed=4, steps=3, guidance_scale=2.0, reference_image=reference, reference_scale=0.8,
+                            best_of=4)
+    assert again[0].tobytes() == best[0].tobytes()
+    assert again[0].info["best_of"] == 4 and again[0].info["judged_by"] == ["reference_similarity"]
     with pytest.raises(demo.gr.Error, match="Please type a prompt, .*or give a reference picture"):
         h.generate("", 1, 2.0, 1.0, 3, 4, False, **quiet)
     with pytest.raises(demo.gr.Error, match="Reference scale must be between 0 and 2"):

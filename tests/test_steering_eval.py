@@ -79,7 +79,14 @@ def test_eval_cli_reports_reference_adherence(tmp_path, capsys):
     out = capsys.readouterr()
     assert "reference adherence" in out.out and "--control-type goes with --task control" in out.err
     report = json.loads((tmp_path / "r.json").read_text())["reference"]
-    assert report["num_images"] == 4 and len(report["samples"]) == 4
+    assert report["num_images"] == 4 and len(report["samples"]) == 4 and report["best_of"] == 1
+    # Best of N: each image judged by its prompt and its likeness to the reference; the report says so.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", unimm.UntrainedModelWarning)
+        assert main(["--model", "tiny-dit-ip", "--task", "reference", "--n", "2", "--steps", "2", "--best-of", "2",
+                     "--out", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["reference"]["best_of"] == 2
+    assert "each the best of 2 drawn" in capsys.readouterr().out
 
 
 def test_eval_cli_takes_the_steering_scales_and_records_them(tmp_path, capsys):

@@ -265,7 +265,7 @@ class Handlers:
         (an upload's path), its `control_type` map steers the model's ControlNet; with
         `reference_image`, the IP-Adapter draws its object (the prompt may then be empty); `best_of`
         (None: the model's default) draws each image that many times and keeps the one the model
-        describes best."""
+        judges best by the prompt, the control map and the reference it was given."""
         lim = self.limits
         prompt = (prompt or "").strip()
         if not prompt and reference_image is None:
@@ -283,8 +283,7 @@ class Handlers:
             options["steps"] = check_number(steps, "Steps", 1, lim.max_steps, integer=True)
         if best_of is not None:
             best_of = check_number(best_of, "Candidates per image", 1, lim.max_best_of, integer=True)
-            if prompt:  # candidates are judged by the prompt: a reference alone is drawn once
-                options["best_of"] = best_of
+            options["best_of"] = best_of  # a prompt is given here, or a reference to judge candidates by
         if control_image is not None:
             if not self.control_types:
                 raise user_error("This model has no ControlNet; generate without a control image.")
@@ -424,7 +423,7 @@ def _image_tab(h: Handlers, pipe):
             best_of = gr.Slider(1, lim.max_best_of, value=min(pipe.config.sampling.best_of, lim.max_best_of), step=1,
                                 label="Candidates per image", elem_id="best-of",
                                 info="Draws each image this many times and keeps the one the model itself "
-                                     "describes best as the prompt (1 = off; a reference alone is drawn once)")
+                                     "judges closest to the prompt, control map and reference (1 = off)")
             with gr.Row():
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=lim.max_seed)
                 randomize = gr.Checkbox(value=True, label="Randomise seed")

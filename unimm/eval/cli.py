@@ -152,8 +152,9 @@ def format_report(report: dict[str, Any]) -> str:
             tok["categories"], tok["accuracy"], sum(c["correct"] for c in tok["categories"].values()), tok["num_images"])
     for task, what in (("control", "control map"), ("reference", "reference")):
         if res := report.get(task):
+            best = f", each the best of {res['best_of']} drawn" if res.get("best_of", 1) > 1 else ""
             lines += ["", f"{task}: {res['num_images']} images at {res['image_size']} px (world seed "
-                          f"{res['world_seed']}), {res['time_s']:.1f} s",
+                          f"{res['world_seed']}){best}, {res['time_s']:.1f} s",
                       f"  {what + ' adherence':24s}{_pct(res[task + '_adherence'])}",
                       f"  {'prompt adherence':24s}{_pct(res['prompt_adherence'])}",
                       f"  {'both':24s}{_pct(res['both'])}"]

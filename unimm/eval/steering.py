@@ -37,10 +37,10 @@ def _item_seed(seed: int, index: int) -> int:
 
 
 def _summary(task: str, samples: list[dict], seconds: float, size: int, seed: int, what: str,
-             sample_kwargs: dict) -> dict[str, Any]:
+             sample_kwargs: dict, best_of: int) -> dict[str, Any]:
     n = len(samples)
     both = sum(s[what] and s["prompt_ok"] for s in samples)
-    return {"task": task, "num_images": n, "image_size": size, "world_seed": WORLD_SEED_BASE + seed,
+    return {"task": task, "num_images": n, "image_size": size, "world_seed": WORLD_SEED_BASE + seed, "best_of": best_of,
             f"{what.removesuffix('_ok')}_adherence": sum(s[what] for s in samples) / n,
             "prompt_adherence": sum(s["prompt_ok"] for s in samples) / n, "both": both / n,
             "time_s": seconds, "images_per_s": n / seconds if seconds > 0 else None,
@@ -54,7 +54,7 @@ def evaluate_control(pipe, n: int = 200, seed: int = 0, control_type: str | None
 
     size = pipe.image_size
     world = ShapesWorld(seed=WORLD_SEED_BASE + seed, num_samples=n, image_size=size)
-    samples, seconds = [], 0.0
+    samples, seconds, best_of = [], 0.0, 1
     for i in tqdm(range(n), desc="control", unit="image", disable=not progress, leave=False):
         scene = world[i]
         picture = render(scene, size)
@@ -62,6 +62,7 @@ def evaluate_control(pipe, n: int = 200, seed: int = 0, control_type: str | None
         image = pipe.generate(scene.caption, seed=_item_seed(seed, i), control_image=picture,
                               control_type=control_type, **sample_kwargs)[0]
         seconds += time.perf_counter() - start
+        best_of = max(best_of, image.info.get("best_of", 1))  # drawn once, or the best of this many
         found = detect(image)
         samples.append({
             "prompt": scene.caption,
@@ -69,7 +70,7 @@ def evaluate_control(pipe, n: int = 200, seed: int = 0, control_type: str | None
                                                                                     for o in scene.objects),
             "prompt_ok": Counter(d.composition for d in found) == Counter(o.composition for o in scene.objects),
             "detected": describe(found)})
-    return _summary("control", samples, seconds, size, seed, "control_ok", sample_kwargs)
+    return _summary("control", samples, seconds, size, seed, "control_ok", sample_kwargs, best_of)
 
 
 def evaluate_reference(pipe, n: int = 200, seed: int = 0, progress: bool = False,
@@ -78,13 +79,14 @@ def evaluate_reference(pipe, n: int = 200, seed: int = 0, progress: bool = False
     from tqdm.auto import tqdm
 
     cfg = ShapesWorldConfig(seed=WORLD_SEED_BASE + seed, num_samples=n)
-    samples, seconds = [], 0.0
+    samples, seconds, best_of = [], 0.0, 1
     for i in tqdm(range(n), desc="reference", unit="image", disable=not progress, leave=False):
         target, ref = reference_pair(cfg, i)
         picture = render(ref, max(REFERENCE_SIZE, pipe.image_size))
         start = time.perf_counter()
         image = pipe.generate(target.caption, seed=_item_seed(seed, i), reference_image=picture, **sample_kwargs)[0]
         seconds += time.perf_counter() - start
+        best_of = max(best_of, image.info.get("best_of", 1))  # drawn once, or the best of this many
         found = detect(image)
         want = target.objects[0]
         one = found[0] if len(found) == 1 else None
@@ -95,5 +97,5 @@ def evaluate_reference(pipe, n: int = 200, seed: int = 0, progress: bool = False
             "prompt_ok": one is not None and one.colour == want.colour
                          and (not named_place or one.position == want.position),
             "detected": describe(found)})
-    return _summary("reference", samples, seconds, pipe.image_size, seed, "reference_ok", sample_kwargs)
+    return _summary("reference", samples, seconds, pipe.image_size, seed, "reference_ok", sample_kwargs, best_of)
 

@@ -191,16 +191,19 @@ class UnimmPipeline:
         adapter's configured scale); with a reference the prompt may be "" (draw the reference's
         object again).
         Best-of-N: `best_of` (default: the model's config.sampling.best_of, 1 = off) draws each image
-        that many times and keeps the candidate the model's own understanding path describes best
-        (the highest log p(prompt | image) for config.sampling.best_of_question; unimm.pipelines.rerank);
-        info["caption_logprob"] holds that score. Candidates are drawn like extra images, so
-        `generate(p, num_images=N, seed=s)` returns the candidates `best_of=N` chose from. Greedy
-        decoding (temperature 0) draws once: its candidates would all be the same.
+        that many times and keeps the candidate the model itself judges best (unimm.pipelines.rerank):
+        by the prompt (the highest log p(prompt | image) for config.sampling.best_of_question, the
+        understanding path's reading), by the control maps (the candidate's own map closest to the
+        given one) and by the reference (the closest SigLIP feature), whichever the call has; several
+        judges vote by summed ranks. info["judged_by"] names them and info holds each one's score
+        ("caption_logprob", "control_agreement", "reference_similarity"). Candidates are drawn like
+        extra images, so `generate(p, num_images=N, seed=s)` returns the candidates `best_of=N` chose
+        from. Greedy decoding (temperature 0) draws once: its candidates would all be the same.
         """
         prompts = _prompt_list(prompt_or_prompts)
         num_images = _positive_int(num_images, "num_images")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _positive_int(batch_size, "batch_size")
-        best_of = self._best_of(best_of, prompts)
+        best_of = self._best_of(best_of, prompts, steered=control_image is not None or reference_image is not None)
         opts = self.sampling_options(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                      top_p=top_p, do_sample=do_sample, steps=steps, solver=solver, shift=shift,
                                      **options)
@@ -238,34 +241,49 @@ class UnimmPipeline:
                                         generator=generator, progress=report, **extra)
                 with torch.inference_mode():
                     images += to_pil(self.model.decode_images(targets))
-        scores = None
-        if best_of > 1:
-            from .rerank import best_in_groups, caption_logprobs
+        judged = self._judge(images, prompts, num_images * best_of, maps, reference, batch_size) if best_of > 1 else {}
+        if judged:
+            from .rerank import vote
 
-            scores = caption_logprobs(self.model, self.processor, images, [prompts[k // (num_images * best_of)]
-                                      for k in range(len(images))], self.config.sampling.best_of_question, batch_size)
-            keep = best_in_groups(scores, best_of)
-            images, scores = [images[k] for k in keep], scores[keep]
+            keep = vote(list(judged.values()), best_of)
+            images, judged = [images[k] for k in keep], {name: s[keep] for name, s in judged.items()}
         for k, im in enumerate(images):
             im.info.update(seed=seed, index=k, prompt=prompts[k // num_images])
-            if scores is not None:
-                im.info.update(best_of=best_of, caption_logprob=float(scores[k]))
+            if judged:
+                im.info.update(best_of=best_of, judged_by=list(judged), **{name: float(s[k]) for name, s in judged.items()})
             if maps:
                 im.info["control_maps"] = maps
         return images
 
-    def _best_of(self, best_of, prompts: list[str]) -> int:
+    def _best_of(self, best_of, prompts: list[str], steered: bool) -> int:
         """How many candidates to draw per image: `best_of`, else the model's default. Candidates are
-        judged by the prompt, so an empty prompt (a reference alone) takes the default as 1 and
-        refuses an explicit best_of > 1."""
+        judged by the prompt, a control map or a reference, so an empty prompt with neither takes the
+        default as 1 and refuses an explicit best_of > 1."""
+        judgeable = steered or all(p.strip() for p in prompts)
         if best_of is None:
-            default = self.config.sampling.best_of
-            return 1 if any(not p.strip() for p in prompts) else default
+            return self.config.sampling.best_of if judgeable else 1
         best_of = _positive_int(best_of, "best_of")
-        if best_of > 1 and any(not p.strip() for p in prompts):
-            raise ValueError("best_of judges candidates by their prompt, and a prompt is empty: give a prompt "
-                             "or best_of=1")
+        if best_of > 1 and not judgeable:
+            raise ValueError("best_of judges candidates by their prompt, control map or reference, and a prompt is "
+                             "empty with neither: give a prompt or best_of=1")
         return best_of
+
+    def _judge(self, images, prompts, per_prompt: int, maps, reference, batch_size: int) -> dict:
+        """{score name: (N,) scores} of the candidates by every judge the call's inputs allow
+        (unimm.pipelines.rerank): the prompt when none is empty, the control maps, the reference."""
+        from .rerank import caption_logprobs, map_agreement, reference_similarity
+
+        judged = {}
+        if all(p.strip() for p in prompts):
+            judged["caption_logprob"] = caption_logprobs(
+                self.model, self.processor, images, [prompts[k // per_prompt] for k in range(len(images))],
+                self.config.sampling.best_of_question, batch_size)
+        if maps:
+            judged["control_agreement"] = map_agreement(images, maps)
+        if reference is not None:
+            judged["reference_similarity"] = reference_similarity(self.model, self.processor, images, reference[0],
+                                                                  batch_size)
+        return judged
 
     def _reference(self, image, scale):
         """(SigLIP features (1, N, D_enc), scale) of a reference picture for the IP-Adapter, or None."""
