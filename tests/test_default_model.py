@@ -19,11 +19,13 @@ BUDGET = 20 * 2**20  # bytes: config, weights and tokenizer files together
 # on the samples below (seed 7): 90.0% of 40 images (best of 8), 92% of 100 questions.
 GEN_N, GEN_FLOOR = 10, 0.75  # prompts per category; overall accuracy
 VQA_N, VQA_FLOOR = 100, 0.85
-# weights/default-dit (the transfer onto stage 10's understanding path): 41.8% of 400 images (seed 0).
-DIT_GEN_FLOOR = 0.2
+# weights/default-dit (configs/recipes/dit-transfer-continue.yaml): 63.0% of 400 images (seed 0) as
+# shipped, each the best of 8 it judges itself (one draw: 52.8%).
+DIT_GEN_FLOOR = 0.4
 DIT_VQA_FLOOR = 0.65  # stage 10's understanding path: 94.2% of 400
-# Its ControlNet and IP-Adapter, on 200 items (seed 0): control adherence 79.5%, reference-shape
-# adherence 33.5% (prompt 66.0%).
+# Its ControlNet and IP-Adapter, on 200 items (seed 0), one draw each (as tested below, to keep the
+# suite short): control adherence 76.0%, reference-shape adherence 36.0% (prompt 67.0%); best of 8:
+# 78.0% and see BENCHMARKS.md.
 CONTROL_N, CONTROL_FLOOR = 40, 0.55
 REFERENCE_FLOOR, REFERENCE_PROMPT_FLOOR = 0.05, 0.40
 
@@ -178,9 +180,10 @@ def test_the_dit_default_ships_a_controlnet_and_an_ip_adapter_that_steer_it(dit_
     ours = head.controlnets["edges"].state_dict()
     assert all(torch.equal(v.to(ours[k].dtype), ours[k]) for k, v in net.state_dict().items())
     assert (DIT_DIR / "ip_adapter" / "ip-adapter.safetensors").is_file()
-    control = evaluate_control(dit_pipe, n=CONTROL_N, seed=7, control_type="edges")
+    assert dit_pipe.config.sampling.best_of == 8  # shipped; the adherence floors below are for one draw
+    control = evaluate_control(dit_pipe, n=CONTROL_N, seed=7, control_type="edges", best_of=1)
     assert control["control_adherence"] >= CONTROL_FLOOR, control["control_adherence"]
-    reference = evaluate_reference(dit_pipe, n=CONTROL_N, seed=7)
+    reference = evaluate_reference(dit_pipe, n=CONTROL_N, seed=7, best_of=1)
     assert reference["reference_adherence"] >= REFERENCE_FLOOR, reference["reference_adherence"]
     assert reference["prompt_adherence"] >= REFERENCE_PROMPT_FLOOR, reference["prompt_adherence"]
 

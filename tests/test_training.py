@@ -537,7 +537,7 @@ def test_the_dit_default_script_reads_only_what_earlier_runs_made():
     script = (ROOT / "scripts" / "train_default_dit.sh").read_text()
     script = script.replace("$R/", "configs/recipes/").replace(' "$@"', "").replace("\\\n", " ")
     runs = [ln.split()[2:] for ln in script.splitlines() if ln.startswith("unimm train ")]
-    assert runs[0][0].endswith("dit.yaml") and runs[-1][0].endswith("dit-transfer-ip-adapter.yaml")
+    assert runs[0][0].endswith("dit.yaml") and runs[-1][0].endswith("dit-transfer-continue.yaml")
     made = {"runs/default/stage3/final", "runs/default/stage10/final"}  # scripts/train_default.sh's
     configs = []
     for path, *overrides in runs:
@@ -550,10 +550,15 @@ def test_the_dit_default_script_reads_only_what_earlier_runs_made():
     assert configs[0].init_from == "runs/default/stage3/final"  # the first DiT default's understanding path
     controlnet_seeds = [c.data.sources["t2i"]["seed"] for c in configs if c.freeze.get("gen_head.controlnets") is False]
     assert len(controlnet_seeds) == 6 and len(set(controlnet_seeds)) == 6  # each run on scenes of its own
-    assert f"unimm.load('{configs[-1].output_dir}/final').save_pretrained('weights/default-dit'" in script
-    steering = load_train_config(runs[-1][0]).init_changes["generation"]["generator"]
-    assert set(steering) == {"ip_adapter"} and "controlnets" in load_train_config(runs[-2][0]).init_changes[
+    assert (f"unimm.load('{configs[-1].output_dir}/final', changes={{'sampling': {{'best_of': 8}}}})"
+            ".save_pretrained('weights/default-dit'") in script
+    steering = load_train_config(runs[-2][0]).init_changes["generation"]["generator"]
+    assert set(steering) == {"ip_adapter"} and "controlnets" in load_train_config(runs[-3][0]).init_changes[
         "generation"]["generator"]
+    # The last run trains the generator alone, on the export that has both modules.
+    last = configs[-1]
+    assert last.init_from == configs[-2].output_dir + "/final"
+    assert last.freeze["gen_head.controlnets"] and last.freeze["gen_head.ip_adapter"] and not last.freeze["gen_head"]
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-flow"])
